@@ -1,0 +1,180 @@
+"""`python -m bltlab ...`: data statistics, training, evaluation, generation, export."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .config import PRESETS
+
+
+def _device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit(f"error: --device {name} was asked for but no CUDA GPU is available")
+    return name
+
+
+def _load(args):
+    from .checkpoint import CheckpointError, load_model
+
+    try:
+        model, meta = load_model(args.model, _device(args.device))
+    except CheckpointError as e:
+        raise SystemExit(f"error: {e}") from None
+    return model, meta
+
+
+def cmd_data(args) -> None:
+    from .data import corpus_stats, format_stats
+
+    rows = corpus_stats()
+    print(json.dumps(rows, indent=2) if args.json else format_stats(rows))
+
+
+def cmd_train(args) -> None:
+    from .train import TrainConfig, train
+
+    tc = TrainConfig(what=args.what, preset=args.preset, objective=args.objective, steps=args.steps,
+                     minutes=args.minutes, batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr,
+                     warmup=args.warmup, eval_every=args.eval_every,
+                     eval_windows=args.eval_windows, seed=args.seed, out=args.out,
+                     entropy_dir=args.entropy_dir, resume=args.resume, device=args.device, threads=args.threads)
+    metrics = train(tc)
+    print(json.dumps(metrics, indent=2))
+
+
+def cmd_eval(args) -> None:
+    from .evaluate import bits_per_byte
+
+    path = Path(args.text)
+    if not path.is_file():
+        raise SystemExit(f"error: no such file: {path}")
+    data = path.read_bytes()
+    if not data:
+        raise SystemExit(f"error: {path} is empty: nothing to score")
+    model, _ = _load(args)
+    bpb = bits_per_byte(model, data)
+    out = {"file": str(path), "bytes": len(data), "bits_per_byte": bpb}
+    print(json.dumps(out, indent=2) if args.json else f"{path}: {len(data)} bytes, {bpb:.4f} bits/byte")
+
+
+def cmd_generate(args) -> None:
+    from .decode import generate
+
+    model, _ = _load(args)
+    prompt = args.prompt.encode("utf-8", errors="surrogateescape")  # keep undecodable argv bytes
+    try:
+        g = generate(model, prompt, args.mode, max_bytes=args.max_bytes, stop=args.stop,
+                     temperature=args.temperature, top_p=args.top_p, seed=args.seed)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
+    if args.json:
+        print(json.dumps(g.to_json(), indent=2))
+    else:
+        sys.stdout.write(g.text + "\n")
+        print(f"[{g.mode}: {len(g.output)} bytes, stop={g.stop_reason}, "
+              + ", ".join(f"{k}={v}" for k, v in g.counters.items()) + "]", file=sys.stderr)
+
+
+def cmd_report(args) -> None:
+    from .evaluate import report
+
+    model, meta = _load(args)
+    rep = {"model": str(args.model), "trained": meta.get("trained", {}), "seconds": meta.get("seconds"),
+           "device_trained": meta.get("device"), **report(model, args.pairs, args.windows)}
+    text = json.dumps(rep, indent=2)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(text + "\n")
+    print(text)
+
+
+def cmd_export(args) -> None:
+    import torch
+
+    from .checkpoint import load_model, read_config, save_model
+
+    model, meta = load_model(args.src)
+    save_model(model, args.dst, meta, dtype={"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype])
+    print(f"exported {args.src} -> {args.dst} ({args.dtype}); config {read_config(args.dst)[0].name}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .checkpoint import SHIPPED
+
+    p = argparse.ArgumentParser(prog="python -m bltlab", description="bltlab: a workbench for byte-level "
+                                "language models (BLT) and their fast decoders.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    def model_args(s):
+        s.add_argument("--model", default=str(SHIPPED), help="model directory (default: the shipped small model)")
+        s.add_argument("--device", default="cpu", help="cpu, cuda or auto (default: cpu)")
+
+    s = sub.add_parser("data", help="print statistics of the offline corpora")
+    s.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    s.set_defaults(fn=cmd_data)
+
+    s = sub.add_parser("train", help="train the entropy model or the BLT")
+    s.add_argument("what", choices=["entropy", "blt"], help="which model to train (entropy model first)")
+    s.add_argument("--preset", default="small", choices=sorted(k for k in PRESETS if not k.startswith("paper")),
+                   help="model shape (default: small)")
+    s.add_argument("--objective", default="hybrid", choices=["ar", "hybrid"],
+                   help="blt only: next-byte (ar) or next-byte + masked-block diffusion (hybrid, default)")
+    s.add_argument("--steps", type=int, default=2000, help="optimizer steps (default: 2000)")
+    s.add_argument("--minutes", type=float, default=0.0,
+                   help="wall-time budget; the LR schedule ends when time or steps run out (0 = none)")
+    s.add_argument("--batch-size", type=int, default=16, help="sequences per step per process (default: 16)")
+    s.add_argument("--seq-len", type=int, default=512, help="bytes per sequence, BOS included (default: 512)")
+    s.add_argument("--lr", type=float, default=1e-3, help="peak AdamW learning rate (default: 1e-3)")
+    s.add_argument("--warmup", type=int, default=100, help="linear warm-up steps (default: 100)")
+    s.add_argument("--eval-every", type=int, default=200, help="steps between validation + checkpoint")
+    s.add_argument("--eval-windows", type=int, default=32, help="validation windows per source (default: 32)")
+    s.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    s.add_argument("--out", default="runs/small", help="model directory to write (default: runs/small)")
+    s.add_argument("--entropy-dir", default="", help="blt only: directory with the trained entropy model")
+    s.add_argument("--resume", action="store_true", help="continue training from --out")
+    s.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    s.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0 = default)")
+    s.set_defaults(fn=cmd_train)
+
+    s = sub.add_parser("eval", help="bits per byte of a model on any file")
+    s.add_argument("--text", required=True, help="file to score (text or binary)")
+    s.add_argument("--json", action="store_true", help="print JSON")
+    model_args(s)
+    s.set_defaults(fn=cmd_eval)
+
+    s = sub.add_parser("generate", help="generate bytes after a prompt")
+    s.add_argument("--prompt", required=True, help="prompt text (may be empty)")
+    s.add_argument("--mode", default="blt", help="decoding mode (default: blt)")
+    s.add_argument("--max-bytes", type=int, default=64, help="most bytes to generate (default: 64)")
+    s.add_argument("--stop", default=None, help="stop when this string is generated (it is not printed)")
+    s.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default), else sampling")
+    s.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default: 1.0)")
+    s.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
+    s.add_argument("--json", action="store_true", help="print the whole Generation as JSON")
+    model_args(s)
+    s.set_defaults(fn=cmd_generate)
+
+    s = sub.add_parser("report", help="the README's quality figures: bpb, patch length, chrF/BLEU")
+    s.add_argument("--pairs", type=int, default=None, help="held-out EN->FR pairs to translate (default: all)")
+    s.add_argument("--windows", type=int, default=64, help="validation windows per source (default: 64)")
+    s.add_argument("--json", default=None, help="also write the JSON report to this file")
+    model_args(s)
+    s.set_defaults(fn=cmd_report)
+
+    s = sub.add_parser("export", help="copy a trained model directory without optimizer state")
+    s.add_argument("src", help="trained model directory (e.g. runs/small)")
+    s.add_argument("dst", help="destination (e.g. checkpoints/small)")
+    s.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="stored weight dtype")
+    s.set_defaults(fn=cmd_export)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    args.fn(args)

@@ -1,0 +1,112 @@
+"""One dataclass config for the whole BLT (entropy model included), with named presets.
+
+`tiny` is for tests, `small` is the shipped model, `paper-1b` / `paper-3b` carry the
+paper's parameter counts and are only used to price pass counts (never instantiated).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+
+
+@dataclass
+class EntropyConfig:
+    """A small causal byte LM whose next-byte entropy places patch boundaries."""
+
+    dim: int = 128  # width of the entropy transformer
+    n_layers: int = 2  # causal transformer layers
+    n_heads: int = 4  # attention heads
+    max_len: int = 512  # longest context it is trained on (RoPE, so longer works but degrades)
+
+
+@dataclass
+class PatchConfig:
+    """How bytes are grouped into patches (DESIGN §1.1)."""
+
+    rule: str = "global"  # "global" | "relative" | "fixed" | "space"
+    threshold: float = 1.335  # θ in nats for "global", θ_r for "relative" (calibrated per model)
+    max_patch: int = 8  # a patch never grows past this many bytes (0 = unlimited)
+    stride: int = 4  # patch length for the "fixed" rule
+
+
+@dataclass
+class BLTConfig:
+    """Shapes of the Byte Latent Transformer. Defaults are the `small` preset."""
+
+    name: str = "small"
+    vocab: int = 260  # output ids: PAD, BOS, EOS, reserved, 256 bytes
+    d_local: int = 128  # width of the local encoder and decoder
+    n_enc_layers: int = 1  # l_E: causal byte layers in the local encoder
+    n_dec_layers: int = 2  # l_D: decoder layers, each with cross-attention to the global outputs
+    local_heads: int = 4  # attention heads of the local models
+    local_window: int = 512  # sliding attention window of the local models (bytes)
+    cross_k: int = 2  # k: slots per patch; global width defaults to k * d_local
+    d_global: int = 256  # width of the global transformer (= cross_k * d_local in the paper)
+    n_global_layers: int = 4  # global transformer layers
+    global_heads: int = 4  # attention heads of the global model
+    hash_sizes: tuple = (3, 4, 5, 6, 7, 8)  # n-gram lengths that get a hash table
+    hash_vocab: int = 4096  # rows per hash table (V)
+    ffn_mult: float = 8 / 3  # SwiGLU hidden = ffn_mult * dim, rounded up to a multiple of 32
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    max_bytes: int = 512  # longest byte context accepted (prompt + generation), BOS included
+    entropy: EntropyConfig = field(default_factory=EntropyConfig)
+    patch: PatchConfig = field(default_factory=PatchConfig)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.entropy, dict):
+            self.entropy = EntropyConfig(**self.entropy)
+        if isinstance(self.patch, dict):
+            self.patch = PatchConfig(**self.patch)
+        self.hash_sizes = tuple(self.hash_sizes)
+        for what, dim, heads in (("local", self.d_local, self.local_heads),
+                                 ("global", self.d_global, self.global_heads),
+                                 ("entropy", self.entropy.dim, self.entropy.n_heads)):
+            if dim % heads or (dim // heads) % 2:
+                raise ValueError(f"{what} width {dim} must split into {heads} heads of even size")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "BLTConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown BLT config fields: {sorted(unknown)}")
+        return cls(**d)
+
+
+PRESETS: dict[str, BLTConfig] = {
+    # for tests: well under 2 M parameters, fast on CPU
+    "tiny": BLTConfig(name="tiny", d_local=32, n_enc_layers=1, n_dec_layers=1, local_heads=2,
+                      local_window=64, d_global=64, n_global_layers=1, global_heads=2,
+                      hash_vocab=64, max_bytes=256,
+                      entropy=EntropyConfig(dim=32, n_layers=1, n_heads=2, max_len=128)),
+    # the shipped model
+    "small": BLTConfig(),
+    # paper shapes for cost projection only (parameter counts from DESIGN §1)
+    "paper-1b": BLTConfig(name="paper-1b", d_local=1024, n_enc_layers=1, n_dec_layers=9,
+                          local_heads=16, d_global=2048, n_global_layers=25, global_heads=16,
+                          hash_vocab=500002, max_bytes=8192),
+    "paper-3b": BLTConfig(name="paper-3b", d_local=1280, n_enc_layers=1, n_dec_layers=9,
+                          local_heads=20, d_global=2560, n_global_layers=26, global_heads=20,
+                          hash_vocab=500002, max_bytes=8192),
+}
+
+# Parameter counts the paper reports (used to price pass counts at paper scale).
+PAPER_PARAMS: dict[str, dict[str, float]] = {
+    "paper-1b": {"global": 1.28e9, "encoder": 19e6, "decoder": 160e6},
+    "paper-3b": {"global": 2.82e9, "encoder": 26e6, "decoder": 160e6},
+}
+
+
+def get_config(name: str) -> BLTConfig:
+    """A fresh copy of a named preset."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    return BLTConfig.from_dict(PRESETS[name].to_dict())

@@ -1,0 +1,54 @@
+"""The entropy model: a small causal byte LM whose next-byte entropy places patches."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from .config import EntropyConfig
+from .layers import Block, RMSNorm
+from .tokens import N_IDS
+
+
+def entropy_of_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy in nats of softmax(logits) over the last dim."""
+    logp = logits.float().log_softmax(-1)
+    return -(logp.exp() * logp).sum(-1)
+
+
+class EntropyModel(nn.Module):
+    def __init__(self, cfg: EntropyConfig, eps: float = 1e-5, theta: float = 10000.0):
+        super().__init__()
+        self.cfg = cfg
+        self.emb = nn.Embedding(N_IDS, cfg.dim)
+        self.layers = nn.ModuleList(Block(cfg.dim, cfg.n_heads, 8 / 3, theta, eps) for _ in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.dim, eps)
+        self.head = nn.Linear(cfg.dim, N_IDS, bias=False)
+
+    def forward(self, ids: torch.Tensor, pos: torch.Tensor | None = None, cache: list | None = None):
+        """ids: [B, L] -> logits [B, L, 260] for the byte after each position.
+
+        With `cache` (a list, one (k, v) per layer, possibly empty) the new positions attend
+        to the cached ones too and the cache is extended in place."""
+        B, L = ids.shape
+        start = 0 if not cache else cache[0][0].shape[2]
+        if pos is None:
+            pos = torch.arange(start, start + L, device=ids.device).expand(B, L)
+        x = self.emb(ids)
+        causal = start == 0
+        mask = None if causal else torch.ones(1, 1, L, start + L, dtype=torch.bool, device=ids.device).tril(start)
+        for i, layer in enumerate(self.layers):
+            prefix = cache[i] if cache else None
+            x, kv = layer(x, pos, mask, prefix=prefix, is_causal=causal)
+            if cache is not None:
+                if len(cache) > i:
+                    cache[i] = kv
+                else:
+                    cache.append(kv)
+        return self.head(self.norm(x))
+
+    @torch.no_grad()
+    def entropies(self, ids: torch.Tensor) -> torch.Tensor:
+        """[B, T] ids -> [B, T] H where H[:, t] is the entropy of the prediction of byte t
+        from bytes < t (H[:, 0] = 0: nothing predicts BOS)."""
+        h = entropy_of_logits(self(ids))
+        return torch.nn.functional.pad(h[:, :-1], (1, 0))

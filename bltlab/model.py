@@ -1,0 +1,201 @@
+"""The Byte Latent Transformer (DESIGN §1): local encoder, global transformer, local decoder.
+
+Positions: ids[:, 0] is BOS and forms patch 0 alone. `starts` [B, T] marks patch starts,
+`pids` [B, T] is the patch index of each byte. The decoder at byte t predicts byte t + 1
+and reads the global output of patch p(t) - 1 ("lag by one"); bytes of patch 0 read a
+learned start slot instead. Block diffusion (BLT-D) appends noisy blocks of B ids that
+start at patch starts: block at s reads the clean decoder states < s, its own block
+bidirectionally, and the global output of patch p(s) - 1; slot j predicts byte s + j.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import BLTConfig
+from .entropy import EntropyModel
+from .hashing import HashEmbedding
+from .layers import Block, RMSNorm, causal_mask
+from .patching import patch_starts
+from .tokens import N_IDS, N_INPUT_IDS, PAD
+
+
+def patch_index(starts: torch.Tensor) -> torch.Tensor:
+    """[B, T] bool starts -> [B, T] long patch index of every byte."""
+    return starts.long().cumsum(1) - 1
+
+
+class PatchPooling(nn.Module):
+    """Max-pool each patch's byte states into a query, split it into k slots, and let the
+    slots cross-attend to the bytes of their own patch only."""
+
+    def __init__(self, cfg: BLTConfig):
+        super().__init__()
+        d, k = cfg.d_local, cfg.cross_k
+        self.k, self.heads = k, cfg.local_heads
+        self.q_proj = nn.Linear(d, k * d, bias=False)
+        self.q_norm, self.kv_norm = RMSNorm(d, cfg.norm_eps), RMSNorm(d, cfg.norm_eps)
+        self.wq, self.wk = nn.Linear(d, d, bias=False), nn.Linear(d, d, bias=False)
+        self.wv, self.wo = nn.Linear(d, d, bias=False), nn.Linear(d, d, bias=False)
+        self.out = nn.Identity() if k * d == cfg.d_global else nn.Linear(k * d, cfg.d_global, bias=False)
+
+    def forward(self, h: torch.Tensor, pids: torch.Tensor, n_patches: int) -> torch.Tensor:
+        """h: [B, T, d]; pids: [B, T] (-1 = ignore) -> [B, P, d_global]."""
+        B, T, d = h.shape
+        # gather each patch's bytes into [B, P, L, d] (L = longest patch): patches are contiguous
+        pos = torch.arange(T, device=h.device).expand(B, T)
+        idx = torch.where(pids < 0, n_patches, pids)  # ignored bytes go to a dump row
+        first = torch.full((B, n_patches + 1), T, device=h.device).scatter_reduce(1, idx, pos, "amin")
+        size = torch.zeros(B, n_patches + 1, dtype=torch.long, device=h.device).scatter_add(1, idx, torch.ones_like(idx))
+        first, size = first[:, :n_patches], size[:, :n_patches]
+        L = max(int(size.max()), 1)
+        where = (first[..., None] + torch.arange(L, device=h.device)).clamp(max=T - 1)  # [B, P, L]
+        valid = torch.arange(L, device=h.device) < size[..., None]
+        bytes_ = h.gather(1, where.view(B, -1, 1).expand(-1, -1, d)).view(B, n_patches, L, d)
+        pooled = bytes_.masked_fill(~valid[..., None], float("-inf")).amax(2)
+        pooled = pooled.masked_fill(~valid[:, :, :1], 0.0)  # empty (padding) patches
+        q0 = self.q_proj(pooled).view(B, n_patches, self.k, d)  # [B, P, k, d]
+        kv = self.kv_norm(bytes_)
+        hd = d // self.heads
+        q = self.wq(self.q_norm(q0)).view(B, n_patches, self.k, self.heads, hd)
+        k = self.wk(kv).view(B, n_patches, L, self.heads, hd)
+        v = self.wv(kv).view(B, n_patches, L, self.heads, hd)
+        att = torch.einsum("bpkhd,bplhd->bpkhl", q, k) / hd ** 0.5
+        att = att.masked_fill(~valid[:, :, None, None, :], float("-inf"))
+        o = torch.einsum("bpkhl,bplhd->bpkhd", att.softmax(-1).nan_to_num(0.0), v)
+        q = q0 + self.wo(o.reshape(B, n_patches, self.k, d))
+        return self.out(q.reshape(B, n_patches, self.k * d))
+
+
+class BLT(nn.Module):
+    """Entropy model + local encoder + global transformer + local decoder."""
+
+    def __init__(self, cfg: BLTConfig):
+        super().__init__()
+        self.cfg = cfg
+        dl, dg, eps, th = cfg.d_local, cfg.d_global, cfg.norm_eps, cfg.rope_theta
+        self.entropy = EntropyModel(cfg.entropy, eps, th)
+        # local encoder
+        self.embed = HashEmbedding(N_IDS, dl, cfg.hash_sizes, cfg.hash_vocab)
+        self.enc_layers = nn.ModuleList(Block(dl, cfg.local_heads, cfg.ffn_mult, th, eps)
+                                        for _ in range(cfg.n_enc_layers))
+        self.pool = PatchPooling(cfg)
+        # global transformer
+        self.global_layers = nn.ModuleList(Block(dg, cfg.global_heads, cfg.ffn_mult, th, eps)
+                                           for _ in range(cfg.n_global_layers))
+        self.global_norm = RMSNorm(dg, eps)
+        # local decoder
+        self.slot_proj = nn.Linear(dg, cfg.cross_k * dl, bias=False)
+        self.start_slots = nn.Parameter(torch.randn(cfg.cross_k, dl) * 0.02)  # "patch -1"
+        self.noisy_embed = nn.Embedding(N_INPUT_IDS, dl)  # decoder input ids of noisy blocks (MASK incl.)
+        self.dec_layers = nn.ModuleList(Block(dl, cfg.local_heads, cfg.ffn_mult, th, eps, cross=True)
+                                        for _ in range(cfg.n_dec_layers))
+        self.dec_norm = RMSNorm(dl, eps)
+        self.head = nn.Linear(dl, N_IDS, bias=False)
+        self.apply(self._init)
+
+    @staticmethod
+    def _init(m: nn.Module) -> None:
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, std=0.02)
+
+    # ---- parts -------------------------------------------------------------------------
+    @torch.no_grad()
+    def patch(self, ids: torch.Tensor, lengths: torch.Tensor | None = None, cfg=None) -> torch.Tensor:
+        """[B, T] ids -> [B, T] bool patch starts under `cfg` (default: the model's rule)."""
+        cfg = cfg or self.cfg.patch
+        ent = self.entropy.entropies(ids) if cfg.rule in ("global", "relative") else None
+        return patch_starts(ent, ids, cfg, lengths)
+
+    def encode_bytes(self, ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """Hash embeddings + causal local encoder layers: [B, T] -> [B, T, d_local]."""
+        h = self.embed(ids)
+        mask = self.local_mask(pos)
+        for layer in self.enc_layers:
+            h, _ = layer(h, pos, mask, is_causal=mask is None)
+        return h
+
+    def local_mask(self, pos: torch.Tensor) -> torch.Tensor | None:
+        """Sliding-window causal mask, or None when plain causal attention is the same."""
+        return None if pos.shape[1] <= self.cfg.local_window else causal_mask(pos, pos, self.cfg.local_window)
+
+    def global_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, P, d_global] patch vectors -> [B, P, d_global] causal global outputs."""
+        pos = torch.arange(x.shape[1], device=x.device).expand(x.shape[0], -1)
+        for layer in self.global_layers:
+            x, _ = layer(x, pos, None, is_causal=True)
+        return self.global_norm(x)
+
+    def slots(self, g: torch.Tensor) -> torch.Tensor:
+        """[B, P, d_global] -> [B, P + 1, k, d_local]; index p holds patch p - 1 (0: start slots)."""
+        B, P, _ = g.shape
+        s = self.slot_proj(g).view(B, P, self.cfg.cross_k, self.cfg.d_local)
+        return torch.cat((self.start_slots.expand(B, 1, -1, -1).to(s.dtype), s), 1)
+
+    def decode(self, x, pos, mask, slots):
+        """Decoder layers + head. x: [B, L, d_local], slots: [B, L, k, d_local] -> logits [B, L, 260].
+        mask None means plain causal."""
+        for layer in self.dec_layers:
+            x, _ = layer(x, pos, mask, slots=slots, is_causal=mask is None)
+        return self.head(self.dec_norm(x))
+
+    def latents(self, ids: torch.Tensor, starts: torch.Tensor):
+        """Encoder + global: returns (byte states h [B,T,dl], pids [B,T], slot table [B,P+1,k,dl])."""
+        B, T = ids.shape
+        pos = torch.arange(T, device=ids.device).expand(B, T)
+        h = self.encode_bytes(ids, pos)
+        pids = patch_index(starts)
+        n_patches = int(pids.max()) + 1
+        g = self.global_forward(self.pool(h, pids, n_patches))
+        return h, pids, self.slots(g)
+
+    # ---- full passes -------------------------------------------------------------------
+    def forward(self, ids: torch.Tensor, starts: torch.Tensor, block_starts: torch.Tensor | None = None,
+                noisy: torch.Tensor | None = None):
+        """Next-byte logits [B, T, 260]: logits[:, t] predicts ids[:, t + 1]. With noisy blocks,
+        returns forward_hybrid's pair instead (one entry point, so DDP wraps both)."""
+        if noisy is not None:
+            return self.forward_hybrid(ids, starts, block_starts, noisy)
+        B, T = ids.shape
+        h, pids, table = self.latents(ids, starts)
+        pos = torch.arange(T, device=ids.device).expand(B, T)
+        slots = table[torch.arange(B, device=ids.device)[:, None], pids]  # patch p(t) - 1
+        return self.decode(h, pos, self.local_mask(pos), slots)
+
+    def forward_hybrid(self, ids: torch.Tensor, starts: torch.Tensor, block_starts: torch.Tensor,
+                       noisy: torch.Tensor):
+        """Clean next-byte logits and block-diffusion logits in one decoder pass.
+
+        block_starts: [B, nb] positions s (patch starts, -1 = unused block);
+        noisy: [B, nb, Bs] input ids (bytes or MASK). Returns ([B, T, 260], [B, nb, Bs, 260])."""
+        B, T = ids.shape
+        nb, bs = noisy.shape[1:]
+        dev = ids.device
+        h, pids, table = self.latents(ids, starts)
+        rows = torch.arange(B, device=dev)[:, None]
+        s = block_starts.clamp(min=0)
+        # clean stream then noisy stream, as one sequence with one mask
+        cpos = torch.arange(T, device=dev).expand(B, T)
+        npos = (s[..., None] + torch.arange(bs, device=dev)).reshape(B, nb * bs)
+        x = torch.cat((h, self.noisy_embed(noisy.reshape(B, nb * bs))), 1)
+        pos = torch.cat((cpos, npos), 1)
+        blk = torch.arange(nb, device=dev).repeat_interleave(bs)  # block of each noisy slot
+        nstart = s.gather(1, blk.expand(B, -1))  # [B, N] block start of each noisy slot
+        mask = torch.zeros(B, 1, T + nb * bs, T + nb * bs, dtype=torch.bool, device=dev)
+        mask[:, :, :T, :T] = causal_mask(cpos, cpos, self.cfg.local_window)
+        d = npos[:, :, None] - cpos[:, None, :]
+        mask[:, 0, T:, :T] = (cpos[:, None, :] < nstart[..., None]) & (d < self.cfg.local_window)
+        mask[:, 0, T:, T:] = blk[:, None] == blk[None, :]
+        slots = torch.cat((table[rows, pids], table[rows, pids.gather(1, nstart)]), 1)
+        logits = self.decode(x, pos, mask, slots)
+        return logits[:, :T], logits[:, T:].reshape(B, nb, bs, -1)
+
+    # ---- bookkeeping -------------------------------------------------------------------
+    def param_counts(self) -> dict[str, int]:
+        """Parameters per part (the paper's P_enc, P_glob, P_dec, plus the entropy model)."""
+        count = lambda *mods: sum(p.numel() for m in mods for p in m.parameters())
+        dec = count(self.slot_proj, self.noisy_embed, self.dec_layers, self.dec_norm, self.head)
+        return {"entropy": count(self.entropy), "encoder": count(self.embed, self.enc_layers, self.pool),
+                "global": count(self.global_layers, self.global_norm),
+                "decoder": dec + self.start_slots.numel()}

@@ -1,0 +1,168 @@
+"""Entropy patching (DESIGN §1.1): per-byte entropies -> patch boundaries, batched and vectorised.
+
+Conventions: `ids` [B, T] long, right-padded with PAD, position 0 is BOS. `entropy` [B, T] float,
+entropy[:, t] = H_t = entropy (nats) of the predicted distribution of byte t given bytes < t
+(entropy[:, 0] is unused). A boundary mask `starts` [B, T] bool is True where a new patch starts.
+
+Every rule guarantees: starts[:, 0] (BOS opens patch 0), starts[:, 1] (BOS is a patch on its own),
+no patch longer than max_patch bytes (if max_patch > 0), and no start at padded positions.
+Rules (a start at t means byte t is the first byte of a new patch):
+  global    H_t > θ
+  relative  H_t - H_{t-1} > θ_r            (the paper's approximate monotonic constraint)
+  fixed     t = 1, 1 + stride, 1 + 2*stride, ...
+  space     byte t-1 is ASCII whitespace (space, \\t, \\n, \\v, \\f, \\r) and byte t is not, so each
+            patch is a word plus its trailing whitespace ("hi  there" -> "hi  " | "there")
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .config import PatchConfig
+from .tokens import OFFSET, PAD
+
+RULES = ("global", "relative", "fixed", "space")
+WHITESPACE = b" \t\n\v\f\r"
+
+
+def _valid(starts: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+    """[B, T] bool: positions inside each row (all of them when lengths is None)."""
+    if lengths is None:
+        return torch.ones_like(starts, dtype=torch.bool)
+    pos = torch.arange(starts.shape[-1], device=starts.device)
+    return pos[None, :] < torch.as_tensor(lengths, device=starts.device)[:, None]
+
+
+def _check(cfg: PatchConfig) -> None:
+    if cfg.rule not in RULES:
+        raise ValueError(f"unknown patching rule {cfg.rule!r}; choose one of {RULES}")
+    if not math.isfinite(cfg.threshold):
+        raise ValueError(f"patch threshold must be finite, got {cfg.threshold}")
+    if cfg.max_patch < 0:
+        raise ValueError(f"max_patch must be >= 0 (0 = unlimited), got {cfg.max_patch}")
+    if cfg.stride < 1:
+        raise ValueError(f"stride must be >= 1, got {cfg.stride}")
+
+
+def enforce_max_patch(starts: torch.Tensor, max_patch: int, lengths: torch.Tensor | None = None) -> torch.Tensor:
+    """Force a start wherever the current patch already holds max_patch bytes (0 = no limit).
+
+    The greedy sequential rule has a closed form: forced starts never move the natural ones, so
+    inside a natural segment opened at s they fall exactly at s + m, s + 2m, ... Hence a start at t
+    iff natural, or (t - last natural start) is a positive multiple of m. No loop over T needed.
+    """
+    if max_patch < 0:
+        raise ValueError(f"max_patch must be >= 0 (0 = unlimited), got {max_patch}")
+    valid = _valid(starts, lengths)
+    starts = starts & valid
+    if max_patch > 0:
+        pos = torch.arange(starts.shape[-1], device=starts.device).expand_as(starts)
+        last = torch.where(starts, pos, torch.zeros_like(pos)).cummax(dim=-1).values
+        starts = starts | ((pos - last) % max_patch == 0)
+    return starts & valid
+
+
+def patch_starts(entropy: torch.Tensor | None, ids: torch.Tensor, cfg: PatchConfig,
+                 lengths: torch.Tensor | None = None) -> torch.Tensor:
+    """[B, T] bool patch-start mask for `cfg.rule` (entropy may be None for fixed/space).
+
+    lengths defaults to the count of non-PAD ids per row (ids are right-padded).
+    """
+    _check(cfg)
+    if ids.dim() != 2:
+        raise ValueError(f"ids must be [B, T], got shape {tuple(ids.shape)}")
+    if cfg.rule in ("global", "relative"):
+        if entropy is None:
+            raise ValueError(f"rule {cfg.rule!r} needs per-byte entropies, got entropy=None")
+        if entropy.shape != ids.shape:
+            raise ValueError(f"entropy shape {tuple(entropy.shape)} != ids shape {tuple(ids.shape)}")
+    if lengths is None:
+        lengths = (ids != PAD).sum(-1)
+    B, T = ids.shape
+    pos = torch.arange(T, device=ids.device).expand(B, T)
+    if cfg.rule == "global":
+        s = entropy > cfg.threshold
+    elif cfg.rule == "relative":
+        s = torch.zeros_like(ids, dtype=torch.bool)
+        s[:, 1:] = (entropy[:, 1:] - entropy[:, :-1]) > cfg.threshold
+    elif cfg.rule == "fixed":
+        s = (pos - 1) % cfg.stride == 0
+    else:
+        ws = torch.isin(ids, torch.tensor(list(WHITESPACE), device=ids.device) + OFFSET)
+        s = torch.zeros_like(ids, dtype=torch.bool)
+        s[:, 1:] = ws[:, :-1] & ~ws[:, 1:]
+    s = s | (pos <= 1)  # BOS opens patch 0 and stands alone
+    return enforce_max_patch(s, cfg.max_patch, lengths)
+
+
+def patch_ids(starts: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+    """[B, T] long: index of the patch holding each byte (cumsum - 1); -1 at padded positions."""
+    pid = starts.long().cumsum(-1) - 1
+    return pid if lengths is None else pid.masked_fill(~_valid(starts, lengths), -1)
+
+
+def num_patches(starts: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+    """[B] long: patches per row."""
+    return (starts & _valid(starts, lengths)).sum(-1)
+
+
+def starts_to_spans(starts_row: torch.Tensor, length: int) -> list[tuple[int, int]]:
+    """(start, end) half-open spans of one row's patches over its first `length` positions."""
+    st = torch.nonzero(starts_row[:length]).flatten().tolist()
+    if length > 0 and (not st or st[0] != 0):  # bytes before the first start form a patch
+        st = [0] + st
+    return list(zip(st, st[1:] + [length]))
+
+
+def patch_lengths(starts: torch.Tensor, lengths: torch.Tensor | None = None) -> list[list[int]]:
+    """Per row, the lengths of its patches (they sum to the row length)."""
+    lens = [starts.shape[-1]] * starts.shape[0] if lengths is None else torch.as_tensor(lengths).tolist()
+    return [[e - s for s, e in starts_to_spans(row, int(n))] for row, n in zip(starts, lens)]
+
+
+def mean_patch_length(starts: torch.Tensor, lengths: torch.Tensor | None = None, skip_bos: bool = True) -> float:
+    """Mean bytes per patch over the batch; skip_bos drops the BOS patch and byte (0.0 if no patches)."""
+    lens = torch.full((starts.shape[0],), starts.shape[-1], device=starts.device) if lengths is None \
+        else torch.as_tensor(lengths, device=starts.device)
+    n = num_patches(starts, lens)
+    nbytes, npatch = lens.sum().item(), n.sum().item()
+    if skip_bos:
+        nbytes, npatch = nbytes - (lens > 0).sum().item(), npatch - (n > 0).sum().item()
+    return nbytes / npatch if npatch > 0 else 0.0
+
+
+def calibrate_threshold(entropy: torch.Tensor, ids: torch.Tensor, lengths: torch.Tensor | None,
+                        target_mean: float = 4.0, rule: str = "global", max_patch: int = 8,
+                        iters: int = 40) -> float:
+    """θ for `rule` ("global" | "relative") so mean_patch_length (skip_bos) is close to target_mean.
+
+    Raising θ only removes natural starts, and merging segments never adds forced ones, so the mean
+    is non-decreasing in θ: bisect between a θ below every score (mean ~1) and one above all.
+    """
+    if rule not in ("global", "relative"):
+        raise ValueError(f"calibrate_threshold supports rules 'global' and 'relative', got {rule!r}")
+    if not target_mean >= 1 or (max_patch > 0 and target_mean > max_patch):
+        raise ValueError(f"target_mean {target_mean} unreachable: must lie in [1, max_patch={max_patch}]")
+    if lengths is None:
+        lengths = (ids != PAD).sum(-1)
+    valid = _valid(ids, lengths) & (torch.arange(ids.shape[-1], device=ids.device) >= 2)  # t = 0, 1 always start
+    score = entropy if rule == "global" else torch.cat([entropy[:, :1], entropy.diff(dim=-1)], -1)
+    finite = score[valid & torch.isfinite(score)]
+    span = (finite.min().item() - 1.0, finite.max().item() + 1.0) if finite.numel() else (-1.0, 1.0)
+
+    def mean_at(theta: float) -> float:
+        cfg = PatchConfig(rule=rule, threshold=theta, max_patch=max_patch)
+        return mean_patch_length(patch_starts(entropy, ids, cfg, lengths), lengths)
+
+    lo, hi = span
+    m_lo, m_hi = mean_at(lo), mean_at(hi)
+    if not m_lo - 1e-9 <= target_mean <= m_hi + 1e-9:
+        raise ValueError(f"target_mean {target_mean} unreachable on this data: means span [{m_lo:.3f}, {m_hi:.3f}]")
+    for _ in range(iters):  # invariant: mean_at(lo) <= target <= mean_at(hi)
+        mid = (lo + hi) / 2
+        m = mean_at(mid)
+        if m == target_mean:
+            return mid
+        lo, m_lo, hi, m_hi = (mid, m, hi, m_hi) if m < target_mean else (lo, m_lo, mid, m)
+    return lo if target_mean - m_lo <= m_hi - target_mean else hi
