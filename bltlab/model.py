@@ -102,11 +102,12 @@ class BLT(nn.Module):
 
     # ---- parts -------------------------------------------------------------------------
     @torch.no_grad()
-    def patch(self, ids: torch.Tensor, lengths: torch.Tensor | None = None, cfg=None) -> torch.Tensor:
+    def patch(self, ids: torch.Tensor, lengths: torch.Tensor | None = None, cfg=None,
+              forced: torch.Tensor | None = None) -> torch.Tensor:
         """[B, T] ids -> [B, T] bool patch starts under `cfg` (default: the model's rule)."""
         cfg = cfg or self.cfg.patch
         ent = self.entropy.entropies(ids) if cfg.rule in ("global", "relative") else None
-        return patch_starts(ent, ids, cfg, lengths)
+        return patch_starts(ent, ids, cfg, lengths, forced)
 
     def encode_bytes(self, ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         """Hash embeddings + causal local encoder layers: [B, T] -> [B, T, d_local]."""
@@ -127,11 +128,14 @@ class BLT(nn.Module):
             x, _ = layer(x, pos, None, is_causal=True)
         return self.global_norm(x)
 
+    def slot_rows(self, g: torch.Tensor) -> torch.Tensor:
+        """[B, P, d_global] global outputs -> [B, P, k, d_local] decoder cross-attention slots."""
+        return self.slot_proj(g).view(*g.shape[:2], self.cfg.cross_k, self.cfg.d_local)
+
     def slots(self, g: torch.Tensor) -> torch.Tensor:
         """[B, P, d_global] -> [B, P + 1, k, d_local]; index p holds patch p - 1 (0: start slots)."""
-        B, P, _ = g.shape
-        s = self.slot_proj(g).view(B, P, self.cfg.cross_k, self.cfg.d_local)
-        return torch.cat((self.start_slots.expand(B, 1, -1, -1).to(s.dtype), s), 1)
+        s = self.slot_rows(g)
+        return torch.cat((self.start_slots.expand(g.shape[0], 1, -1, -1).to(s.dtype), s), 1)
 
     def decode(self, x, pos, mask, slots):
         """Decoder layers + head. x: [B, L, d_local], slots: [B, L, k, d_local] -> logits [B, L, 260].

@@ -64,10 +64,12 @@ def enforce_max_patch(starts: torch.Tensor, max_patch: int, lengths: torch.Tenso
 
 
 def patch_starts(entropy: torch.Tensor | None, ids: torch.Tensor, cfg: PatchConfig,
-                 lengths: torch.Tensor | None = None) -> torch.Tensor:
+                 lengths: torch.Tensor | None = None, forced: torch.Tensor | None = None) -> torch.Tensor:
     """[B, T] bool patch-start mask for `cfg.rule` (entropy may be None for fixed/space).
 
-    lengths defaults to the count of non-PAD ids per row (ids are right-padded).
+    lengths defaults to the count of non-PAD ids per row (ids are right-padded). `forced`
+    ([B, T] bool) adds starts the rule did not choose (diffusion blocks begin patches); the
+    max-length rule then counts from them too.
     """
     _check(cfg)
     if ids.dim() != 2:
@@ -93,6 +95,8 @@ def patch_starts(entropy: torch.Tensor | None, ids: torch.Tensor, cfg: PatchConf
         s = torch.zeros_like(ids, dtype=torch.bool)
         s[:, 1:] = ws[:, :-1] & ~ws[:, 1:]
     s = s | (pos <= 1)  # BOS opens patch 0 and stands alone
+    if forced is not None:
+        s = s | forced
     return enforce_max_patch(s, cfg.max_patch, lengths)
 
 

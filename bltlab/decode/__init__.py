@@ -1,22 +1,44 @@
-"""Decoding modes behind one entry point: `generate(model, prompt, mode, **knobs)`."""
+"""Decoding modes behind one entry point: `generate(model, prompt, mode, **knobs)`.
+
+Modes: `blt` (autoregressive, KV-cached), `blt-s8` / `blt-s16` (self-speculation, draft
+window k), `blt-d4` / `blt-d8` / `blt-d16` (block diffusion, unmasking by confidence α or
+entropy bound γ), `blt-dv4` / `blt-dv8` / `blt-dv16` (one-step diffusion draft + autoregressive
+verification), `blt-h` (hybrid: entropy rule with knob η picks autoregressive or diffusion
+steps). `generate_reference` is the no-cache oracle the tests compare against.
+"""
 from __future__ import annotations
 
 from ..model import BLT
+from .autoregressive import generate_blt
 from .common import Generation, Sampler
+from .diffusion import generate_diffusion
+from .hybrid import generate_hybrid
 from .reference import generate_reference
+from .speculative import generate_speculative
 
-MODES = ("blt",)  # the fast modes arrive with the decoders issue; "blt" is autoregressive
+MODES = ("blt", "blt-s8", "blt-s16", "blt-d4", "blt-d8", "blt-d16", "blt-dv4", "blt-dv8", "blt-dv16", "blt-h")
 
 
 def generate(model: BLT, prompt: str | bytes, mode: str = "blt", max_bytes: int = 64,
              stop: str | bytes | None = None, temperature: float = 0.0, top_p: float = 1.0,
-             seed: int | None = None) -> Generation:
-    """Generate up to `max_bytes` bytes after `prompt` with decoding `mode`."""
+             seed: int | None = None, alpha: float | None = None, gamma: float | None = None,
+             eta: float = 1.0, block: int = 8) -> Generation:
+    """Generate up to `max_bytes` bytes after `prompt` with decoding `mode`.
+
+    alpha / gamma: unmasking rule of the diffusion modes (blt-d*, blt-h); eta and block: the
+    hybrid's switch threshold (nats) and block size. Knobs a mode does not use are ignored."""
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
-    g = generate_reference(model, prompt, max_bytes, stop, Sampler(temperature, top_p, seed))
-    g.mode = mode
-    return g
+    sampler = Sampler(temperature, top_p, seed)
+    if mode == "blt":
+        return generate_blt(model, prompt, max_bytes, stop, sampler)
+    if mode.startswith("blt-s"):
+        return generate_speculative(model, prompt, max_bytes, stop, sampler, int(mode[5:]), "self", mode)
+    if mode.startswith("blt-dv"):
+        return generate_speculative(model, prompt, max_bytes, stop, sampler, int(mode[6:]), "diffusion", mode)
+    if mode.startswith("blt-d"):
+        return generate_diffusion(model, prompt, max_bytes, stop, sampler, int(mode[5:]), alpha, gamma)
+    return generate_hybrid(model, prompt, max_bytes, stop, sampler, eta, block, alpha, gamma)
 
 
 __all__ = ["MODES", "Generation", "Sampler", "generate", "generate_reference"]

@@ -1,0 +1,191 @@
+"""Exact incremental BLT state for one sequence: KV caches for the entropy model, the local
+encoder, the global model and the decoder, plus the patch bookkeeping.
+
+`push(ids)` appends bytes and returns the exact next-byte logits at every new position (one
+pass of each part, however many bytes: prefill, verification). Caches are lists of (k, v)
+tensors that are replaced, never written in place, so `fork()` is a cheap snapshot and
+`truncate(n)` rolls back rejected drafts.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from ..entropy import entropy_of_logits
+from ..layers import causal_mask
+from ..model import BLT
+from ..patching import patch_starts
+
+HASH_CONTEXT = 8  # ids before a new byte that its n-gram hashes may reach
+
+
+def _run(layers, x, pos, cache: list, window: int, slots=None) -> torch.Tensor:
+    """Layers over new positions `pos` [1, L], attending to the cached prefix too; extends cache."""
+    n0, L = (cache[0][0].shape[2] if cache else 0), x.shape[1]
+    mask = None
+    if L > 1 or n0 + L > window:
+        kpos = torch.arange(n0 + L, device=x.device)[None]
+        mask = causal_mask(pos, kpos, window)
+    for i, layer in enumerate(layers):
+        x, kv = layer(x, pos, mask, slots=slots, prefix=cache[i] if cache else None)
+        if len(cache) > i:
+            cache[i] = kv
+        else:
+            cache.append(kv)
+    return x
+
+
+class SeqState:
+    """Everything the BLT has computed about one growing byte sequence."""
+
+    def __init__(self, model: BLT):
+        self.m, self.cfg = model, model.cfg
+        self.dev = next(model.parameters()).device
+        self.ids: list[int] = []
+        self.ent: list[float] = [0.0]  # ent[t] = H_t (entropy of byte t's prediction); len(ids) + 1 entries
+        self.forced: list[int] = []  # positions where a patch start was imposed (diffusion blocks)
+        self.starts = torch.zeros(0, dtype=torch.bool)
+        self.h = torch.zeros(1, 0, self.cfg.d_local, device=self.dev)  # encoder byte states
+        self.table = model.start_slots[None, None].detach().clone()  # [1, 1 + complete, k, d]
+        self.ent_cache: list = []
+        self.enc_cache: list = []
+        self.glob_cache: list = []
+        self.dec_cache: list = []
+        self.last_logits: torch.Tensor | None = None  # exact prediction of the next byte
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def complete(self) -> int:
+        """Patches whose global output is in the slot table."""
+        return self.table.shape[1] - 1
+
+    def fork(self) -> "SeqState":
+        s = copy.copy(self)
+        for name in ("ids", "ent", "forced", "ent_cache", "enc_cache", "glob_cache", "dec_cache"):
+            setattr(s, name, list(getattr(self, name)))
+        return s
+
+    # ---- the four parts, each over the new positions ------------------------------------------
+    def _positions(self, n0: int, L: int) -> torch.Tensor:
+        return torch.arange(n0, n0 + L, device=self.dev)[None]
+
+    def _entropy(self, new: torch.Tensor, pos: torch.Tensor) -> None:
+        logits = self.m.entropy(new, pos, cache=self.ent_cache)
+        self.ent += entropy_of_logits(logits)[0].tolist()
+
+    def _encode(self, new: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        ctx = torch.tensor([self.ids[max(0, pos[0, 0].item() - HASH_CONTEXT):pos[0, 0].item()]],
+                           dtype=torch.long, device=self.dev)
+        x = self.m.embed(new, ctx if ctx.shape[1] else None)
+        return _run(self.m.enc_layers, x, pos, self.enc_cache, self.cfg.local_window)
+
+    def _restart(self) -> None:
+        """Recompute patch starts over the whole sequence (cheap; old starts never change)."""
+        n = len(self.ids)
+        ids = torch.tensor([self.ids], device=self.dev)
+        ent = torch.tensor([self.ent[:n]], device=self.dev)
+        forced = torch.zeros(1, n, dtype=torch.bool, device=self.dev)
+        forced[0, [f for f in self.forced if f < n]] = True
+        self.starts = patch_starts(ent, ids, self.cfg.patch, forced=forced)[0]
+
+    def _known_starts(self) -> int:
+        """Starts at positions < len, plus one at len if it was forced (the patch before is closed)."""
+        return int(self.starts.sum()) + (len(self.ids) in self.forced)
+
+    def _global(self) -> int:
+        """Run the global model on patches that became complete; returns how many."""
+        target = self._known_starts() - 1
+        if target <= self.complete:
+            return 0
+        pids = self.starts.long().cumsum(0) - 1  # [n]
+        lo, hi = self.complete, target
+        first = int(self.starts.nonzero()[lo, 0])
+        sub = pids[first:] - lo
+        sub = torch.where(sub < hi - lo, sub, -1)[None]
+        pooled = self.m.pool(self.h[:, first:], sub, hi - lo)  # [1, P_new, d_global]
+        pos = torch.arange(lo, hi, device=self.dev)[None]
+        g = self.m.global_norm(_run(self.m.global_layers, pooled, pos, self.glob_cache, 1 << 30))
+        self.table = torch.cat((self.table, self.m.slot_rows(g)), 1)
+        return hi - lo
+
+    def _decode(self, h_new: torch.Tensor, pos: torch.Tensor, slots: torch.Tensor, cache: list) -> torch.Tensor:
+        x = _run(self.m.dec_layers, h_new, pos, cache, self.cfg.local_window, slots=slots)
+        return self.m.head(self.m.dec_norm(x))[0]
+
+    # ---- public steps -----------------------------------------------------------------------
+    @torch.no_grad()
+    def push(self, new_ids: list[int], counters: dict | None = None) -> torch.Tensor:
+        """Append bytes (exact): returns [L, 260] logits, row i predicting the byte after new_ids[i]."""
+        n0, L = len(self.ids), len(new_ids)
+        if n0 + L > self.cfg.max_bytes:
+            raise ValueError(f"sequence would exceed the model's context of {self.cfg.max_bytes} ids")
+        new = torch.tensor([new_ids], dtype=torch.long, device=self.dev)
+        pos = self._positions(n0, L)
+        self._entropy(new, pos)
+        h_new = self._encode(new, pos)
+        self.ids += new_ids
+        self.h = torch.cat((self.h, h_new), 1)
+        self._restart()
+        n_glob = self._global()
+        pids = (self.starts.long().cumsum(0) - 1)[n0:]
+        slots = self.table[:, pids]  # byte t reads patch p(t) - 1 = table row p(t)
+        logits = self._decode(h_new, pos, slots, self.dec_cache)
+        self.last_logits = logits[-1]
+        if counters is not None:
+            counters["n_ent"] += 1
+            counters["n_enc"] += n_glob > 0
+            counters["n_dec"] += 1
+        return logits
+
+    @torch.no_grad()
+    def close_patch(self, counters: dict | None = None) -> None:
+        """Force a patch start at the next position so its global output becomes available now."""
+        if len(self.ids) not in self.forced:
+            self.forced.append(len(self.ids))
+        if self._global() and counters is not None:
+            counters["n_enc"] += 1
+
+    @torch.no_grad()
+    def draft_logits(self, new_ids: list[int]) -> torch.Tensor:
+        """Decoder over new bytes with the newest global output for all of them (no entropy, no
+        global step): the self-speculation draft. Extends encoder and decoder caches; use on a fork."""
+        n0, L = len(self.ids), len(new_ids)
+        new = torch.tensor([new_ids], dtype=torch.long, device=self.dev)
+        pos = self._positions(n0, L)
+        h_new = self._encode(new, pos)
+        self.ids += new_ids
+        self.h = torch.cat((self.h, h_new), 1)
+        slots = self.table[:, -1:].expand(1, L, -1, -1)
+        return self._decode(h_new, pos, slots, self.dec_cache)
+
+    @torch.no_grad()
+    def block_logits(self, noisy: list[int]) -> torch.Tensor:
+        """Denoising pass: a block of noisy ids (bytes or MASK) right after the sequence, reading the
+        clean decoder cache and itself bidirectionally, and the newest global output. Caches are not
+        extended. Returns [B, 260] logits, row j predicting the byte at len + j."""
+        n0, L = len(self.ids), len(noisy)
+        x = self.m.noisy_embed(torch.tensor([noisy], dtype=torch.long, device=self.dev))
+        pos = self._positions(n0, L)
+        kpos = torch.arange(n0 + L, device=self.dev)[None]
+        mask = pos[:, None, :, None] - kpos[:, None, None, :] < self.cfg.local_window  # all but too old
+        slots = self.table[:, -1:].expand(1, L, -1, -1)
+        for i, layer in enumerate(self.m.dec_layers):
+            x, _ = layer(x, pos, mask, slots=slots, prefix=self.dec_cache[i] if self.dec_cache else None)
+        return self.m.head(self.m.dec_norm(x))[0]
+
+    def truncate(self, n: int, last_logits: torch.Tensor) -> None:
+        """Roll back to the first n ids (rejected drafts); `last_logits` predicts byte n."""
+        cut = lambda cache, k: [(a[:, :, :k], b[:, :, :k]) for a, b in cache]
+        self.ids = self.ids[:n]
+        self.ent = self.ent[: n + 1]
+        self.forced = [f for f in self.forced if f <= n]
+        self.starts = self.starts[:n]
+        self.h = self.h[:, :n]
+        keep = max(self._known_starts() - 1, 0)
+        self.table = self.table[:, : 1 + keep]
+        self.ent_cache, self.enc_cache = cut(self.ent_cache, n), cut(self.enc_cache, n)
+        self.dec_cache, self.glob_cache = cut(self.dec_cache, n), cut(self.glob_cache, keep)
+        self.last_logits = last_logits
