@@ -70,7 +70,8 @@ def cmd_generate(args) -> None:
     prompt = args.prompt.encode("utf-8", errors="surrogateescape")  # keep undecodable argv bytes
     try:
         g = generate(model, prompt, args.mode, max_bytes=args.max_bytes, stop=args.stop,
-                     temperature=args.temperature, top_p=args.top_p, seed=args.seed)
+                     temperature=args.temperature, top_p=args.top_p, seed=args.seed, alpha=args.alpha,
+                     gamma=args.gamma, eta=args.eta, block=args.block)
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
     if args.json:
@@ -79,6 +80,33 @@ def cmd_generate(args) -> None:
         sys.stdout.write(g.text + "\n")
         print(f"[{g.mode}: {len(g.output)} bytes, stop={g.stop_reason}, "
               + ", ".join(f"{k}={v}" for k, v in g.counters.items()) + "]", file=sys.stderr)
+
+
+def cmd_bench(args) -> None:
+    from .bench import format_table, read_prompts, run_bench
+
+    try:
+        prompts = read_prompts(args.prompts)
+        modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+        model, _ = _load(args)
+        knobs = {k: v for k, v in (("alpha", args.alpha), ("gamma", args.gamma), ("eta", args.eta)) if v is not None}
+        res = run_bench(model, prompts, modes, args.max_bytes, knobs)
+    except (ValueError, OSError) as e:
+        raise SystemExit(f"error: {e}") from None
+    res["prompts_file"] = str(args.prompts)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
+    print(format_table(res))
+
+
+def cmd_prompts(args) -> None:
+    from .bench import make_prompts
+
+    rows = make_prompts(args.task, args.n, args.seed)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    print(f"wrote {len(rows)} {args.task} prompts to {args.out}")
 
 
 def cmd_report(args) -> None:
@@ -106,6 +134,7 @@ def cmd_export(args) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from .checkpoint import SHIPPED
+    from .decode import MODES
 
     p = argparse.ArgumentParser(prog="python -m bltlab", description="bltlab: a workbench for byte-level "
                                 "language models (BLT) and their fast decoders.")
@@ -150,15 +179,39 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("generate", help="generate bytes after a prompt")
     s.add_argument("--prompt", required=True, help="prompt text (may be empty)")
-    s.add_argument("--mode", default="blt", help="decoding mode (default: blt)")
+    s.add_argument("--mode", default="blt", choices=MODES, help="decoding mode (default: blt)")
     s.add_argument("--max-bytes", type=int, default=64, help="most bytes to generate (default: 64)")
     s.add_argument("--stop", default=None, help="stop when this string is generated (it is not printed)")
     s.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default), else sampling")
     s.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default: 1.0)")
     s.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
-    s.add_argument("--json", action="store_true", help="print the whole Generation as JSON")
+    s.add_argument("--alpha", type=float, default=None,
+                   help="blt-d*/blt-h: unmask every slot whose confidence exceeds α (default 0.9; >1: one per pass)")
+    s.add_argument("--gamma", type=float, default=None,
+                   help="blt-d*/blt-h: entropy-bounded unmasking with budget γ nats instead of α (0: one per pass)")
+    s.add_argument("--eta", type=float, default=1.0, help="blt-h: diffuse when the next-byte entropy <= η nats")
+    s.add_argument("--block", type=int, default=8, choices=[4, 8, 16], help="blt-h: diffusion block size")
+    s.add_argument("--json", action="store_true", help="print the whole Generation (counters, trace) as JSON")
     model_args(s)
     s.set_defaults(fn=cmd_generate)
+
+    s = sub.add_parser("bench", help="every decoding mode on a prompt file: passes, bandwidth, quality, speed")
+    s.add_argument("--prompts", required=True, help="JSONL: {prompt, reference?, stop?, task?} per line")
+    s.add_argument("--modes", default=",".join(MODES), help="comma-separated modes (blt always runs first)")
+    s.add_argument("--max-bytes", type=int, default=64, help="most bytes per generation (default: 64)")
+    s.add_argument("--alpha", type=float, default=None, help="diffusion modes: confidence threshold α")
+    s.add_argument("--gamma", type=float, default=None, help="diffusion modes: entropy bound γ (instead of α)")
+    s.add_argument("--eta", type=float, default=None, help="blt-h: entropy (nats) at or below which it diffuses")
+    s.add_argument("--json", default=None, help="write the full result as JSON to this file")
+    model_args(s)
+    s.set_defaults(fn=cmd_bench)
+
+    s = sub.add_parser("prompts", help="write held-out benchmark prompts (translation or code) as JSONL")
+    s.add_argument("--task", required=True, choices=["translation", "code"], help="which held-out data")
+    s.add_argument("--n", type=int, default=50, help="number of prompts (default: 50)")
+    s.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
+    s.add_argument("--out", required=True, help="JSONL file to write")
+    s.set_defaults(fn=cmd_prompts)
 
     s = sub.add_parser("report", help="the README's quality figures: bpb, patch length, chrF/BLEU")
     s.add_argument("--pairs", type=int, default=None, help="held-out EN->FR pairs to translate (default: all)")

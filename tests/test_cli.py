@@ -43,7 +43,7 @@ def test_generate_json(tiny_dir):
 @pytest.mark.parametrize("args,msg", [
     (["eval", "--text", "/nonexistent/file"], "no such file"),
     (["generate", "--prompt", "x", "--max-bytes", "0"], "positive"),
-    (["generate", "--prompt", "x", "--mode", "warp"], "unknown mode"),
+    (["generate", "--prompt", "x", "--mode", "warp"], "invalid choice"),
     (["generate", "--prompt", "x", "--model", "/nonexistent"], "not found"),
 ])
 def test_clear_errors_without_tracebacks(tiny_dir, args, msg):

@@ -1,51 +1,128 @@
+"""Every decoder against the slow reference it accelerates, plus knobs, stops and counters."""
+import json
+
 import pytest
 import torch
+from hypothesis import given, settings, strategies as st
 
-from bltlab.checkpoint import load_model
-from bltlab.decode import MODES, Sampler, generate
-from bltlab.tokens import EOS, encode
+from bltlab.config import PatchConfig, get_config
+from bltlab.decode import MODES, Sampler, generate, generate_reference
+from bltlab.model import BLT
+from bltlab.tokens import OFFSET
 
 
 @pytest.fixture(scope="module")
-def model(tiny_dir):
-    return load_model(tiny_dir)[0]
+def model():
+    torch.manual_seed(0)
+    m = BLT(get_config("tiny")).eval()
+    ids = torch.randint(OFFSET, 260, (4, 64))
+    m.cfg.patch.threshold = float(m.entropy.entropies(ids)[:, 1:].median())  # real, varied patches
+    return m
 
 
-@pytest.mark.parametrize("prompt", ["def f(", "", b"\xff\xfe invalid", "EN: Save\nFR:", "x"])
-def test_blt_respects_budget_and_emits_bytes(model, prompt):
-    g = generate(model, prompt, "blt", max_bytes=12)
-    assert len(g.output) <= 12
-    assert g.stop_reason in ("max_bytes", "eos")
-    assert g.counters["n_dec"] == len(g.output) + (g.stop_reason == "eos")
-    g.to_json()  # serialisable
+def varied_prompts(n: int = 52) -> list:
+    g = torch.Generator().manual_seed(1)
+    base = ["def add(a, b):\n    return", "import os\nfor name in os.listdir('.'):", "EN: Save file\nFR: ",
+            "EN: Open a new tab\nDE: ", "The quick brown fox jumps over", "Bonjour, comment ça va ?", "x", "",
+            "héllo wörld ✓ 😀", b"\xff\xfe\x00invalid", b"\x80", "    ", "\n\n\n", "a" * 40, "0123456789" * 3]
+    out = list(base)
+    while len(out) < n:
+        k = int(torch.randint(1, 48, (1,), generator=g))
+        out.append(bytes(torch.randint(0, 256, (k,), generator=g).tolist()))
+    return out
 
 
-def test_greedy_matches_manual_argmax(model):
-    g = generate(model, "abc", "blt", max_bytes=5)
-    ids = encode("abc")
-    for _ in range(len(g.output)):
-        x = torch.tensor([ids])
-        logits = model(x, model.patch(x))[0, -1]
-        logits[:4] = float("-inf")
-        tok = int(logits.argmax())
-        if tok == EOS:
-            break
-        ids.append(tok)
-    assert bytes(i - 4 for i in ids[4:]) == g.output
+PROMPTS = varied_prompts()
 
 
-def test_stop_string_is_cut(model):
-    g = generate(model, "hello", "blt", max_bytes=20)
-    if len(g.output) >= 3:
-        stop = g.output[1:3]
-        g2 = generate(model, "hello", "blt", max_bytes=20, stop=stop)
-        assert g2.stop_reason == "stop" and not g2.output.endswith(stop)
-        assert g.output.startswith(g2.output)
+def test_cached_blt_equals_no_cache_reference(model):
+    for p in PROMPTS:
+        ref = generate_reference(model, p, 16)
+        fast = generate(model, p, "blt", max_bytes=16)
+        assert fast.output == ref.output, p
+        assert fast.stop_reason == ref.stop_reason
 
 
-def test_sampling_is_seeded(model):
-    a = generate(model, "x", "blt", max_bytes=10, temperature=1.0, seed=3)
-    b = generate(model, "x", "blt", max_bytes=10, temperature=1.0, seed=3)
+@pytest.mark.parametrize("mode", ["blt-s8", "blt-s16"])
+def test_self_speculation_equals_blt_greedy(model, mode):
+    for p in PROMPTS:
+        assert generate(model, p, mode, max_bytes=24).output == generate(model, p, "blt", max_bytes=24).output, p
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.binary(max_size=40), st.sampled_from(["blt-s8", "blt-s16"]), st.integers(1, 30))
+def test_speculation_property(prompt, mode, n):
+    torch.manual_seed(0)
+    m = BLT(get_config("tiny")).eval()
+    m.cfg.patch = PatchConfig(rule="fixed", stride=3)
+    assert generate(m, prompt, mode, max_bytes=n).output == generate(m, prompt, "blt", max_bytes=n).output
+
+
+@pytest.mark.parametrize("rule", ["relative", "space", "fixed"])
+def test_cached_blt_equals_reference_under_every_rule(model, rule):
+    m = BLT(model.cfg.__class__.from_dict(model.cfg.to_dict()))
+    m.load_state_dict(model.state_dict())
+    m.eval().cfg.patch = PatchConfig(rule=rule, threshold=0.01, stride=3, max_patch=5)
+    for p in PROMPTS[:12]:
+        assert generate(m, p, "blt", max_bytes=12).output == generate_reference(m, p, 12).output
+
+
+@pytest.mark.parametrize("mode", ["blt-d4", "blt-d16", "blt-h"])
+def test_entropy_bound_zero_and_alpha_above_one_unmask_one_per_pass(model, mode):
+    for kw in ({"gamma": 0.0}, {"alpha": 1.5}):
+        g = generate(model, "abc", mode, max_bytes=20, eta=10.0, **kw)  # η = 10 nats: always diffuse
+        steps = [s for e in g.trace if e["type"] == "block" for s in e["steps"]]
+        assert steps and all(len(s["unmasked"]) == 1 for s in steps)
+
+
+def test_looser_knobs_unmask_more(model):
+    tight = generate(model, "abc", "blt-d16", max_bytes=32, gamma=0.0).counters["n_dec"]
+    loose = generate(model, "abc", "blt-d16", max_bytes=32, alpha=0.0).counters["n_dec"]
+    assert loose < tight
+
+
+def fixed_model(model):
+    m = BLT(model.cfg.__class__.from_dict(model.cfg.to_dict()))
+    m.load_state_dict(model.state_dict())
+    m.eval().cfg.patch = PatchConfig(rule="fixed", stride=4, max_patch=8)
+    return m
+
+
+def test_counters_by_hand_blt(model):
+    """Prompt 'abc' = ids 0..3, stride-4 patches start at 0, 1, 5, 9. Prefill: one pass of each part
+    (the BOS patch is complete); bytes at 4..10 are pushed (the 8th is emitted, never pushed);
+    the patch 1..4 completes at 5 and 5..8 at 9."""
+    g = generate(fixed_model(model), "abc", "blt", max_bytes=8)
+    assert g.stop_reason == "max_bytes"
+    assert (g.counters["n_dec"], g.counters["n_ent"], g.counters["n_enc"]) == (8, 8, 3)
+
+
+def test_counters_by_hand_diffusion(model):
+    """blt-d4, α > 1 (one slot per pass): prefill 1/1/1; block 1 closes the patch 1..3 (enc 2), takes
+    4 passes (dec 5) and is pushed (dec 6, ent 2; starts 4 forced and 5 by stride: patch [4] closes,
+    enc 3); block 2 closes 5..7 (enc 4) and takes 4 passes (dec 10); the budget ends it unpushed."""
+    g = generate(fixed_model(model), "abc", "blt-d4", max_bytes=8, alpha=1.5)
+    assert g.stop_reason == "max_bytes"
+    assert (g.counters["n_dec"], g.counters["n_ent"], g.counters["n_enc"]) == (10, 2, 4)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_every_mode_emits_bytes_and_respects_budget_and_stop(model, mode):
+    for p in ("def f(", "", b"\xff", "EN: Hi\nFR: "):
+        g = generate(model, p, mode, max_bytes=10)
+        assert len(g.output) <= 10 and g.stop_reason in ("max_bytes", "eos")
+        json.dumps(g.to_json())  # the trace is JSON-serialisable
+        if len(g.output) >= 4:
+            stop = g.output[2:4]
+            cut = generate(model, p, mode, max_bytes=10, stop=stop)
+            assert cut.stop_reason == "stop" and stop not in cut.output
+            assert g.output.startswith(cut.output)
+
+
+@pytest.mark.parametrize("mode", ["blt", "blt-s8", "blt-d8", "blt-dv8", "blt-h"])
+def test_sampling_is_seeded(model, mode):
+    a = generate(model, "x", mode, max_bytes=12, temperature=1.0, seed=3)
+    b = generate(model, "x", mode, max_bytes=12, temperature=1.0, seed=3)
     assert a.output == b.output
 
 
@@ -64,6 +141,11 @@ def test_top_p_keeps_a_nucleus():
     (dict(max_bytes=10_000), "context"),
     (dict(temperature=-1.0), "temperature"),
     (dict(top_p=0.0), "top_p"),
+    (dict(mode="blt-d8", alpha=3.0), "alpha"),
+    (dict(mode="blt-d8", gamma=-1.0), "gamma"),
+    (dict(mode="blt-d8", alpha=0.5, gamma=1.0), "not both"),
+    (dict(mode="blt-h", eta=-1.0), "eta"),
+    (dict(mode="blt-h", block=5), "block"),
 ])
 def test_bad_requests_raise_clear_errors(model, kw, msg):
     args = dict(mode="blt", max_bytes=4) | kw
@@ -74,4 +156,3 @@ def test_bad_requests_raise_clear_errors(model, kw, msg):
 def test_oversized_prompt(model):
     with pytest.raises(ValueError, match="context"):
         generate(model, "a" * model.cfg.max_bytes, "blt", max_bytes=1)
-    assert "blt" in MODES

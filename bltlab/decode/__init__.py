@@ -8,6 +8,8 @@ steps). `generate_reference` is the no-cache oracle the tests compare against.
 """
 from __future__ import annotations
 
+import time
+
 from ..model import BLT
 from .autoregressive import generate_blt
 from .common import Generation, Sampler
@@ -30,15 +32,19 @@ def generate(model: BLT, prompt: str | bytes, mode: str = "blt", max_bytes: int 
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
     sampler = Sampler(temperature, top_p, seed)
+    t0 = time.perf_counter()
     if mode == "blt":
-        return generate_blt(model, prompt, max_bytes, stop, sampler)
-    if mode.startswith("blt-s"):
-        return generate_speculative(model, prompt, max_bytes, stop, sampler, int(mode[5:]), "self", mode)
-    if mode.startswith("blt-dv"):
-        return generate_speculative(model, prompt, max_bytes, stop, sampler, int(mode[6:]), "diffusion", mode)
-    if mode.startswith("blt-d"):
-        return generate_diffusion(model, prompt, max_bytes, stop, sampler, int(mode[5:]), alpha, gamma)
-    return generate_hybrid(model, prompt, max_bytes, stop, sampler, eta, block, alpha, gamma)
+        g = generate_blt(model, prompt, max_bytes, stop, sampler)
+    elif mode.startswith("blt-s"):
+        g = generate_speculative(model, prompt, max_bytes, stop, sampler, int(mode[5:]), "self", mode)
+    elif mode.startswith("blt-dv"):
+        g = generate_speculative(model, prompt, max_bytes, stop, sampler, int(mode[6:]), "diffusion", mode)
+    elif mode.startswith("blt-d"):
+        g = generate_diffusion(model, prompt, max_bytes, stop, sampler, int(mode[5:]), alpha, gamma)
+    else:
+        g = generate_hybrid(model, prompt, max_bytes, stop, sampler, eta, block, alpha, gamma)
+    g.counters["seconds"] = time.perf_counter() - t0
+    return g
 
 
 __all__ = ["MODES", "Generation", "Sampler", "generate", "generate_reference"]

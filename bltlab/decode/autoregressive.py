@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ..model import BLT
-from .common import Generation, Sampler, Stopper, check_request, new_counters
+from .common import Generation, Sampler, Stopper, check_request, finish, new_counters
 from .state import SeqState
 
 
@@ -29,5 +29,4 @@ def generate_blt(model: BLT, prompt: str | bytes, max_bytes: int = 64, stop: str
             break
         st.push([tok], counters)
         trace.append(byte_event(st, len(st) - 1, counters))
-    return Generation("blt", bytes(stopper.prompt_bytes(ids)), bytes(stopper.out), stopper.reason,
-                      counters, trace)
+    return finish("blt", ids, stopper, counters, trace, st.stats)

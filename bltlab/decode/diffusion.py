@@ -11,7 +11,7 @@ import torch
 from ..entropy import entropy_of_logits
 from ..model import BLT
 from ..tokens import MASK
-from .common import Generation, Sampler, Stopper, allowed, check_request, new_counters
+from .common import Generation, Sampler, Stopper, allowed, check_request, finish, new_counters
 from .state import SeqState
 
 
@@ -96,5 +96,4 @@ def generate_diffusion(model: BLT, prompt: str | bytes, max_bytes: int = 64, sto
             break
         st.push(keep, counters)  # exact caches + patches for the finished block
         trace[-1]["patch_starts"] = [int(i) for i in st.starts[n:].nonzero()[:, 0] + n]
-    return Generation(f"blt-d{block}", stopper.prompt_bytes(ids), bytes(stopper.out), stopper.reason,
-                      counters, trace)
+    return finish(f"blt-d{block}", ids, stopper, counters, trace, st.stats)

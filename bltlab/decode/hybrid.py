@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from ..entropy import entropy_of_logits
 from ..model import BLT
-from .common import Generation, Sampler, Stopper, check_request, new_counters
+from .common import Generation, Sampler, Stopper, check_request, finish, new_counters
 from .diffusion import check_knobs, denoise_block
 from .state import SeqState
 
@@ -59,4 +59,4 @@ def generate_hybrid(model: BLT, prompt: str | bytes, max_bytes: int = 64, stop: 
         if done:
             break
         st.push(keep, counters)
-    return Generation("blt-h", stopper.prompt_bytes(ids), bytes(stopper.out), stopper.reason, counters, trace)
+    return finish("blt-h", ids, stopper, counters, trace, st.stats)

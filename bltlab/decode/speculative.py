@@ -12,7 +12,7 @@ import torch
 
 from ..model import BLT
 from ..tokens import EOS, MASK
-from .common import Generation, Sampler, Stopper, check_request, new_counters
+from .common import Generation, Sampler, Stopper, check_request, finish, new_counters
 from .state import SeqState
 
 
@@ -100,5 +100,5 @@ def generate_speculative(model: BLT, prompt: str | bytes, max_bytes: int = 64, s
                       "counters": dict(counters)})
         if any(stopper.push(t) for t in d[:accepted]):
             break
-    return Generation(mode or ("blt-s" if draft == "self" else "blt-dv") + str(k), stopper.prompt_bytes(ids),
-                      bytes(stopper.out), stopper.reason, counters, trace)
+    return finish(mode or ("blt-s" if draft == "self" else "blt-dv") + str(k), ids, stopper, counters, trace,
+                  st.stats)

@@ -20,9 +20,12 @@ from ..patching import patch_starts
 HASH_CONTEXT = 8  # ids before a new byte that its n-gram hashes may reach
 
 
-def _run(layers, x, pos, cache: list, window: int, slots=None) -> torch.Tensor:
-    """Layers over new positions `pos` [1, L], attending to the cached prefix too; extends cache."""
+def _run(layers, x, pos, cache: list, window: int, slots=None, stats: dict | None = None) -> torch.Tensor:
+    """Layers over new positions `pos` [1, L], attending to the cached prefix too; extends cache.
+    Adds the KV-cache elements this pass reads to stats["kv_read"]."""
     n0, L = (cache[0][0].shape[2] if cache else 0), x.shape[1]
+    if stats is not None:
+        stats["kv_read"] += 2 * len(layers) * min(n0, window) * x.shape[-1]
     mask = None
     if L > 1 or n0 + L > window:
         kpos = torch.arange(n0 + L, device=x.device)[None]
@@ -53,6 +56,8 @@ class SeqState:
         self.glob_cache: list = []
         self.dec_cache: list = []
         self.last_logits: torch.Tensor | None = None  # exact prediction of the next byte
+        # cost counters shared with forks: local-encoder passes, KV-cache elements read, hash rows
+        self.stats = {"n_loc": 0, "kv_read": 0, "hash_rows": 0}
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -73,6 +78,7 @@ class SeqState:
         return torch.arange(n0, n0 + L, device=self.dev)[None]
 
     def _entropy(self, new: torch.Tensor, pos: torch.Tensor) -> None:
+        self.stats["kv_read"] += 2 * len(self.m.entropy.layers) * len(self.ids) * self.cfg.entropy.dim
         logits = self.m.entropy(new, pos, cache=self.ent_cache)
         self.ent += entropy_of_logits(logits)[0].tolist()
 
@@ -80,7 +86,9 @@ class SeqState:
         ctx = torch.tensor([self.ids[max(0, pos[0, 0].item() - HASH_CONTEXT):pos[0, 0].item()]],
                            dtype=torch.long, device=self.dev)
         x = self.m.embed(new, ctx if ctx.shape[1] else None)
-        return _run(self.m.enc_layers, x, pos, self.enc_cache, self.cfg.local_window)
+        self.stats["n_loc"] += 1
+        self.stats["hash_rows"] += new.shape[1] * (1 + len(self.cfg.hash_sizes))
+        return _run(self.m.enc_layers, x, pos, self.enc_cache, self.cfg.local_window, stats=self.stats)
 
     def _restart(self) -> None:
         """Recompute patch starts over the whole sequence (cheap; old starts never change)."""
@@ -107,12 +115,12 @@ class SeqState:
         sub = torch.where(sub < hi - lo, sub, -1)[None]
         pooled = self.m.pool(self.h[:, first:], sub, hi - lo)  # [1, P_new, d_global]
         pos = torch.arange(lo, hi, device=self.dev)[None]
-        g = self.m.global_norm(_run(self.m.global_layers, pooled, pos, self.glob_cache, 1 << 30))
+        g = self.m.global_norm(_run(self.m.global_layers, pooled, pos, self.glob_cache, 1 << 30, stats=self.stats))
         self.table = torch.cat((self.table, self.m.slot_rows(g)), 1)
         return hi - lo
 
     def _decode(self, h_new: torch.Tensor, pos: torch.Tensor, slots: torch.Tensor, cache: list) -> torch.Tensor:
-        x = _run(self.m.dec_layers, h_new, pos, cache, self.cfg.local_window, slots=slots)
+        x = _run(self.m.dec_layers, h_new, pos, cache, self.cfg.local_window, slots=slots, stats=self.stats)
         return self.m.head(self.m.dec_norm(x))[0]
 
     # ---- public steps -----------------------------------------------------------------------
@@ -172,6 +180,7 @@ class SeqState:
         kpos = torch.arange(n0 + L, device=self.dev)[None]
         mask = pos[:, None, :, None] - kpos[:, None, None, :] < self.cfg.local_window  # all but too old
         slots = self.table[:, -1:].expand(1, L, -1, -1)
+        self.stats["kv_read"] += 2 * len(self.m.dec_layers) * min(n0, self.cfg.local_window) * self.cfg.d_local
         for i, layer in enumerate(self.m.dec_layers):
             x, _ = layer(x, pos, mask, slots=slots, prefix=self.dec_cache[i] if self.dec_cache else None)
         return self.m.head(self.m.dec_norm(x))[0]
