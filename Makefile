@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # The CPU build of torch; set TORCH="torch" (or a CUDA wheel) to install another build.
 TORCH ?= torch==2.13.0
 
-.PHONY: install test app lab
+.PHONY: install test app lab results
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -24,3 +24,12 @@ app: install
 
 lab: install
 	$(BIN)/jupyter lab notebooks/
+
+# The results page (docs/results.md): held-out prompts, every mode, the paper's table on our model.
+BENCH_ARGS ?= --max-bytes 48
+results: install
+	$(BIN)/python -m bltlab prompts --task translation --n 40 --out benchmarks/prompts_translation.jsonl
+	$(BIN)/python -m bltlab prompts --task code --n 24 --out benchmarks/prompts_code.jsonl
+	$(BIN)/python -m bltlab bench --prompts benchmarks/prompts_translation.jsonl $(BENCH_ARGS) --json benchmarks/bench_translation.json
+	$(BIN)/python -m bltlab bench --prompts benchmarks/prompts_code.jsonl $(BENCH_ARGS) --json benchmarks/bench_code.json
+	$(BIN)/python -m bltlab results --bench translation=benchmarks/bench_translation.json --bench code=benchmarks/bench_code.json --out docs/results.md

@@ -109,12 +109,24 @@ def cmd_prompts(args) -> None:
     print(f"wrote {len(rows)} {args.task} prompts to {args.out}")
 
 
+def cmd_results(args) -> None:
+    from .results import load_benches, write_page
+
+    write_page(load_benches(args.bench), args.out, args.command)
+    print(f"wrote {args.out}")
+
+
 def cmd_report(args) -> None:
     from .evaluate import report
 
+    import hashlib
+
     model, meta = _load(args)
-    rep = {"model": str(args.model), "trained": meta.get("trained", {}), "seconds": meta.get("seconds"),
-           "device_trained": meta.get("device"), **report(model, args.pairs, args.windows)}
+    sha = {f: hashlib.sha256((Path(args.model) / f).read_bytes()).hexdigest()
+           for f in ("entropy.safetensors", "blt.safetensors")}
+    rep = {"model": str(args.model), "sha256": sha, "trained": meta.get("trained", {}),
+           "seconds": meta.get("seconds"), "device_trained": meta.get("device"),
+           **report(model, args.pairs, args.windows)}
     text = json.dumps(rep, indent=2)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
@@ -212,6 +224,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
     s.add_argument("--out", required=True, help="JSONL file to write")
     s.set_defaults(fn=cmd_prompts)
+
+    s = sub.add_parser("results", help="write the results page from bench JSON files")
+    s.add_argument("--bench", action="append", required=True, help="TASK=FILE.json (repeatable)")
+    s.add_argument("--out", default="docs/results.md", help="markdown page to write (figure beside it)")
+    s.add_argument("--command", default="make results", help="the command to quote on the page")
+    s.set_defaults(fn=cmd_results)
 
     s = sub.add_parser("report", help="the README's quality figures: bpb, patch length, chrF/BLEU")
     s.add_argument("--pairs", type=int, default=None, help="held-out EN->FR pairs to translate (default: all)")

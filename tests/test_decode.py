@@ -156,3 +156,14 @@ def test_bad_requests_raise_clear_errors(model, kw, msg):
 def test_oversized_prompt(model):
     with pytest.raises(ValueError, match="context"):
         generate(model, "a" * model.cfg.max_bytes, "blt", max_bytes=1)
+
+
+def test_hooks_stream_events_and_cancel(model):
+    from bltlab.decode import Hooks
+
+    seen = []
+    g = generate(model, "abc", "blt-s8", max_bytes=30, hooks=Hooks(on_event=seen.append))
+    assert seen == list(g.trace) and seen[0]["type"] == "prefill"
+    calls = []
+    g = generate(model, "abc", "blt", max_bytes=30, hooks=Hooks(should_stop=lambda: len(calls.append(1) or calls) > 5))
+    assert g.stop_reason == "cancelled" and len(g.output) == 5

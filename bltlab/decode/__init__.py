@@ -12,7 +12,7 @@ import time
 
 from ..model import BLT
 from .autoregressive import generate_blt
-from .common import Generation, Sampler
+from .common import Generation, Hooks, Sampler
 from .diffusion import generate_diffusion
 from .hybrid import generate_hybrid
 from .reference import generate_reference
@@ -24,27 +24,28 @@ MODES = ("blt", "blt-s8", "blt-s16", "blt-d4", "blt-d8", "blt-d16", "blt-dv4", "
 def generate(model: BLT, prompt: str | bytes, mode: str = "blt", max_bytes: int = 64,
              stop: str | bytes | None = None, temperature: float = 0.0, top_p: float = 1.0,
              seed: int | None = None, alpha: float | None = None, gamma: float | None = None,
-             eta: float = 1.0, block: int = 8) -> Generation:
+             eta: float = 1.0, block: int = 8, hooks: Hooks | None = None) -> Generation:
     """Generate up to `max_bytes` bytes after `prompt` with decoding `mode`.
 
     alpha / gamma: unmasking rule of the diffusion modes (blt-d*, blt-h); eta and block: the
-    hybrid's switch threshold (nats) and block size. Knobs a mode does not use are ignored."""
+    hybrid's switch threshold (nats) and block size. Knobs a mode does not use are ignored.
+    hooks: stream trace events as they happen and/or cancel from outside (see `Hooks`)."""
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
     sampler = Sampler(temperature, top_p, seed)
     t0 = time.perf_counter()
     if mode == "blt":
-        g = generate_blt(model, prompt, max_bytes, stop, sampler)
+        g = generate_blt(model, prompt, max_bytes, stop, sampler, hooks)
     elif mode.startswith("blt-s"):
-        g = generate_speculative(model, prompt, max_bytes, stop, sampler, int(mode[5:]), "self", mode)
+        g = generate_speculative(model, prompt, max_bytes, stop, sampler, int(mode[5:]), "self", mode, hooks)
     elif mode.startswith("blt-dv"):
-        g = generate_speculative(model, prompt, max_bytes, stop, sampler, int(mode[6:]), "diffusion", mode)
+        g = generate_speculative(model, prompt, max_bytes, stop, sampler, int(mode[6:]), "diffusion", mode, hooks)
     elif mode.startswith("blt-d"):
-        g = generate_diffusion(model, prompt, max_bytes, stop, sampler, int(mode[5:]), alpha, gamma)
+        g = generate_diffusion(model, prompt, max_bytes, stop, sampler, int(mode[5:]), alpha, gamma, hooks)
     else:
-        g = generate_hybrid(model, prompt, max_bytes, stop, sampler, eta, block, alpha, gamma)
+        g = generate_hybrid(model, prompt, max_bytes, stop, sampler, eta, block, alpha, gamma, hooks)
     g.counters["seconds"] = time.perf_counter() - t0
     return g
 
 
-__all__ = ["MODES", "Generation", "Sampler", "generate", "generate_reference"]
+__all__ = ["MODES", "Generation", "Hooks", "Sampler", "generate", "generate_reference"]

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ..model import BLT
-from .common import Generation, Sampler, Stopper, check_request, finish, new_counters
+from .common import Generation, Hooks, Sampler, begin, finish
 from .state import SeqState
 
 
@@ -13,16 +13,10 @@ def byte_event(st: SeqState, pos: int, counters: dict) -> dict:
 
 
 def generate_blt(model: BLT, prompt: str | bytes, max_bytes: int = 64, stop: str | bytes | None = None,
-                 sampler: Sampler | None = None) -> Generation:
+                 sampler: Sampler | None = None, hooks: Hooks | None = None) -> Generation:
     """One decoder pass per byte; encoder + global once per finished patch."""
     sampler = sampler or Sampler()
-    ids = check_request(prompt, max_bytes, model.cfg.max_bytes)
-    counters = new_counters()
-    st = SeqState(model)
-    st.push(ids, counters)
-    trace = [{"type": "prefill", "bytes": len(ids) - 1, "patch_starts": st.starts.nonzero()[:, 0].tolist(),
-              "counters": dict(counters)}]
-    stopper = Stopper(max_bytes, stop)
+    ids, counters, st, trace, stopper = begin(model, prompt, max_bytes, stop, hooks)
     while True:
         tok = int(sampler.pick(st.last_logits[None])[0])
         if stopper.push(tok):

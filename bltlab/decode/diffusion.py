@@ -11,7 +11,7 @@ import torch
 from ..entropy import entropy_of_logits
 from ..model import BLT
 from ..tokens import MASK
-from .common import Generation, Sampler, Stopper, allowed, check_request, finish, new_counters
+from .common import Generation, Hooks, Sampler, allowed, begin, finish
 from .state import SeqState
 
 
@@ -65,19 +65,13 @@ def check_knobs(alpha: float | None, gamma: float | None) -> tuple[float | None,
 
 def generate_diffusion(model: BLT, prompt: str | bytes, max_bytes: int = 64, stop: str | bytes | None = None,
                        sampler: Sampler | None = None, block: int = 8, alpha: float | None = None,
-                       gamma: float | None = None) -> Generation:
+                       gamma: float | None = None, hooks: Hooks | None = None) -> Generation:
     """Block diffusion with the hybrid checkpoint's masked-block head."""
     sampler = sampler or Sampler()
     alpha, gamma = check_knobs(alpha, gamma)
     if block not in (4, 8, 16):
         raise ValueError(f"block must be 4, 8 or 16 (the trained sizes), got {block}")
-    ids = check_request(prompt, max_bytes, model.cfg.max_bytes)
-    counters = new_counters()
-    st = SeqState(model)
-    st.push(ids, counters)
-    trace = [{"type": "prefill", "bytes": len(ids) - 1, "patch_starts": st.starts.nonzero()[:, 0].tolist(),
-              "counters": dict(counters)}]
-    stopper = Stopper(max_bytes, stop)
+    ids, counters, st, trace, stopper = begin(model, prompt, max_bytes, stop, hooks)
     while True:
         st.close_patch(counters)
         size = min(block, max_bytes - len(stopper.out))

@@ -10,27 +10,20 @@ from __future__ import annotations
 
 from ..entropy import entropy_of_logits
 from ..model import BLT
-from .common import Generation, Sampler, Stopper, check_request, finish, new_counters
+from .common import Generation, Hooks, Sampler, begin, finish
 from .diffusion import check_knobs, denoise_block
-from .state import SeqState
 
 
 def generate_hybrid(model: BLT, prompt: str | bytes, max_bytes: int = 64, stop: str | bytes | None = None,
                     sampler: Sampler | None = None, eta: float = 1.0, block: int = 8,
-                    alpha: float | None = None, gamma: float | None = None) -> Generation:
+                    alpha: float | None = None, gamma: float | None = None, hooks: Hooks | None = None) -> Generation:
     sampler = sampler or Sampler()
     alpha, gamma = check_knobs(alpha, gamma)
     if not 0.0 <= eta <= 10.0:
         raise ValueError(f"eta must be in [0, 10] nats, got {eta}")
     if block not in (4, 8, 16):
         raise ValueError(f"block must be 4, 8 or 16 (the trained sizes), got {block}")
-    ids = check_request(prompt, max_bytes, model.cfg.max_bytes)
-    counters = new_counters()
-    st = SeqState(model)
-    st.push(ids, counters)
-    trace = [{"type": "prefill", "bytes": len(ids) - 1, "patch_starts": st.starts.nonzero()[:, 0].tolist(),
-              "counters": dict(counters)}]
-    stopper = Stopper(max_bytes, stop)
+    ids, counters, st, trace, stopper = begin(model, prompt, max_bytes, stop, hooks)
     current = None
     while True:
         h = float(entropy_of_logits(st.last_logits))

@@ -12,7 +12,7 @@ import torch
 
 from ..model import BLT
 from ..tokens import EOS, MASK
-from .common import Generation, Sampler, Stopper, check_request, finish, new_counters
+from .common import Generation, Hooks, Sampler, begin, finish
 from .state import SeqState
 
 
@@ -50,18 +50,12 @@ def _draft_diffusion(st: SeqState, first: int, q_first: torch.Tensor, k: int, sa
 
 def generate_speculative(model: BLT, prompt: str | bytes, max_bytes: int = 64, stop: str | bytes | None = None,
                          sampler: Sampler | None = None, k: int = 16, draft: str = "self",
-                         mode: str = "") -> Generation:
+                         mode: str = "", hooks: Hooks | None = None) -> Generation:
     """draft="self": BLT-S with window k; draft="diffusion": BLT-DV with block k."""
     sampler = sampler or Sampler()
     if not 1 <= k <= 64:
         raise ValueError(f"draft window / block must be in [1, 64], got {k}")
-    ids = check_request(prompt, max_bytes, model.cfg.max_bytes)
-    counters = new_counters()
-    st = SeqState(model)
-    st.push(ids, counters)
-    trace = [{"type": "prefill", "bytes": len(ids) - 1, "patch_starts": st.starts.nonzero()[:, 0].tolist(),
-              "counters": dict(counters)}]
-    stopper = Stopper(max_bytes, stop)
+    ids, counters, st, trace, stopper = begin(model, prompt, max_bytes, stop, hooks)
     pending: int | None = None  # byte fixed by the last rejection
     make = _draft_self if draft == "self" else _draft_diffusion
     while True:

@@ -1,0 +1,52 @@
+"""The shipped model: it loads, the README's figures are the committed report's, the report
+describes exactly these weight files, and the fast decoders keep their contract on real weights."""
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from bltlab.checkpoint import SHIPPED, load_model
+from bltlab.decode import generate, generate_reference
+
+ROOT = Path(__file__).resolve().parent.parent
+REPORT = ROOT / "docs" / "results" / "report_small.json"
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return load_model(SHIPPED)
+
+
+def test_shipped_model_loads_and_is_small(shipped):
+    model, meta = shipped
+    size = sum(f.stat().st_size for f in SHIPPED.glob("*.safetensors"))
+    assert size <= 40e6
+    assert meta["trained"]["preset"] == "small" and meta["trained"]["objective"] == "hybrid"
+    assert 1.0 < model.cfg.patch.threshold < 6.0
+
+
+def test_report_matches_shipped_files_and_readme():
+    rep = json.loads(REPORT.read_text())
+    for f, digest in rep["sha256"].items():
+        assert hashlib.sha256((SHIPPED / f).read_bytes()).hexdigest() == digest, f"{f} changed since the report"
+    readme = (ROOT / "README.md").read_text()
+    for figure in (f"{rep['val_bpb']['code']:.3f}", f"{rep['val_bpb']['fr']:.3f}",
+                   f"{rep['patching_code']['mean_patch_length']:.2f}", f"{rep['translation_fr']['chrf']:.1f}",
+                   f"{rep['translation_fr']['bleu']:.1f}"):
+        assert figure in readme, f"README does not quote {figure} from {REPORT.name}"
+
+
+PROMPTS = ["def __init__(self, name):\n        self.", "import sys\n\n\ndef main(", "EN: Save file\nFR: ",
+           "EN: Close all tabs\nFR: ", "EN: Settings\nDE: ", "    for i in range(len(", "# Copyright", "x = [",
+           "class Parser:\n    \"\"\"", "return None if"]
+
+
+def test_fast_decoders_keep_their_contract_on_real_weights(shipped):
+    model, _ = shipped
+    for p in PROMPTS[:4]:
+        assert generate(model, p, "blt", max_bytes=24).output == generate_reference(model, p, 24).output
+    for p in PROMPTS:
+        ref = generate(model, p, "blt", max_bytes=40).output
+        assert generate(model, p, "blt-s16", max_bytes=40).output == ref
+        assert generate(model, p, "blt-s8", max_bytes=40).output == ref
