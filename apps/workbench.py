@@ -19,7 +19,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import html
+import queue
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +35,8 @@ import torch
 
 from bltlab.checkpoint import SHIPPED, CheckpointError, load_model
 from bltlab.config import PatchConfig
-from bltlab.decode import MODES, generate
+from bltlab.cost import bandwidth, part_params
+from bltlab.decode import MODES, Generation, Hooks, generate
 from bltlab.model import BLT
 from bltlab.patching import RULES, mean_patch_length, patch_starts, starts_to_spans
 from bltlab.tokens import encode, to_bytes
@@ -45,6 +48,27 @@ STRIDE_RANGE = (1, 16)
 GEN_BYTES_RANGE = (1, 256)
 COLORS = ("#4C78A8", "#F58518")  # alternating patch colours (bars and text)
 README_REPRO = "Reproducing the shipped model"
+MAX_PROMPT_CHARS = 4000  # the generate/compare textboxes; the model's context is the real limit
+CONCURRENCY = 2  # generations at once (per event); the rest wait in the queue
+QUEUE_SIZE = 64
+STREAM_INTERVAL = 0.15  # seconds between streamed updates
+STEP_LIMIT = 24  # diffusion blocks / speculative drafts drawn in the step picture
+PATCH_BG = ("#c6dbef", "#fdd0a2", "#c7e9c0", "#dadaeb")  # patch colours in the step picture
+STEPS_CSS = """<style>
+.bl-steps{font-family:ui-monospace,monospace;font-size:13px;line-height:1.9}
+.bl-sec{margin:8px 0 4px 0;font-family:sans-serif}
+.bl-strip{display:flex;flex-wrap:wrap;gap:1px}
+.bl-b{display:inline-block;min-width:1.2em;padding:0 2px;text-align:center;border-radius:3px;color:#111}
+.bl-switch{font-size:11px;font-weight:bold;padding:0 3px;margin:0 2px;border-radius:3px;color:#fff}
+.bl-ar{background:#e45756}.bl-d{background:#4c78a8}
+.bl-grid{border-collapse:collapse;margin:4px 8px 8px 0;display:inline-table;vertical-align:top}
+.bl-grid caption{font-size:11px;text-align:left;font-family:sans-serif}
+.bl-grid td,.bl-grid th{border:1px solid #ccc;padding:0 4px;text-align:center;font-size:12px}
+.bl-grid th{background:#f3f3f3;font-weight:normal;color:#555}
+.bl-new{background:#fdd0a2;font-weight:bold;color:#111}.bl-old{color:#999}.bl-mask{color:#bbb}
+.bl-row{margin:1px 0}.bl-lab{display:inline-block;width:11em;color:#555;font-family:sans-serif;font-size:12px}
+.bl-arrow{margin:0 3px}.bl-none{color:#777;font-family:sans-serif}
+</style>"""
 
 EXAMPLES: dict[str, str] = {
     "Python code": 'def add(a, b):\n    """Return the sum of a and b."""\n    return a + b\n\nprint(add(2, 3))\n',
@@ -68,6 +92,39 @@ class Workbench:
     meta: dict
     model_dir: Path
     device: str
+    params: dict = dataclasses.field(init=False)  # bltlab.cost.part_params of the model
+    stops: dict = dataclasses.field(init=False, default_factory=dict)  # session -> set of running flags
+    lock: threading.Lock = dataclasses.field(init=False, default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        self.params = part_params(self.model)
+
+    @property
+    def dtype_bytes(self) -> int:
+        """Bytes per weight element (for the full bandwidth formula)."""
+        return next(self.model.parameters()).element_size()
+
+    def register_stop(self, session: str) -> threading.Event:
+        """A fresh stop flag for one generation of a browser session."""
+        flag = threading.Event()
+        with self.lock:
+            self.stops.setdefault(session, set()).add(flag)
+        return flag
+
+    def unregister_stop(self, session: str, flag: threading.Event) -> None:
+        with self.lock:
+            flags = self.stops.get(session, set())
+            flags.discard(flag)
+            if not flags:
+                self.stops.pop(session, None)
+
+    def stop_session(self, session: str) -> int:
+        """Set the stop flag of every running generation of a session; returns how many."""
+        with self.lock:
+            flags = list(self.stops.get(session, ()))
+        for f in flags:
+            f.set()
+        return len(flags)
 
     @property
     def cfg(self):
@@ -283,33 +340,6 @@ def patching_view(wb: Workbench, text: str, rule: str, threshold: float, max_pat
     return entropy_figure(pa), patch_segments(pa), patch_summary(pa)
 
 
-def generate_view(wb: Workbench, prompt: str, mode: str, max_bytes: int, temperature: float,
-                  top_p: float, seed: int | float | None, stop: str) -> tuple[str, dict, str]:
-    """The Generate tab: (generated text, counters, status markdown). Bad input -> gr.Error."""
-    if mode not in MODES:
-        raise user_error(f"Unknown decoding mode {mode!r}; choose one of {', '.join(MODES)}.")
-    try:
-        max_bytes = int(max_bytes)
-        seed = None if seed is None or seed == "" else int(seed)
-        t0 = time.perf_counter()
-        g = generate(wb.model, text_bytes(prompt), mode=mode, max_bytes=max_bytes,
-                     stop=text_bytes(stop) or None, temperature=float(temperature), top_p=float(top_p),
-                     seed=seed)
-        seconds = time.perf_counter() - t0
-    except (ValueError, TypeError) as e:
-        raise user_error(str(e)) from None
-    counters = dict(g.counters)
-    counters.setdefault("bytes", len(g.output))
-    counters.setdefault("seconds", round(seconds, 4))
-    counters.setdefault("bytes_per_s", round(len(g.output) / seconds, 2) if seconds > 0 else None)
-    why = {"max_bytes": "the byte budget was reached", "eos": "the model emitted EOS",
-           "stop": "the stop string was generated (it is not shown)",
-           "context": "the model's context is full"}.get(g.stop_reason, g.stop_reason)
-    status = (f"Mode `{mode}` · stopped: **{g.stop_reason}** ({why}) · {counters['bytes']} bytes in "
-              f"{counters['seconds']:.3f} s on **{device_name(wb.device)}**")
-    return g.text, counters, status
-
-
 def _md_cell(value) -> str:
     return html.escape(str(value)).replace("|", "\\|").replace("\n", " ")
 
@@ -361,6 +391,344 @@ def header_markdown(wb: Workbench) -> str:
             f"from `{_md_cell(wb.model_dir)}` · running on **{_md_cell(device_name(wb.device))}**")
 
 
+# ---- generation: knobs, streaming, counters ----------------------------------------------
+UNMASK_RULES = ("confidence α", "entropy bound γ")
+STOP_REASONS = {"max_bytes": "the byte budget was reached", "eos": "the model emitted EOS",
+                "stop": "the stop string was generated (it is not shown)",
+                "context": "the model's context is full", "cancelled": "the Stop button was pressed"}
+
+
+@dataclass
+class GenKnobs:
+    """Validated arguments of `bltlab.decode.generate` (everything but the model)."""
+
+    prompt: bytes
+    mode: str
+    max_bytes: int
+    stop: bytes | None
+    temperature: float
+    top_p: float
+    seed: int | None
+    alpha: float | None
+    gamma: float | None
+    eta: float
+    block: int
+
+    def kwargs(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def gen_knobs(prompt: str | None, mode: str, max_bytes, temperature, top_p, seed, stop: str | None,
+              unmask_rule: str = UNMASK_RULES[0], alpha=0.9, gamma=1.0, eta=1.0, block=8) -> GenKnobs:
+    """UI values -> GenKnobs. Only the mode and the types are checked here; ranges are left to
+    the library so that its ValueError text reaches the page. An empty prompt is fine (BOS)."""
+    if mode not in MODES:
+        raise user_error(f"Unknown decoding mode {mode!r}; choose one of {', '.join(MODES)}.")
+    if unmask_rule not in UNMASK_RULES:
+        raise user_error(f"Unknown unmasking rule {unmask_rule!r}; choose one of {', '.join(UNMASK_RULES)}.")
+    try:
+        by_conf = unmask_rule == UNMASK_RULES[0]
+        return GenKnobs(text_bytes(prompt), mode, int(max_bytes), text_bytes(stop) or None, float(temperature),
+                        float(top_p), None if seed is None or seed == "" else int(seed),
+                        float(alpha) if by_conf else None, None if by_conf else float(gamma),
+                        float(eta), int(block))
+    except (TypeError, ValueError) as e:
+        raise user_error(f"Invalid knob value: {e}") from None
+
+
+def run_generation(wb: Workbench, knobs: GenKnobs, hooks: Hooks | None = None) -> Generation:
+    """One generation; the library's ValueError/TypeError become gr.Error with the same text."""
+    try:
+        with torch.no_grad():
+            return generate(wb.model, **knobs.kwargs(), hooks=hooks)
+    except (ValueError, TypeError) as e:
+        raise user_error(str(e)) from None
+
+
+def live_counters(wb: Workbench, counters: dict, n_bytes: int, seconds: float, final: bool) -> dict:
+    """Pass counters + GB by the paper's and the full formula (bltlab.cost), bytes/s, device.
+    While running, the decoders report only n_dec/n_enc/n_ent, so `GB_full` is then a lower
+    bound (no KV reads or hash rows yet); the final value counts everything."""
+    c = {k: int(counters.get(k, 0)) for k in ("n_dec", "n_enc", "n_ent")}
+    gb = bandwidth({**counters, **c}, wb.params, wb.cfg.d_local, wb.dtype_bytes)
+    return {**c, "GB_paper": round(gb["paper"], 6), "GB_full": round(gb["full"], 6),
+            "GB_full_is": "final" if final else "lower bound (running)",
+            "bytes": n_bytes, "seconds": round(seconds, 3),
+            "bytes_per_s": round(n_bytes / seconds, 2) if seconds > 0 else None,
+            "device": device_name(wb.device)}
+
+
+def emitted_bytes(trace: list[dict]) -> bytes:
+    """The bytes the trace says were produced so far (the stop string may still be in it; the
+    final Generation.output is authoritative)."""
+    out = bytearray()
+    for e in trace:
+        t = e.get("type")
+        if t in ("byte", "ar"):
+            out.append(e["byte"])
+        elif t == "verify":
+            out.extend(e["draft"][:e["accepted"]])
+        elif t == "block":
+            out.extend(e["bytes"])
+    return bytes(out)
+
+
+def last_counters(trace: list[dict]) -> dict:
+    """Counters of the newest event that carries them."""
+    return next((e["counters"] for e in reversed(trace) if "counters" in e), {})
+
+
+def status_markdown(wb: Workbench, mode: str, reason: str | None, n_bytes: int, seconds: float) -> str:
+    """One line: mode, why it stopped (or 'running'), bytes, time, device."""
+    state = "running…" if reason is None else f"stopped: **{reason}** ({STOP_REASONS.get(reason, reason)})"
+    return (f"Mode `{mode}` · {state} · {n_bytes} bytes in {seconds:.3f} s on "
+            f"**{_md_cell(device_name(wb.device))}**")
+
+
+def _worker(wb: Workbench, knobs: GenKnobs, events: queue.Queue, flag: threading.Event) -> None:
+    """Thread body: run one generation, streaming events; ends with ("done", Generation | gr.Error)."""
+    try:
+        g = run_generation(wb, knobs, Hooks(on_event=lambda e: events.put(("event", e)), should_stop=flag.is_set))
+        events.put(("done", g))
+    except BaseException as e:  # noqa: BLE001 - handed to the page as an error
+        events.put(("done", e))
+
+
+def generate_stream(wb: Workbench, session: str, *values, interval: float = STREAM_INTERVAL):
+    """The Generate tab as a generator: yields (text so far, counters, status, steps HTML) while a
+    worker thread generates; Stop (`stop_session`) ends it with stop_reason "cancelled"."""
+    knobs = gen_knobs(*values)
+    events: queue.Queue = queue.Queue()
+    flag = wb.register_stop(session)
+    worker = threading.Thread(target=_worker, args=(wb, knobs, events, flag), daemon=True)
+    trace: list[dict] = []
+    t0 = time.perf_counter()
+    worker.start()
+    try:
+        last_yield = 0.0
+        while True:
+            try:
+                kind, item = events.get(timeout=interval)
+            except queue.Empty:
+                kind, item = "tick", None
+            if kind == "event":
+                trace.append(item)
+            elif kind == "done":
+                break
+            now = time.perf_counter()
+            if now - last_yield >= interval:
+                last_yield = now
+                out = emitted_bytes(trace)
+                yield (out.decode("utf-8", errors="replace"),
+                       live_counters(wb, last_counters(trace), len(out), now - t0, final=False),
+                       status_markdown(wb, knobs.mode, None, len(out), now - t0), steps_html(trace, knobs.prompt))
+        if isinstance(item, BaseException):
+            raise item
+        g: Generation = item
+        seconds = float(g.counters.get("seconds", time.perf_counter() - t0))
+        yield (g.text, live_counters(wb, g.counters, len(g.output), seconds, final=True),
+               status_markdown(wb, knobs.mode, g.stop_reason, len(g.output), seconds), steps_html(g.trace, g.prompt, g.output))
+    finally:
+        flag.set()  # the page went away or the run ended: never leave a worker generating
+        wb.unregister_stop(session, flag)
+
+
+def generate_once(wb: Workbench, *values) -> tuple[str, dict, str, str]:
+    """The last update of `generate_stream` (tests, notebooks)."""
+    *_, last = generate_stream(wb, "", *values)
+    return last
+
+
+# ---- what happens at each step (built from the trace only) ------------------------------
+def byte_glyph(b: int) -> str:
+    """A short, HTML-escaped glyph for one byte: the ASCII character, ␣ for space, ↵ for
+    newline, else \\xNN."""
+    special = {0x20: "␣", 0x0A: "↵", 0x09: "⇥", 0x0D: "␍"}
+    if b in special:
+        return special[b]
+    if 0x21 <= b < 0x7F:
+        return html.escape(chr(b))
+    return f"\\x{b:02x}"
+
+
+def _cell(b: int, style: str, title: str = "") -> str:
+    tip = f' title="{html.escape(title)}"' if title else ""
+    return f'<span class="bl-b" style="{style}"{tip}>{byte_glyph(b)}</span>'
+
+
+def trace_layout(trace: list[dict], prompt: bytes, output: bytes | None = None
+                 ) -> tuple[dict[int, int], set[int], dict[int, str]]:
+    """From a trace: {position: byte} for prompt and generated bytes (position 0 = BOS),
+    the known patch starts, and the BLT-H switch points {position: "ar" | "diffusion"}.
+
+    `output` (Generation.output, once finished) is authoritative for the generated bytes: the
+    trace can lack the last byte (`blt` emits no event for the byte that ends the run) and
+    can hold bytes past the end (a stop string, the rest of a block)."""
+    pos_byte = {i + 1: b for i, b in enumerate(prompt)}
+    starts: set[int] = set()
+    switches: dict[int, str] = {}
+    for e in trace:
+        t = e.get("type")
+        if t == "prefill":
+            starts.update(e.get("patch_starts", []))
+        elif t == "byte":
+            pos_byte[e["pos"]] = e["byte"]
+            if e.get("patch_start"):
+                starts.add(e["pos"])
+        elif t == "ar":
+            pos_byte[e["pos"]] = e["byte"]
+        elif t == "verify":
+            for i, b in enumerate(e["draft"][:e["accepted"]]):
+                pos_byte[e["pos"] + 1 + i] = b
+            starts.update(e.get("patch_starts", []))
+        elif t == "block":
+            for i, b in enumerate(e["bytes"]):
+                pos_byte[e["pos"] + i] = b
+            starts.add(e["pos"])  # a diffusion block always begins a patch
+            starts.update(e.get("patch_starts", []))
+        elif t == "switch":
+            switches[e["pos"]] = e["to"]
+    if output is not None:
+        end = len(prompt) + len(output)
+        pos_byte = {p: b for p, b in pos_byte.items() if p <= end}
+        pos_byte.update({len(prompt) + 1 + i: b for i, b in enumerate(output)})
+    return pos_byte, starts, switches
+
+
+def patches_html(trace: list[dict], prompt: bytes, output: bytes | None = None) -> str:
+    """Prompt + generated bytes, coloured by patch (prompt faded), with BLT-H switch marks."""
+    pos_byte, starts, switches = trace_layout(trace, prompt, output)
+    parts, patch = [], -1
+    for pos in sorted(pos_byte):
+        if pos in switches:
+            to = switches[pos]
+            parts.append(f'<span class="bl-switch bl-{"ar" if to == "ar" else "d"}" '
+                         f'title="BLT-H switches to {html.escape(to)} here">▶{"AR" if to == "ar" else "D"}</span>')
+        if pos in starts or patch < 0:
+            patch += 1
+        bg = PATCH_BG[patch % len(PATCH_BG)]
+        faded = "opacity:.55;" if pos <= len(prompt) else ""
+        parts.append(_cell(pos_byte[pos], f"background:{bg};{faded}",
+                           f"position {pos}, patch {patch}" + (" (prompt)" if pos <= len(prompt) else "")))
+    if not parts:
+        return '<p class="bl-none">No bytes yet.</p>'
+    return ('<div class="bl-sec"><b>Patches</b> (faded: prompt · a new colour starts each patch'
+            + (' · ▶AR / ▶D: BLT-H switches to autoregressive / diffusion steps' if switches else "")
+            + f')</div><div class="bl-strip">{"".join(parts)}</div>')
+
+
+def block_grid_html(event: dict) -> str:
+    """One diffusion block as a table: rows = denoising steps, columns = slot positions; the
+    byte unmasked at a step is shown bold in that row, bytes unmasked earlier faded, ▒ = MASK."""
+    size, pos = event["size"], event["pos"]
+    known: dict[int, int] = {}
+    head = "".join(f"<th>{pos + j}</th>" for j in range(size))
+    rows = []
+    for k, step in enumerate(event["steps"]):
+        new = dict(zip(step["unmasked"], step["bytes"]))
+        cells = []
+        for j in range(size):
+            if j in new:
+                cells.append(f'<td class="bl-new">{byte_glyph(new[j])}</td>')
+            elif j in known:
+                cells.append(f'<td class="bl-old">{byte_glyph(known[j])}</td>')
+            else:
+                cells.append('<td class="bl-mask">▒</td>')
+        known.update(new)
+        rows.append(f"<tr><th>step {k + 1}</th>{''.join(cells)}</tr>")
+    return (f'<table class="bl-grid"><caption>block at position {pos} · {size} slots · '
+            f'{len(event["steps"])} denoising step(s)</caption><tr><th></th>{head}</tr>{"".join(rows)}</table>')
+
+
+def verify_html(event: dict) -> str:
+    """One speculative draft: accepted bytes green, the rejected byte red, then the correction."""
+    d, acc = event["draft"], event["accepted"]
+    cells = [_cell(b, "background:#c7e9c0", "accepted") for b in d[:acc]]
+    if event.get("rejected") is not None:
+        cells.append(_cell(event["rejected"], "background:#fcbba1;text-decoration:line-through", "rejected"))
+    if event.get("correction") is not None:
+        cells.append('<span class="bl-arrow">→</span>'
+                     + _cell(event["correction"], "background:#c6dbef", "correction (exact byte)"))
+    return (f'<div class="bl-row"><span class="bl-lab">pos {event["pos"] + 1}: {acc}/{len(d)} kept</span>'
+            f'{"".join(cells)}</div>')
+
+
+def steps_html(trace: list[dict], prompt: bytes = b"", output: bytes | None = None,
+               limit: int = STEP_LIMIT) -> str:
+    """What happens at each step, from a Generation trace only: patches (and BLT-H switch
+    points), every diffusion block's denoising grid, every speculative draft's verdict.
+    All model and user text is escaped; at most `limit` blocks / drafts are drawn. Pass
+    `output` (Generation.output) once the run has finished (see `trace_layout`)."""
+    blocks = [e for e in trace if e.get("type") == "block"]
+    drafts = [e for e in trace if e.get("type") == "verify"]
+    parts = [STEPS_CSS, patches_html(trace, prompt, output)]
+    if blocks:
+        parts.append('<div class="bl-sec"><b>Diffusion blocks</b> (bold: unmasked at this step · '
+                     'faded: unmasked before · ▒: still masked)</div>')
+        parts += [block_grid_html(e) for e in blocks[:limit]]
+    if drafts:
+        parts.append('<div class="bl-sec"><b>Speculative drafts</b> (green: accepted · red: rejected · '
+                     'blue: the exact correction)</div>')
+        parts += [verify_html(e) for e in drafts[:limit]]
+    if len(blocks) > limit or len(drafts) > limit:
+        parts.append(f'<p class="bl-none">… only the first {limit} are drawn.</p>')
+    return f'<div class="bl-steps">{"".join(parts)}</div>'
+
+
+# ---- compare ---------------------------------------------------------------------------
+COMPARE_HEADERS = ["mode", "output", "identical_to_blt", "stop_reason", "bytes", "bytes_per_s",
+                   "GB_paper", "GB_full", "n_dec", "n_enc", "n_ent"]
+
+
+def compare_modes(modes: list[str] | None) -> list[str]:
+    """`blt` first (the reference), then the chosen modes; 2–4 in all, else gr.Error."""
+    modes = [m for m in (modes or []) if m != "blt"]
+    unknown = [m for m in modes if m not in MODES]
+    if unknown:
+        raise user_error(f"Unknown decoding mode(s) {', '.join(map(repr, unknown))}; choose from {', '.join(MODES)}.")
+    out = ["blt"] + list(dict.fromkeys(modes))
+    if not 2 <= len(out) <= 4:
+        raise user_error(f"Choose 1 to 3 modes besides blt (2–4 in all, blt is always run as the reference); "
+                         f"got {len(out)} in all.")
+    return out
+
+
+def compare_runs(wb: Workbench, prompt: str, modes: list[str] | None, max_bytes, temperature, top_p,
+                 seed) -> list[dict]:
+    """The same prompt through `blt` and the chosen modes: one row per mode (COMPARE_HEADERS)."""
+    rows, ref = [], None
+    for mode in compare_modes(modes):
+        g = run_generation(wb, gen_knobs(prompt, mode, max_bytes, temperature, top_p, seed, ""))
+        ref = g.output if ref is None else ref
+        c = live_counters(wb, g.counters, len(g.output), float(g.counters.get("seconds", 0.0)), final=True)
+        rows.append({"mode": mode, "output": g.text, "identical_to_blt": g.output == ref,
+                     "stop_reason": g.stop_reason, **{k: c[k] for k in COMPARE_HEADERS[4:]}})
+    return rows
+
+
+def compare_figure(rows: list[dict]) -> go.Figure:
+    """Grouped bars: GB read per mode by the paper's formula and by the full one."""
+    fig = go.Figure()
+    modes = [r["mode"] for r in rows]
+    fig.add_bar(x=modes, y=[r["GB_paper"] for r in rows], name="paper formula (GB of parameters)",
+                marker_color=COLORS[0])
+    fig.add_bar(x=modes, y=[r["GB_full"] for r in rows], name="full (GB actually read)", marker_color=COLORS[1])
+    fig.update_layout(title="Memory bandwidth per generation", barmode="group", yaxis_title="GB",
+                      height=360, margin=dict(l=50, r=20, t=50, b=40), legend=dict(orientation="h", y=-0.2))
+    return fig
+
+
+def compare_view(wb: Workbench, prompt: str, modes: list[str] | None, max_bytes, temperature, top_p,
+                 seed) -> tuple[list[list], go.Figure, str]:
+    """The Compare tab: (table rows, bandwidth figure, summary markdown)."""
+    rows = compare_runs(wb, prompt, modes, max_bytes, temperature, top_p, seed)
+    same = [r["mode"] for r in rows[1:] if r["identical_to_blt"]]
+    note = "" if float(temperature) == 0 else " (sampling: outputs may differ even when every mode is correct)"
+    summary = (f"Reference `blt`; identical output: {', '.join(f'`{m}`' for m in same) or 'none'}{note} · "
+               f"device **{_md_cell(device_name(wb.device))}**")
+    return [[r[h] for h in COMPARE_HEADERS] for r in rows], compare_figure(rows), summary
+
+
 # ---------------------------------------------------------------------------------------
 # 2. The app
 # ---------------------------------------------------------------------------------------
@@ -401,28 +769,88 @@ def _patching_tab(wb: Workbench, demo: gr.Blocks) -> None:
           api_name="patching", trigger_mode="always_last", show_progress="minimal")
 
 
+def _unmask_controls(rule: str):
+    """Show the α slider for the confidence rule, the γ slider for the entropy bound."""
+    return gr.update(visible=rule == UNMASK_RULES[0]), gr.update(visible=rule != UNMASK_RULES[0])
+
+
+def _session(request: gr.Request | None) -> str:
+    """The browser session (or API client) a request comes from."""
+    return getattr(request, "session_hash", None) or ""
+
+
 def _generate_tab(wb: Workbench) -> None:
     with gr.Row():
         with gr.Column(scale=2):
-            prompt = gr.Textbox("def add(a, b):", label="Prompt", lines=4,
-                                info="Empty is fine (the model starts from BOS).")
+            prompt = gr.Textbox("def add(a, b):", label="Prompt", lines=4, max_length=MAX_PROMPT_CHARS,
+                                elem_id="gen-prompt",
+                                info=f"Empty is fine (the model starts from BOS); prompt + max new bytes "
+                                     f"must fit in {wb.context_bytes} bytes.")
+            mode = gr.Radio(list(MODES), value=MODES[0], label="Decoding mode", elem_id="gen-mode",
+                            info="blt: autoregressive · s: self-speculation · d: block diffusion · "
+                                 "dv: diffusion draft + verification · h: hybrid")
             with gr.Row():
-                go_btn = gr.Button("Generate", variant="primary")
-                stop_btn = gr.Button("Stop", variant="stop")
+                go_btn = gr.Button("Generate", variant="primary", elem_id="gen-go")
+                stop_btn = gr.Button("Stop", variant="stop", elem_id="gen-stop")
         with gr.Column(scale=1):
-            mode = gr.Dropdown(list(MODES), value=MODES[0], label="Decoding mode")
             max_bytes = gr.Slider(*GEN_BYTES_RANGE, value=64, step=1, label="Max new bytes")
             temperature = gr.Slider(0.0, 2.0, value=0.0, step=0.05, label="Temperature", info="0 = greedy")
             top_p = gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="Top-p")
             seed = gr.Number(0, precision=0, label="Seed")
             stop = gr.Textbox("", label="Stop string", info="generation ends when this is produced")
-    output = gr.Textbox(label="Generated text", lines=6, interactive=False)
-    status = gr.Markdown()
-    counters = gr.JSON(label="Counters (n_dec / n_enc / n_ent = decoder / encoder / entropy-model passes)")
-    event = go_btn.click(lambda *a: generate_view(wb, *a), [prompt, mode, max_bytes, temperature, top_p, seed, stop],
-                         [output, counters, status], api_name="generate")
-    # Stop cancels the event: the page stops waiting and drops the result at once.
-    stop_btn.click(None, None, None, cancels=[event], api_visibility="private", queue=False)
+            with gr.Accordion("Diffusion and hybrid knobs (blt-d*, blt-h)", open=False):
+                unmask = gr.Radio(list(UNMASK_RULES), value=UNMASK_RULES[0], label="Unmasking rule")
+                alpha = gr.Slider(0.0, 2.0, value=0.9, step=0.01, label="α (confidence)",
+                                  info="unmask slots whose confidence exceeds α (above 1: one per pass)")
+                gamma = gr.Slider(0.0, 10.0, value=1.0, step=0.05, label="γ (entropy bound, nats)", visible=False,
+                                  info="unmask the most confident slots while their summed entropy stays below γ")
+                eta = gr.Slider(0.0, 10.0, value=1.0, step=0.05, label="η (blt-h switch, nats)",
+                                info="diffusion block when the next-byte entropy ≤ η, else one AR byte")
+                block = gr.Radio([4, 8, 16], value=8, label="Block (blt-h)")
+    output = gr.Textbox(label="Generated text", lines=5, interactive=False, elem_id="gen-output")
+    status = gr.Markdown(elem_id="gen-status")
+    with gr.Row():
+        counters = gr.JSON(label="Live counters (n_dec / n_enc / n_ent = decoder / encoder+global / "
+                                 "entropy-model passes; GB by the paper's and the full formula)",
+                           elem_id="gen-counters", scale=1)
+        steps = gr.HTML(label="What happens at each step", elem_id="gen-steps")
+    unmask.change(_unmask_controls, unmask, [alpha, gamma], api_visibility="private", queue=False)
+    inputs = [prompt, mode, max_bytes, temperature, top_p, seed, stop, unmask, alpha, gamma, eta, block]
+
+    def run(prompt, mode, max_bytes, temperature, top_p, seed, stop, unmask, alpha, gamma, eta, block,
+            request: gr.Request):  # explicit arguments: gradio injects `request` only so
+        yield from generate_stream(wb, _session(request), prompt, mode, max_bytes, temperature, top_p, seed,
+                                   stop, unmask, alpha, gamma, eta, block)
+
+    def stop_now(request: gr.Request) -> None:
+        wb.stop_session(_session(request))
+
+    go_btn.click(run, inputs, [output, counters, status, steps], api_name="generate",
+                 concurrency_limit=CONCURRENCY, show_progress="minimal")
+    # Stop sets the flags of this session's running generations: the worker ends at the next
+    # byte and the stream finishes with stop_reason "cancelled" (nothing is thrown away).
+    stop_btn.click(stop_now, None, None, api_name="stop", queue=False)
+
+
+def _compare_tab(wb: Workbench) -> None:
+    with gr.Row():
+        with gr.Column(scale=2):
+            prompt = gr.Textbox("def add(a, b):", label="Prompt", lines=3, max_length=MAX_PROMPT_CHARS,
+                                elem_id="cmp-prompt")
+            modes = gr.CheckboxGroup([m for m in MODES if m != "blt"], value=["blt-s8", "blt-d4"],
+                                     label="Modes to compare with blt",
+                                     info="1 to 3 modes; blt always runs as the reference")
+            go_btn = gr.Button("Compare", variant="primary", elem_id="cmp-go")
+        with gr.Column(scale=1):
+            max_bytes = gr.Slider(*GEN_BYTES_RANGE, value=32, step=1, label="Max new bytes")
+            temperature = gr.Slider(0.0, 2.0, value=0.0, step=0.05, label="Temperature", info="0 = greedy")
+            top_p = gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="Top-p")
+            seed = gr.Number(0, precision=0, label="Seed")
+    summary = gr.Markdown()
+    table = gr.Dataframe(headers=COMPARE_HEADERS, label="Side by side", interactive=False, wrap=True)
+    plot = gr.Plot(label="Bandwidth")
+    go_btn.click(lambda *a: compare_view(wb, *a), [prompt, modes, max_bytes, temperature, top_p, seed],
+                 [table, plot, summary], api_name="compare", concurrency_limit=CONCURRENCY)
 
 
 def _model_card_tab(wb: Workbench) -> None:
@@ -442,8 +870,11 @@ def build_demo(model_dir: str | Path = SHIPPED, device: str = "cpu") -> gr.Block
                 _patching_tab(wb, demo)
             with gr.Tab("Generate"):
                 _generate_tab(wb)
+            with gr.Tab("Compare"):
+                _compare_tab(wb)
             with gr.Tab("Model card"):
                 _model_card_tab(wb)
+    demo.queue(default_concurrency_limit=CONCURRENCY, max_size=QUEUE_SIZE)
     demo.workbench = wb  # for tests and notebooks
     return demo
 
@@ -468,7 +899,7 @@ def main(argv: list[str] | None = None) -> None:
         demo = build_demo(args.model, args.device)
     except (CheckpointError, ValueError) as e:
         raise SystemExit(f"error: {e}") from None
-    demo.queue(default_concurrency_limit=2).launch(server_name=args.host, server_port=args.port)
+    demo.launch(server_name=args.host, server_port=args.port)  # queued in build_demo; never shared
 
 
 if __name__ == "__main__":

@@ -83,10 +83,11 @@ class BLTConfig:
 
 PRESETS: dict[str, BLTConfig] = {
     # for tests: well under 2 M parameters, fast on CPU
-    "tiny": BLTConfig(name="tiny", d_local=32, n_enc_layers=1, n_dec_layers=1, local_heads=2,
-                      local_window=64, d_global=64, n_global_layers=1, global_heads=2,
+    # (two layers wherever caches are stacked, so multi-layer cache bugs cannot hide)
+    "tiny": BLTConfig(name="tiny", d_local=32, n_enc_layers=2, n_dec_layers=2, local_heads=2,
+                      local_window=64, d_global=64, n_global_layers=2, global_heads=2,
                       hash_vocab=64, max_bytes=256,
-                      entropy=EntropyConfig(dim=32, n_layers=1, n_heads=2, max_len=128)),
+                      entropy=EntropyConfig(dim=32, n_layers=2, n_heads=2, max_len=128)),
     # the shipped model
     "small": BLTConfig(),
     # paper shapes for cost projection only (parameter counts from DESIGN §1)

@@ -37,7 +37,7 @@ class EntropyModel(nn.Module):
         causal = start == 0
         mask = None if causal else torch.ones(1, 1, L, start + L, dtype=torch.bool, device=ids.device).tril(start)
         for i, layer in enumerate(self.layers):
-            prefix = cache[i] if cache else None
+            prefix = cache[i] if start else None
             x, kv = layer(x, pos, mask, prefix=prefix, is_causal=causal)
             if cache is not None:
                 if len(cache) > i:

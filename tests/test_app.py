@@ -1,6 +1,9 @@
 """The workbench app: its pure functions, then the running server through gradio_client."""
+import os
 import socket
 import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -79,17 +82,110 @@ def test_byte_labels_explain_multibyte_characters():
     assert "not valid UTF-8" in labels[4]
 
 
-def test_generate_view_budget_counters_and_errors(wb):
-    text, counters, status = wbm.generate_view(wb, "ab\ud800", MODES[0], 3, 0.0, 1.0, 0, "")
+GEN = dict(unmask="confidence α", alpha=0.9, gamma=1.0, eta=1.0, block=8)
+
+
+def _gen(wb, prompt, mode, n, stop="", **kw):
+    k = {**GEN, **kw}
+    return wbm.generate_once(wb, prompt, mode, n, 0.0, 1.0, 0, stop, k["unmask"], k["alpha"], k["gamma"],
+                             k["eta"], k["block"])
+
+
+def test_generate_budget_counters_and_errors(wb):
+    text, counters, status, steps = _gen(wb, "ab\ud800", MODES[0], 3)
     assert len(text.encode("utf-8", "surrogatepass")) <= 3 * 3  # at most 3 bytes, each maybe U+FFFD
     assert 1 <= counters["bytes"] <= 3
-    for k in ("n_dec", "n_enc", "n_ent", "bytes", "seconds", "bytes_per_s"):
+    for k in ("n_dec", "n_enc", "n_ent", "GB_paper", "GB_full", "bytes", "seconds", "bytes_per_s", "device"):
         assert k in counters
-    assert counters["n_dec"] >= 1 and "stopped" in status and "cpu" in status
+    assert counters["n_dec"] >= 1 and counters["GB_full"] > counters["GB_paper"] > 0
+    assert counters["GB_full_is"] == "final" and "stopped" in status and "cpu" in status
+    assert "Patches" in steps
+    text, counters, status, _ = _gen(wb, "", "blt", 2)  # empty prompt: starts from BOS
+    assert counters["bytes"] >= 1
     with pytest.raises(gr.Error, match="context"):
-        wbm.generate_view(wb, "x" * wb.context_bytes, MODES[0], 1, 0.0, 1.0, 0, "")
+        _gen(wb, "x" * wb.context_bytes, MODES[0], 1)
     with pytest.raises(gr.Error, match="mode"):
-        wbm.generate_view(wb, "x", "no-such-mode", 1, 0.0, 1.0, 0, "")
+        _gen(wb, "x", "no-such-mode", 1)
+    # out-of-range knobs: the library's own ValueError text
+    with pytest.raises(gr.Error, match=r"alpha must be in \[0, 2\]"):
+        _gen(wb, "x", "blt-d4", 4, alpha=3.0)
+    with pytest.raises(gr.Error, match=r"eta must be in \[0, 10\]"):
+        _gen(wb, "x", "blt-h", 4, eta=11.0)
+    with pytest.raises(gr.Error, match=r"temperature must be in"):
+        wbm.generate_once(wb, "x", "blt", 4, 20.0, 1.0, 0, "", *GEN.values())
+    with pytest.raises(gr.Error, match="gamma must be in"):
+        _gen(wb, "x", "blt-d4", 4, unmask="entropy bound γ", gamma=-1.0)
+
+
+def test_streaming_yields_partial_output_and_stop_cancels(wb):
+    updates = list(wbm.generate_stream(wb, "s1", "ab", "blt", 64, 0.0, 1.0, 0, "", *GEN.values(), interval=0.0))
+    assert len(updates) >= 3  # several partial updates, then the final one
+    texts = [u[0] for u in updates]
+    assert texts[-1] and all(texts[-1].startswith(t.rstrip("\ufffd")) for t in texts[:-1])
+    assert updates[0][1]["GB_full_is"].startswith("lower bound") and "running" in updates[0][2]
+    # Stop: set the session's flag after the first update; the stream ends "cancelled"
+    stream = wbm.generate_stream(wb, "s2", "ab", "blt", 200, 0.0, 1.0, 0, "", *GEN.values(), interval=0.0)
+    first = next(stream)
+    assert wb.stop_session("s2") == 1
+    last = list(stream)[-1]
+    assert "cancelled" in last[2] and last[1]["bytes"] < 200
+    assert first[1]["bytes"] <= last[1]["bytes"]
+    assert wb.stops == {}  # flags are unregistered when streams end
+
+
+def _trace(wb, mode, n=12, **kw):
+    return wbm.run_generation(wb, wbm.gen_knobs("a<b>", mode, n, 0.0, 1.0, 0, "", **kw))
+
+
+def test_step_pictures_from_real_traces(wb):
+    g = _trace(wb, "blt")
+    html_ = wbm.steps_html(g.trace, g.prompt, g.output)
+    assert "Patches" in html_ and "Diffusion blocks" not in html_ and "Speculative drafts" not in html_
+    assert "&lt;" in html_ and "a<b>" not in html_  # the prompt's text is escaped
+    pos_byte, starts, _ = wbm.trace_layout(g.trace, g.prompt, g.output)
+    assert bytes(pos_byte[p] for p in sorted(pos_byte)) == g.prompt + g.output
+    assert html_.count('class="bl-b"') == len(g.prompt) + len(g.output)
+    assert g.output.startswith(wbm.emitted_bytes(g.trace))  # live view: all but maybe the last byte
+    # diffusion: one grid per block, one row per denoising step, every slot filled by the end
+    g = _trace(wb, "blt-d4")
+    blocks = [e for e in g.trace if e["type"] == "block"]
+    html_ = wbm.steps_html(g.trace, g.prompt)
+    assert html_.count('class="bl-grid"') == len(blocks) and "Diffusion blocks" in html_
+    grid = wbm.block_grid_html(blocks[0])
+    assert grid.count("<tr><th>step") == len(blocks[0]["steps"])
+    last_row = grid.rsplit("<tr>", 1)[1]
+    assert "bl-mask" not in last_row  # fully denoised after the last step
+    assert all(e["pos"] in wbm.trace_layout(g.trace, g.prompt)[1] for e in blocks)  # blocks start patches
+    # speculation: accepted green, rejected red, correction blue
+    g = _trace(wb, "blt-dv4")
+    drafts = [e for e in g.trace if e["type"] == "verify"]
+    html_ = wbm.steps_html(g.trace, g.prompt)
+    assert "Speculative drafts" in html_ and html_.count('class="bl-row"') == min(len(drafts), wbm.STEP_LIMIT)
+    rej = next(e for e in drafts if e["rejected"] is not None)
+    row = wbm.verify_html(rej)
+    assert row.count('title="accepted"') == rej["accepted"] and 'title="rejected"' in row and "correction" in row
+    # hybrid: switch points marked
+    g = _trace(wb, "blt-h", eta=10.0, block=4)
+    assert any(e["type"] == "switch" for e in g.trace)
+    assert "bl-switch" in wbm.steps_html(g.trace, g.prompt)
+    # byte glyphs escape HTML and show control bytes as escapes
+    assert wbm.byte_glyph(ord("<")) == "&lt;" and wbm.byte_glyph(0) == "\\x00" and wbm.byte_glyph(10) == "↵"
+
+
+def test_compare_blt_s8_is_identical_on_greedy(wb):
+    rows = wbm.compare_runs(wb, "def ", ["blt-s8", "blt-d4"], 16, 0.0, 1.0, 0)
+    assert [r["mode"] for r in rows] == ["blt", "blt-s8", "blt-d4"]
+    assert rows[0]["identical_to_blt"] and rows[1]["identical_to_blt"] is True
+    assert all(r["GB_full"] > 0 and r["GB_paper"] > 0 for r in rows)
+    table, fig, summary = wbm.compare_view(wb, "def ", ["blt-s8"], 8, 0.0, 1.0, 0)
+    assert [r[0] for r in table] == ["blt", "blt-s8"] and "`blt-s8`" in summary
+    assert [t.name for t in fig.data] and len(fig.data) == 2 and list(fig.data[0].x) == ["blt", "blt-s8"]
+    with pytest.raises(gr.Error, match="1 to 3 modes"):
+        wbm.compare_runs(wb, "x", [], 4, 0.0, 1.0, 0)
+    with pytest.raises(gr.Error, match="1 to 3 modes"):
+        wbm.compare_runs(wb, "x", ["blt-s8", "blt-s16", "blt-d4", "blt-d8"], 4, 0.0, 1.0, 0)
+    with pytest.raises(gr.Error, match="Unknown decoding mode"):
+        wbm.compare_runs(wb, "x", ["nope"], 4, 0.0, 1.0, 0)
 
 
 def test_model_card(wb):
@@ -123,8 +219,7 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def app(tiny_dir):
     demo = wbm.build_demo(tiny_dir, "cpu")
-    demo.queue(default_concurrency_limit=2).launch(server_name="127.0.0.1", server_port=_free_port(),
-                                                   prevent_thread_lock=True, quiet=True)
+    demo.launch(server_name="127.0.0.1", server_port=_free_port(), prevent_thread_lock=True, quiet=True)
     try:
         client = gradio_client.Client(demo.local_url, verbose=False)
         yield demo, client
@@ -139,13 +234,21 @@ def test_app_is_local_only(app):
     assert not demo.share and demo.share_url is None
 
 
+GEN_ARGS = ("confidence α", 0.9, 1.0, 1.0, 8)
+
+
 def test_app_endpoints_and_stop_button(app):
     demo, client = app
     names = set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
-    assert {"/patching", "/generate", "/model_card"} <= names
-    deps = demo.config["dependencies"]
-    gen_id = next(d["id"] for d in deps if d.get("api_name") == "generate")
-    assert any(gen_id in (d.get("cancels") or []) for d in deps)  # the Stop button cancels it
+    assert {"/patching", "/generate", "/stop", "/compare", "/model_card"} <= names
+    # Stop really stops the work: a long generation ends early with stop_reason "cancelled"
+    job = client.submit("ab", "blt", 250, 0.0, 1.0, 0, "", *GEN_ARGS, api_name="/generate")
+    deadline = time.time() + 60
+    while not job.outputs() and time.time() < deadline and not job.done():
+        time.sleep(0.05)
+    client.predict(api_name="/stop")
+    text, counters, status, steps = job.result(timeout=60)
+    assert "cancelled" in status and counters["bytes"] < 250
 
 
 def test_app_patching(app):
@@ -158,12 +261,76 @@ def test_app_patching(app):
         client.predict("", "global", 0.5, 4, 3, api_name="/patching")
 
 
-def test_app_generate_and_model_card(app):
+def test_app_generate_compare_and_model_card(app):
     _, client = app
-    text, counters, status = client.predict("ab", MODES[0], 2, 0.0, 1.0, 0, "", api_name="/generate")
-    assert isinstance(text, str) and 1 <= counters["bytes"] <= 2 and counters["n_dec"] >= 1
-    assert "stopped" in status
+    text, counters, status, steps = client.predict("ab", "blt-d4", 4, 0.0, 1.0, 0, "", *GEN_ARGS,
+                                                   api_name="/generate")
+    assert isinstance(text, str) and 1 <= counters["bytes"] <= 4 and counters["n_dec"] >= 1
+    assert "stopped" in status and "Diffusion blocks" in steps and counters["GB_paper"] > 0
     with pytest.raises(Exception, match="context"):
-        client.predict("x" * 300, MODES[0], 8, 0.0, 1.0, 0, "", api_name="/generate")
+        client.predict("x" * 300, MODES[0], 8, 0.0, 1.0, 0, "", *GEN_ARGS, api_name="/generate")
+    table, plot, summary = client.predict("ab", ["blt-s8"], 8, 0.0, 1.0, 0, api_name="/compare")
+    assert [r[0] for r in table["data"]] == ["blt", "blt-s8"] and table["data"][1][2] is True
+    assert plot["type"] == "plotly" and "`blt-s8`" in summary
     card = client.predict(api_name="/model_card")
     assert "Reproducing the shipped model" in card
+
+
+def test_app_load_20_concurrent_generations(app):
+    demo, _ = app
+    n, t0 = 20, time.time()
+
+    def one(i):
+        client = gradio_client.Client(demo.local_url, verbose=False)
+        return client.predict(f"p{i}", "blt", 4, 0.0, 1.0, 0, "", *GEN_ARGS, api_name="/generate")
+
+    with ThreadPoolExecutor(n) as pool:
+        results = list(pool.map(one, range(n), timeout=120))
+    assert len(results) == n  # none lost
+    assert all("stopped: **max_bytes**" in r[2] and r[1]["bytes"] == 4 for r in results)
+    assert time.time() - t0 < 120
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+def _wait_status(page, mode: str) -> str:
+    page.wait_for_function("m => { const s = document.querySelector('#gen-status');"
+                           " return s && s.innerText.includes('stopped:') && s.innerText.includes(m); }",
+                           arg=mode, timeout=90_000)
+    return page.locator("#gen-status").inner_text()
+
+
+def test_browser_generates_in_blt_and_diffusion(app, tmp_path):
+    if not CHROMIUM.exists():
+        pytest.skip("/usr/bin/chromium not found: install Debian's chromium (apt-get install chromium) "
+                    "to run the real-browser test")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    demo, _ = app
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(demo.local_url, timeout=60_000)
+            page.get_by_role("tab", name="Generate").click()
+            page.locator("#gen-prompt textarea").fill("def add(a, b):")
+            for mode in ("blt", "blt-d4"):
+                page.locator("#gen-mode").get_by_text(mode, exact=True).click()
+                page.locator("#gen-go").click()
+                status = _wait_status(page, mode)
+                assert "stopped:" in status and mode in status
+                assert page.locator("#gen-output textarea").input_value() != ""
+                counters = page.locator("#gen-counters").inner_text()
+                assert "n_dec" in counters and "GB_paper" in counters and "bytes_per_s" in counters
+            assert "Diffusion blocks" in page.locator("#gen-steps").inner_text()
+            shots = [tmp_path / "workbench.png"]
+            if os.environ.get("BLTLAB_SCREENSHOT_DIR"):
+                shots.append(Path(os.environ["BLTLAB_SCREENSHOT_DIR"]) / "workbench.png")
+            for shot in shots:
+                shot.parent.mkdir(parents=True, exist_ok=True)
+                page.screenshot(path=str(shot), full_page=True)
+                assert shot.stat().st_size > 10_000
+        finally:
+            browser.close()

@@ -31,7 +31,7 @@ def _run(layers, x, pos, cache: list, window: int, slots=None, stats: dict | Non
         kpos = torch.arange(n0 + L, device=x.device)[None]
         mask = causal_mask(pos, kpos, window)
     for i, layer in enumerate(layers):
-        x, kv = layer(x, pos, mask, slots=slots, prefix=cache[i] if cache else None)
+        x, kv = layer(x, pos, mask, slots=slots, prefix=cache[i] if n0 else None)
         if len(cache) > i:
             cache[i] = kv
         else:
