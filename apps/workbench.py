@@ -1,18 +1,24 @@
 """The bltlab workbench: a Gradio app to look inside a byte-level language model.
 
 Tabs: **Patching** (per-byte entropies and the patches each rule makes), **Generate** (every
-decoding mode in `bltlab.decode.MODES`, with its pass counters) and **Model card** (what the
-loaded model directory says about itself).
+decoding mode in `bltlab.decode.MODES`, streamed live from a worker thread: output, pass
+counters, GB by the paper's and the full formula, bytes/s, and a picture of what happens at
+each step: patches, diffusion denoising grids, speculative accept/reject, BLT-H switches),
+**Compare** (one prompt through `blt` and up to three other modes: outputs, bandwidth, whether
+each output equals `blt`'s) and **Model card** (what the loaded model directory says about itself).
 
-Layout of this file, so that new tabs (diffusion, speculation) slot in the same way:
+Layout of this file:
   1. pure functions (no server needed, unit-tested directly): the `Workbench` record holding the
-     loaded model, `patching_view`, `generate_view`, `model_card` and their helpers;
-  2. one `_xxx_tab(wb, demo)` builder per tab, then `build_demo(model_dir, device) -> gr.Blocks`;
+     loaded model, `patching_view`, `generate_stream`, `steps_html`, `compare_view`, `model_card`
+     and their helpers; the step pictures are built from a Generation's trace only;
+  2. one `_xxx_tab(wb, ...)` builder per tab, then `build_demo(model_dir, device) -> gr.Blocks`
+     (queued: at most CONCURRENCY generations at once per event, QUEUE_SIZE waiting);
   3. the command line: `python apps/workbench.py [--model DIR] [--host H] [--port P] [--device D]`.
 
-Event handlers carry api_names (`/patching`, `/generate`, `/model_card`) so that
-`gradio_client` can drive the app (the tests do). The server binds to 127.0.0.1 unless told
-otherwise and is never shared publicly.
+Event handlers carry api_names (`/patching`, `/generate` (streaming), `/stop`, `/compare`,
+`/model_card`) so that `gradio_client` can drive the app (the tests do). `/stop` ends the
+running generations of the caller's session (stop_reason "cancelled"). The server binds to
+127.0.0.1 unless told otherwise and is never shared publicly.
 """
 from __future__ import annotations
 
@@ -52,7 +58,7 @@ MAX_PROMPT_CHARS = 4000  # the generate/compare textboxes; the model's context i
 CONCURRENCY = 2  # generations at once (per event); the rest wait in the queue
 QUEUE_SIZE = 64
 STREAM_INTERVAL = 0.15  # seconds between streamed updates
-STEP_LIMIT = 24  # diffusion blocks / speculative drafts drawn in the step picture
+STEP_LIMIT = 16  # diffusion blocks / speculative drafts drawn in the step picture
 PATCH_BG = ("#c6dbef", "#fdd0a2", "#c7e9c0", "#dadaeb")  # patch colours in the step picture
 STEPS_CSS = """<style>
 .bl-steps{font-family:ui-monospace,monospace;font-size:13px;line-height:1.9}
@@ -61,7 +67,8 @@ STEPS_CSS = """<style>
 .bl-b{display:inline-block;min-width:1.2em;padding:0 2px;text-align:center;border-radius:3px;color:#111}
 .bl-switch{font-size:11px;font-weight:bold;padding:0 3px;margin:0 2px;border-radius:3px;color:#fff}
 .bl-ar{background:#e45756}.bl-d{background:#4c78a8}
-.bl-grid{border-collapse:collapse;margin:4px 8px 8px 0;display:inline-table;vertical-align:top}
+.bl-grids{display:flex;flex-wrap:wrap;gap:6px 12px;align-items:flex-start}
+.bl-grid{border-collapse:collapse;margin:2px 0}
 .bl-grid caption{font-size:11px;text-align:left;font-family:sans-serif}
 .bl-grid td,.bl-grid th{border:1px solid #ccc;padding:0 4px;text-align:center;font-size:12px}
 .bl-grid th{background:#f3f3f3;font-weight:normal;color:#555}
@@ -508,7 +515,7 @@ def generate_stream(wb: Workbench, session: str, *values, interval: float = STRE
         last_yield = 0.0
         while True:
             try:
-                kind, item = events.get(timeout=interval)
+                kind, item = events.get(timeout=max(interval, 0.02))
             except queue.Empty:
                 kind, item = "tick", None
             if kind == "event":
@@ -521,13 +528,15 @@ def generate_stream(wb: Workbench, session: str, *values, interval: float = STRE
                 out = emitted_bytes(trace)
                 yield (out.decode("utf-8", errors="replace"),
                        live_counters(wb, last_counters(trace), len(out), now - t0, final=False),
-                       status_markdown(wb, knobs.mode, None, len(out), now - t0), steps_html(trace, knobs.prompt))
+                       status_markdown(wb, knobs.mode, None, len(out), now - t0),
+                       steps_html(trace, knobs.prompt))
         if isinstance(item, BaseException):
             raise item
         g: Generation = item
         seconds = float(g.counters.get("seconds", time.perf_counter() - t0))
         yield (g.text, live_counters(wb, g.counters, len(g.output), seconds, final=True),
-               status_markdown(wb, knobs.mode, g.stop_reason, len(g.output), seconds), steps_html(g.trace, g.prompt, g.output))
+               status_markdown(wb, knobs.mode, g.stop_reason, len(g.output), seconds),
+               steps_html(g.trace, g.prompt, g.output))
     finally:
         flag.set()  # the page went away or the run ended: never leave a worker generating
         wb.unregister_stop(session, flag)
@@ -613,7 +622,8 @@ def patches_html(trace: list[dict], prompt: bytes, output: bytes | None = None) 
     if not parts:
         return '<p class="bl-none">No bytes yet.</p>'
     return ('<div class="bl-sec"><b>Patches</b> (faded: prompt · a new colour starts each patch'
-            + (' · ▶AR / ▶D: BLT-H switches to autoregressive / diffusion steps' if switches else "")
+            + (' · ▶AR / ▶D: BLT-H switches to autoregressive / diffusion steps; its AR bytes carry no '
+               'patch boundaries in the trace' if switches else "")
             + f')</div><div class="bl-strip">{"".join(parts)}</div>')
 
 
@@ -665,7 +675,7 @@ def steps_html(trace: list[dict], prompt: bytes = b"", output: bytes | None = No
     if blocks:
         parts.append('<div class="bl-sec"><b>Diffusion blocks</b> (bold: unmasked at this step · '
                      'faded: unmasked before · ▒: still masked)</div>')
-        parts += [block_grid_html(e) for e in blocks[:limit]]
+        parts.append(f'<div class="bl-grids">{"".join(block_grid_html(e) for e in blocks[:limit])}</div>')
     if drafts:
         parts.append('<div class="bl-sec"><b>Speculative drafts</b> (green: accepted · red: rejected · '
                      'blue: the exact correction)</div>')
@@ -813,7 +823,8 @@ def _generate_tab(wb: Workbench) -> None:
         counters = gr.JSON(label="Live counters (n_dec / n_enc / n_ent = decoder / encoder+global / "
                                  "entropy-model passes; GB by the paper's and the full formula)",
                            elem_id="gen-counters", scale=1)
-        steps = gr.HTML(label="What happens at each step", elem_id="gen-steps")
+        with gr.Column(scale=3):
+            steps = gr.HTML(label="What happens at each step", elem_id="gen-steps")
     unmask.change(_unmask_controls, unmask, [alpha, gamma], api_visibility="private", queue=False)
     inputs = [prompt, mode, max_bytes, temperature, top_p, seed, stop, unmask, alpha, gamma, eta, block]
 

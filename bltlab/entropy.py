@@ -12,7 +12,8 @@ from .tokens import N_IDS
 def entropy_of_logits(logits: torch.Tensor) -> torch.Tensor:
     """Entropy in nats of softmax(logits) over the last dim."""
     logp = logits.float().log_softmax(-1)
-    return -(logp.exp() * logp).sum(-1)
+    p = logp.exp()
+    return -torch.where(p > 0, p * logp, torch.zeros_like(p)).sum(-1)  # -inf logits contribute 0, not NaN
 
 
 class EntropyModel(nn.Module):

@@ -232,6 +232,10 @@ def test_app_is_local_only(app):
     assert demo.server_name == "127.0.0.1"
     assert demo.local_url.startswith("http://127.0.0.1:")
     assert not demo.share and demo.share_url is None
+    # queued, with a concurrency limit on the generating events
+    assert demo._queue.max_size == wbm.QUEUE_SIZE
+    limits = {f.api_name: f.concurrency_limit for f in demo.fns.values()}
+    assert limits["generate"] == limits["compare"] == wbm.CONCURRENCY
 
 
 GEN_ARGS = ("confidence α", 0.9, 1.0, 1.0, 8)

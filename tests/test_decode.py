@@ -167,3 +167,19 @@ def test_hooks_stream_events_and_cancel(model):
     calls = []
     g = generate(model, "abc", "blt", max_bytes=30, hooks=Hooks(should_stop=lambda: len(calls.append(1) or calls) > 5))
     assert g.stop_reason == "cancelled" and len(g.output) == 5
+
+
+def test_entropy_bound_uses_real_entropies(model):
+    """A loose entropy budget unmasks more per pass than γ = 0 (entropies are finite, not NaN)."""
+    tight = generate(model, "abc", "blt-d16", max_bytes=32, gamma=0.0)
+    loose = generate(model, "abc", "blt-d16", max_bytes=32, gamma=50.0)
+    assert loose.counters["n_dec"] < tight.counters["n_dec"]
+    steps = [s for e in loose.trace if e["type"] == "block" for s in e["steps"]]
+    assert all(h == h for s in steps for h in s["entropy"])  # no NaN
+    json.dumps(loose.to_json(), allow_nan=False)
+
+
+def test_trace_reports_every_emitted_byte(model):
+    g = generate(model, "abc", "blt", max_bytes=9)
+    emitted = [e["byte"] for e in g.trace if e["type"] == "byte"]
+    assert bytes(emitted) == g.output

@@ -7,9 +7,11 @@ from .state import SeqState
 
 
 def byte_event(st: SeqState, pos: int, counters: dict) -> dict:
-    """Trace record of the byte at `pos`: its entropy and whether it opened a patch."""
-    return {"type": "byte", "pos": pos, "byte": st.ids[pos] - 4, "entropy": round(st.ent[pos], 4),
-            "patch_start": bool(st.starts[pos]), "counters": dict(counters)}
+    """Trace record of the byte at `pos`: its entropy and whether it opened a patch (None for a
+    final byte that was never pushed, whose patch is not decided)."""
+    start = bool(st.starts[pos]) if pos < len(st) else None
+    return {"type": "byte", "pos": pos, "byte": st.ids[pos] - 4 if pos < len(st) else None,
+            "entropy": round(st.ent[pos], 4), "patch_start": start, "counters": st.snapshot(counters)}
 
 
 def generate_blt(model: BLT, prompt: str | bytes, max_bytes: int = 64, stop: str | bytes | None = None,
@@ -20,6 +22,8 @@ def generate_blt(model: BLT, prompt: str | bytes, max_bytes: int = 64, stop: str
     while True:
         tok = int(sampler.pick(st.last_logits[None])[0])
         if stopper.push(tok):
+            if stopper.reason in ("max_bytes", "stop"):  # the last byte was emitted: report it too
+                trace.append(byte_event(st, len(st), counters) | {"byte": tok - 4})
             break
         st.push([tok], counters)
         trace.append(byte_event(st, len(st) - 1, counters))

@@ -122,7 +122,7 @@ def begin(model, prompt: str | bytes, max_bytes: int, stop: str | bytes | None, 
     st.push(ids, counters)
     trace = Trace(hooks.on_event)
     trace.append({"type": "prefill", "bytes": len(ids) - 1, "patch_starts": st.starts.nonzero()[:, 0].tolist(),
-                  "entropy": [round(h, 4) for h in st.ent[:len(ids)]], "counters": dict(counters)})
+                  "entropy": [round(h, 4) for h in st.ent[:len(ids)]], "counters": st.snapshot(counters)})
     return ids, counters, st, trace, Stopper(max_bytes, stop, hooks.should_stop)
 
 

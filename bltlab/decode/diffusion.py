@@ -84,10 +84,11 @@ def generate_diffusion(model: BLT, prompt: str | bytes, max_bytes: int = 64, sto
                 done = True
                 break
             keep.append(t)
-        trace.append({"type": "block", "pos": n, "size": size, "steps": steps, "bytes": [t - 4 for t in out],
-                      "counters": dict(counters)})
+        event = {"type": "block", "pos": n, "size": size, "steps": steps, "bytes": [t - 4 for t in out]}
+        if not done:
+            st.push(keep, counters)  # exact caches + patches for the finished block
+            event["patch_starts"] = [int(i) for i in st.starts[n:].nonzero()[:, 0] + n]
+        trace.append(event | {"counters": st.snapshot(counters)})
         if done:
             break
-        st.push(keep, counters)  # exact caches + patches for the finished block
-        trace[-1]["patch_starts"] = [int(i) for i in st.starts[n:].nonzero()[:, 0] + n]
     return finish(f"blt-d{block}", ids, stopper, counters, trace, st.stats)

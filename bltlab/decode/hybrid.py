@@ -30,7 +30,8 @@ def generate_hybrid(model: BLT, prompt: str | bytes, max_bytes: int = 64, stop: 
         mode = "diffusion" if h <= eta else "ar"
         n = len(st)
         if mode != current:
-            trace.append({"type": "switch", "pos": n, "to": mode, "entropy": round(h, 4)})
+            trace.append({"type": "switch", "pos": n, "to": mode, "entropy": round(h, 4),
+                          "counters": st.snapshot(counters)})
             current = mode
         first = int(sampler.pick(st.last_logits[None])[0])
         size = min(block, max_bytes - len(stopper.out))
@@ -47,9 +48,12 @@ def generate_hybrid(model: BLT, prompt: str | bytes, max_bytes: int = 64, stop: 
                 done = True
                 break
             keep.append(t)
-        event["counters"] = dict(counters)
+        if not done:
+            st.push(keep, counters)
+            event["patch_starts"] = [int(i) for i in st.starts[n:].nonzero()[:, 0] + n]
+        event["entropy"] = round(h, 4)
+        event["counters"] = st.snapshot(counters)
         trace.append(event)
         if done:
             break
-        st.push(keep, counters)
     return finish("blt-h", ids, stopper, counters, trace, st.stats)

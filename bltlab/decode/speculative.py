@@ -91,7 +91,7 @@ def generate_speculative(model: BLT, prompt: str | bytes, max_bytes: int = 64, s
                       "rejected": None if rejected is None else rejected - 4,
                       "correction": None if pending is None else pending - 4,
                       "patch_starts": [int(i) for i in st.starts[n:].nonzero()[:, 0] + n],
-                      "counters": dict(counters)})
+                      "counters": st.snapshot(counters)})
         if any(stopper.push(t) for t in d[:accepted]):
             break
     return finish(mode or ("blt-s" if draft == "self" else "blt-dv") + str(k), ids, stopper, counters, trace,

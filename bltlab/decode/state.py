@@ -185,6 +185,10 @@ class SeqState:
             x, _ = layer(x, pos, mask, slots=slots, prefix=self.dec_cache[i] if self.dec_cache else None)
         return self.m.head(self.m.dec_norm(x))[0]
 
+    def snapshot(self, counters: dict) -> dict:
+        """Running counters for a trace event: pass counts plus the state's cost counters."""
+        return {**counters, **self.stats}
+
     def truncate(self, n: int, last_logits: torch.Tensor) -> None:
         """Roll back to the first n ids (rejected drafts); `last_logits` predicts byte n."""
         cut = lambda cache, k: [(a[:, :, :k], b[:, :, :k]) for a, b in cache]
