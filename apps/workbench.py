@@ -351,6 +351,29 @@ def _md_cell(value) -> str:
     return html.escape(str(value)).replace("|", "\\|").replace("\n", " ")
 
 
+REPORT = Path(__file__).resolve().parent.parent / "docs" / "results" / "report_small.json"
+
+
+def measured_quality(model_dir: Path, report: Path = REPORT) -> list[str]:
+    """The committed `python -m bltlab report` figures, shown only if they describe these very files."""
+    import hashlib
+    import json
+
+    try:
+        rep = json.loads(report.read_text())
+        same = all(hashlib.sha256((model_dir / f).read_bytes()).hexdigest() == h for f, h in rep["sha256"].items())
+    except (OSError, KeyError, ValueError):
+        return []
+    if not same:
+        return []
+    tr = rep["translation_fr"]
+    return ["### Measured quality (held-out data)", "", "| measure | value |", "| --- | --- |",
+            *[f"| bits/byte, {k} | {v:.3f} |" for k, v in rep["val_bpb"].items()],
+            f"| mean patch length, code | {rep['patching_code']['mean_patch_length']:.2f} bytes |",
+            f"| chrF / BLEU, greedy EN→FR ({tr['pairs']} pairs) | {tr['chrf']:.1f} / {tr['bleu']:.1f} |", "",
+            "From `python -m bltlab report`; every decoding mode is measured in `docs/results.md`.", ""]
+
+
 def model_card(wb: Workbench) -> str:
     """Markdown describing the loaded model: shapes, patching, training record, parameters."""
     cfg, meta = wb.cfg, wb.meta
@@ -386,6 +409,7 @@ def model_card(wb: Workbench) -> str:
             lines += [f"**{_md_cell(k)}**", "", "| name | value |", "| --- | --- |"]
             lines += [f"| {_md_cell(a)} | {_md_cell(f'{b:.4g}' if isinstance(b, float) else b)} |"
                       for a, b in v.items()] + [""]
+    lines += measured_quality(Path(wb.model_dir))
     lines += ["### Reproducing", "",
               f"See the README section **“{README_REPRO}”** for the exact `python -m bltlab train entropy` "
               "and `python -m bltlab train blt` commands; `config.json` in the model directory records "

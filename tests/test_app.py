@@ -338,3 +338,10 @@ def test_browser_generates_in_blt_and_diffusion(app, tmp_path):
                 assert shot.stat().st_size > 10_000
         finally:
             browser.close()
+
+
+def test_model_card_quotes_the_report_only_for_the_files_it_measured(tiny_dir):
+    from bltlab.checkpoint import SHIPPED
+
+    assert any("chrF" in line for line in wbm.measured_quality(SHIPPED))
+    assert wbm.measured_quality(tiny_dir) == []  # other weights: no borrowed figures
