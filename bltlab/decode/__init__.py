@@ -4,7 +4,8 @@ Modes: `blt` (autoregressive, KV-cached), `blt-s8` / `blt-s16` (self-speculation
 window k), `blt-d4` / `blt-d8` / `blt-d16` (block diffusion, unmasking by confidence α or
 entropy bound γ), `blt-dv4` / `blt-dv8` / `blt-dv16` (one-step diffusion draft + autoregressive
 verification), `blt-h` (hybrid: entropy rule with knob η picks autoregressive or diffusion
-steps). `generate_reference` is the no-cache oracle the tests compare against.
+steps). `generate_batch` runs `blt` and `blt-d*` on several ragged prompts at once.
+`generate_reference` is the no-cache oracle the tests compare against.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import time
 
 from ..model import BLT
 from .autoregressive import generate_blt
+from .batch import generate_batch
 from .common import Generation, Hooks, Sampler
 from .diffusion import generate_diffusion
 from .hybrid import generate_hybrid
@@ -48,4 +50,4 @@ def generate(model: BLT, prompt: str | bytes, mode: str = "blt", max_bytes: int 
     return g
 
 
-__all__ = ["MODES", "Generation", "Hooks", "Sampler", "generate", "generate_reference"]
+__all__ = ["MODES", "Generation", "Hooks", "Sampler", "generate", "generate_batch", "generate_reference"]

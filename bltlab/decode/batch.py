@@ -1,0 +1,145 @@
+"""Batch > 1 for `blt` and `blt-d*`: ragged prompts, per-row stopping.
+
+Each row keeps its own exact `SeqState` (patches, slot table, global cache: per-patch work
+stays per row); the per-byte passes (entropy model, local encoder, decoder) and the
+denoising passes run once for all active rows, with each row's KV cache padded to the
+longest and masked. Counters count batched passes: one pass serves every active row.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..entropy import entropy_of_logits
+from ..model import BLT
+from ..tokens import MASK, ids_to_bytes
+from .common import Generation, Sampler, Stopper, check_request, new_counters
+from .diffusion import check_knobs, choose_unmask
+from .state import HASH_CONTEXT, SeqState
+
+
+def _pad(ts: list[torch.Tensor], S: int) -> torch.Tensor:
+    """[1, H, n_b, hd] per row -> [B, H, S, hd], zero-padded at the end."""
+    return torch.cat([F.pad(t, (0, 0, 0, S - t.shape[2])) for t in ts])
+
+
+def run_rows(layers, x: torch.Tensor, pos: torch.Tensor, caches: list[list], window: int, slots=None,
+             causal: bool = True, extend: bool = True) -> torch.Tensor:
+    """Layers over L new positions of B rows whose caches differ in length. x: [B, L, d], pos: [B, L].
+    New keys are causal among themselves (or all visible with causal=False, a diffusion block)."""
+    B, L = pos.shape
+    lens = torch.tensor([c[0][0].shape[2] if c else 0 for c in caches], device=x.device)
+    S = int(lens.max())
+    j = torch.arange(S, device=x.device)
+    old = (j[None, None, :] < lens[:, None, None]) & (pos[:, :, None] - j[None, None, :] < window)  # [B, L, S]
+    new = torch.ones(L, L, dtype=torch.bool, device=x.device)
+    new = new.tril() if causal else new
+    mask = torch.cat((old, new.expand(B, L, L)), -1)[:, None]
+    for i, layer in enumerate(layers):
+        prefix = (_pad([c[i][0] for c in caches], S), _pad([c[i][1] for c in caches], S)) if S else None
+        x, (k, v) = layer(x, pos, mask, slots=slots, prefix=prefix)
+        if extend:
+            for b, c in enumerate(caches):
+                kb, vb = k[b:b + 1, :, S:], v[b:b + 1, :, S:]
+                if len(c) > i:
+                    c[i] = (torch.cat((c[i][0], kb), 2), torch.cat((c[i][1], vb), 2))
+                else:
+                    c.append((kb, vb))
+    return x
+
+
+@torch.no_grad()
+def push_rows(m: BLT, rows: list[SeqState], new_ids: list[list[int]], counters: dict) -> torch.Tensor:
+    """SeqState.push for several rows at once (same number L of new ids each): [B, L, 260]."""
+    dev = rows[0].dev
+    new = torch.tensor(new_ids, dtype=torch.long, device=dev)
+    B, L = new.shape
+    pos = torch.stack([torch.arange(len(st), len(st) + L, device=dev) for st in rows])
+    x = run_rows(m.entropy.layers, m.entropy.emb(new), pos, [st.ent_cache for st in rows], 1 << 30)
+    ent = entropy_of_logits(m.entropy.head(m.entropy.norm(x)))
+    emb = torch.cat([m.embed(new[b:b + 1], torch.tensor([st.ids[-HASH_CONTEXT:]], device=dev))
+                     for b, st in enumerate(rows)])
+    h = run_rows(m.enc_layers, emb, pos, [st.enc_cache for st in rows], m.cfg.local_window)
+    slots, n_glob = [], 0
+    for b, st in enumerate(rows):
+        n0 = len(st)
+        st.ent += ent[b].tolist()
+        st.ids += new_ids[b]
+        st.h = torch.cat((st.h, h[b:b + 1]), 1)
+        st._restart()
+        n_glob += st._global()
+        slots.append(st.table[:, (st.starts.long().cumsum(0) - 1)[n0:]])
+        st.stats["n_loc"] += 1
+    x = run_rows(m.dec_layers, h, pos, [st.dec_cache for st in rows], m.cfg.local_window, slots=torch.cat(slots))
+    logits = m.head(m.dec_norm(x))
+    for b, st in enumerate(rows):
+        st.last_logits = logits[b, -1]
+    counters["n_ent"] += 1
+    counters["n_dec"] += 1
+    counters["n_enc"] += n_glob > 0
+    return logits
+
+
+@torch.no_grad()
+def block_rows(m: BLT, rows: list[SeqState], noisy: list[list[int]]) -> torch.Tensor:
+    """SeqState.block_logits for several rows: [B, L, 260]."""
+    dev = rows[0].dev
+    x = m.noisy_embed(torch.tensor(noisy, dtype=torch.long, device=dev))
+    L = x.shape[1]
+    pos = torch.stack([torch.arange(len(st), len(st) + L, device=dev) for st in rows])
+    slots = torch.cat([st.table[:, -1:].expand(1, L, -1, -1) for st in rows])
+    x = run_rows(m.dec_layers, x, pos, [st.dec_cache for st in rows], m.cfg.local_window, slots=slots,
+                 causal=False, extend=False)
+    return m.head(m.dec_norm(x))
+
+
+def generate_batch(model: BLT, prompts: list[str | bytes], mode: str = "blt", max_bytes: int = 64,
+                   stop: str | bytes | None = None, temperature: float = 0.0, top_p: float = 1.0,
+                   seed: int | None = None, alpha: float | None = None, gamma: float | None = None) -> list[Generation]:
+    """Generate for several prompts at once with `blt` or `blt-d4/8/16`; one Generation per prompt
+    (each carries the batch's shared pass counters)."""
+    if mode not in ("blt", "blt-d4", "blt-d8", "blt-d16"):
+        raise ValueError(f"batched generation supports blt and blt-d4/8/16, got {mode!r}")
+    if not prompts:
+        raise ValueError("no prompts given")
+    sampler = Sampler(temperature, top_p, seed)
+    if mode != "blt":
+        alpha, gamma = check_knobs(alpha, gamma)
+    prompt_ids = [check_request(p, max_bytes, model.cfg.max_bytes) for p in prompts]
+    counters = new_counters()
+    rows = [SeqState(model) for _ in prompts]
+    for st, ids in zip(rows, prompt_ids):
+        st.push(ids)  # prefill per row (ragged lengths), counted once as a batched pass below
+    counters.update(n_dec=1, n_ent=1, n_enc=1)
+    stoppers = [Stopper(max_bytes, stop) for _ in prompts]
+    active = list(range(len(prompts)))
+    while active:
+        if mode == "blt":
+            toks = sampler.pick(torch.stack([rows[b].last_logits for b in active])).tolist()
+            keep = [(b, t) for b, t in zip(active, toks) if not stoppers[b].push(t)]
+            active = [b for b, _ in keep]
+            if keep:
+                push_rows(model, [rows[b] for b, _ in keep], [[t] for _, t in keep], counters)
+            continue
+        for b in active:
+            rows[b].close_patch()
+        counters["n_enc"] += 1  # one batched encoder + global pass closes every row's patch
+        noisy = {b: [MASK] * min(int(mode[5:]), max_bytes - len(stoppers[b].out)) for b in active}
+        while any(MASK in noisy[b] for b in active):
+            todo = [b for b in active if MASK in noisy[b]]
+            for size in sorted({len(noisy[b]) for b in todo}):  # a block attends to all of itself: same sizes
+                group = [b for b in todo if len(noisy[b]) == size]
+                logits = block_rows(model, [rows[b] for b in group], [noisy[b] for b in group])
+                counters["n_dec"] += 1
+                for lg, b in zip(logits, group):
+                    chosen = choose_unmask(lg, [i for i, t in enumerate(noisy[b]) if t == MASK], alpha, gamma)
+                    for slot, tok in zip(chosen, sampler.pick(lg[chosen]).tolist()):
+                        noisy[b][slot] = int(tok)
+        done = {b for b in active if any(stoppers[b].push(t) for t in noisy[b])}
+        active = [b for b in active if b not in done]
+        for size in sorted({len(noisy[b]) for b in active}):
+            group = [b for b in active if len(noisy[b]) == size]
+            push_rows(model, [rows[b] for b in group], [noisy[b] for b in group], counters)
+    return [Generation(mode, ids_to_bytes(ids), bytes(s.out), s.reason,
+                       {**counters, "batch": len(prompts), "bytes": len(s.out)}, [])
+            for ids, s in zip(prompt_ids, stoppers)]
