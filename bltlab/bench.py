@@ -109,13 +109,14 @@ def run_bench(model: BLT, prompts: list[dict], modes: list[str], max_bytes: int 
         per_byte = lambda gb: gb / max(n_bytes, 1)
         r = {"prompts": len(prompts), "bytes": n_bytes, "n_dec": tot["n_dec"], "n_enc": tot["n_enc"],
              "n_ent": tot["n_ent"], "bandwidth_gb_paper": bw["paper"], "bandwidth_gb_full": bw["full"],
-             "gb_3b": project(tot, "paper-3b"),
+             "gb_1b": project(tot, "paper-1b"), "gb_3b": project(tot, "paper-3b"),
              "identical_to_blt": sum(a == b for a, b in zip(outs, outputs["blt"])) / len(prompts),
              "gen_bpb": sum(b for b in bpbs if b == b) / max(1, sum(b == b for b in bpbs)),
              "seconds": secs, "bytes_per_s": n_bytes / secs if secs else 0.0}
         base = result.get("blt", r)
         r["rel_bandwidth"] = per_byte(r["bandwidth_gb_paper"]) / (base["bandwidth_gb_paper"] / max(base["bytes"], 1))
         r["rel_bandwidth_full"] = per_byte(r["bandwidth_gb_full"]) / (base["bandwidth_gb_full"] / max(base["bytes"], 1))
+        r["rel_bandwidth_1b"] = per_byte(r["gb_1b"]) / (base["gb_1b"] / max(base["bytes"], 1))
         r["rel_bandwidth_3b"] = per_byte(r["gb_3b"]) / (base["gb_3b"] / max(base["bytes"], 1))
         r["rel_bandwidth_nocache_3b"] = per_byte(r["gb_3b"]) / nocache_baseline(1, "paper-3b")
         refs = [row.get("reference") for row in prompts]

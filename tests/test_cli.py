@@ -57,3 +57,26 @@ def test_empty_file_is_a_clear_error(tiny_dir, tmp_path):
     (tmp_path / "e.txt").write_bytes(b"")
     r = run("eval", "--text", str(tmp_path / "e.txt"), "--model", str(tiny_dir), ok=False)
     assert "empty" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_bench_json_has_every_documented_key(tiny_dir, tmp_path):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "EN: Hi\\nFR: ", "reference": "Salut", "stop": "\\n"}\n{"prompt": "def f("}\n')
+    run("bench", "--prompts", str(prompts), "--modes", "blt-s8,blt-d4", "--max-bytes", "6",
+        "--model", str(tiny_dir), "--json", str(tmp_path / "b.json"))
+    res = json.loads((tmp_path / "b.json").read_text())
+    assert list(res["modes"]) == ["blt", "blt-s8", "blt-d4"]
+    keys = {"prompts", "bytes", "n_dec", "n_enc", "n_ent", "bandwidth_gb_paper", "bandwidth_gb_full", "rel_bandwidth",
+            "rel_bandwidth_3b", "rel_bandwidth_nocache_3b", "identical_to_blt", "gen_bpb", "seconds", "bytes_per_s"}
+    for mode, r in res["modes"].items():
+        assert keys <= set(r), mode
+    assert res["modes"]["blt"]["rel_bandwidth"] == 1.0
+    assert res["modes"]["blt-s8"]["identical_to_blt"] == 1.0
+    assert "chrf" not in res["modes"]["blt"]  # one prompt has no reference: no corpus score
+
+
+def test_bench_bad_prompt_file(tiny_dir, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("not json\n")
+    r = run("bench", "--prompts", str(bad), "--model", str(tiny_dir), ok=False)
+    assert "not JSON" in r.stderr and "Traceback" not in r.stderr
