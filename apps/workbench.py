@@ -827,10 +827,7 @@ def _generate_tab(wb: Workbench) -> None:
                 go_btn = gr.Button("Generate", variant="primary", elem_id="gen-go")
                 stop_btn = gr.Button("Stop", variant="stop", elem_id="gen-stop")
         with gr.Column(scale=1):
-            max_bytes = gr.Slider(*GEN_BYTES_RANGE, value=64, step=1, label="Max new bytes")
-            temperature = gr.Slider(0.0, 2.0, value=0.0, step=0.05, label="Temperature", info="0 = greedy")
-            top_p = gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="Top-p")
-            seed = gr.Number(0, precision=0, label="Seed")
+            max_bytes, temperature, top_p, seed = _sampling_controls(64)
             stop = gr.Textbox("", label="Stop string", info="generation ends when this is produced")
             with gr.Accordion("Diffusion and hybrid knobs (blt-d*, blt-h)", open=False):
                 unmask = gr.Radio(list(UNMASK_RULES), value=UNMASK_RULES[0], label="Unmasking rule")
@@ -867,6 +864,14 @@ def _generate_tab(wb: Workbench) -> None:
     stop_btn.click(stop_now, None, None, api_name="stop", queue=False)
 
 
+def _sampling_controls(default_bytes: int):
+    """Max bytes, temperature, top-p and seed controls (shared by Generate and Compare)."""
+    return (gr.Slider(*GEN_BYTES_RANGE, value=default_bytes, step=1, label="Max new bytes"),
+            gr.Slider(0.0, 2.0, value=0.0, step=0.05, label="Temperature", info="0 = greedy"),
+            gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="Top-p"),
+            gr.Number(0, precision=0, label="Seed"))
+
+
 def _compare_tab(wb: Workbench) -> None:
     with gr.Row():
         with gr.Column(scale=2):
@@ -877,10 +882,7 @@ def _compare_tab(wb: Workbench) -> None:
                                      info="1 to 3 modes; blt always runs as the reference")
             go_btn = gr.Button("Compare", variant="primary", elem_id="cmp-go")
         with gr.Column(scale=1):
-            max_bytes = gr.Slider(*GEN_BYTES_RANGE, value=32, step=1, label="Max new bytes")
-            temperature = gr.Slider(0.0, 2.0, value=0.0, step=0.05, label="Temperature", info="0 = greedy")
-            top_p = gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="Top-p")
-            seed = gr.Number(0, precision=0, label="Seed")
+            max_bytes, temperature, top_p, seed = _sampling_controls(32)
     summary = gr.Markdown()
     table = gr.Dataframe(headers=COMPARE_HEADERS, label="Side by side", interactive=False, wrap=True)
     plot = gr.Plot(label="Bandwidth")
