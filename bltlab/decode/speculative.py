@@ -24,8 +24,7 @@ def _draft_self(st: SeqState, first: int, q_first: torch.Tensor, k: int, sampler
         logits = fork.draft_logits([draft[-1]])[0]
         counters["n_dec"] += 1
         q = sampler.probs(logits[None])[0]
-        draft.append(int(sampler.pick(logits[None])[0]) if sampler.temperature == 0
-                     else int(torch.multinomial(q, 1, generator=sampler.gen)))
+        draft.append(int(sampler.pick(logits[None])[0]))
         qs.append(q)
     return draft, qs
 
@@ -60,9 +59,7 @@ def generate_speculative(model: BLT, prompt: str | bytes, max_bytes: int = 64, s
     make = _draft_self if draft == "self" else _draft_diffusion
     while True:
         p0 = sampler.probs(st.last_logits[None])[0]
-        first = pending if pending is not None else (int(sampler.pick(st.last_logits[None])[0])
-                                                     if sampler.temperature == 0 else
-                                                     int(torch.multinomial(p0, 1, generator=sampler.gen)))
+        first = pending if pending is not None else int(sampler.pick(st.last_logits[None])[0])
         room = min(k, max_bytes - len(stopper.out))
         n = len(st)
         d, qs = make(st, first, p0, room, sampler, counters)
