@@ -10,6 +10,14 @@ import json
 from dataclasses import dataclass, field
 
 
+# What each layout means. "hf" differs from ours exactly where transformers' BLT does: its
+# n-gram hashes (prime polynomials, wrapping int64), cross-attention residuals added twice and
+# keys/values RMS-normed, no final norm after the global model, and a decoder position t that
+# reads the global output of the patch before the one holding byte t + 1 (ours: before byte t's).
+ARCHS = {"bltlab": "this project's layout (every decoding mode)",
+         "hf": "transformers' BltForCausalLM layout (training-free modes: blt, blt-s*)"}
+
+
 @dataclass
 class EntropyConfig:
     """A small causal byte LM whose next-byte entropy places patch boundaries."""
@@ -18,6 +26,8 @@ class EntropyConfig:
     n_layers: int = 2  # causal transformer layers
     n_heads: int = 4  # attention heads
     max_len: int = 512  # longest context it is trained on (RoPE, so longer works but degrades)
+    window: int = 0  # sliding attention window in bytes (0 = full causal context)
+    ffn: int = 0  # SwiGLU hidden size (0 = 8/3 * dim rounded up to a multiple of 32)
 
 
 @dataclass
@@ -51,6 +61,13 @@ class BLTConfig:
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
     max_bytes: int = 512  # longest byte context accepted (prompt + generation), BOS included
+    # layout variants, for weights converted from transformers' BltForCausalLM (bltlab/interop.py)
+    arch: str = "bltlab"  # "bltlab" | "hf" (see ARCHS)
+    hash_functions: int = 1  # hash tables per n-gram length ("hf": one prime each)
+    dec_cross_all: bool = True  # cross-attention before every decoder layer (False: the first only)
+    enc_ffn: int = 0  # SwiGLU hidden sizes per part (0 = ffn_mult * width rounded up to 32)
+    global_ffn: int = 0
+    dec_ffn: int = 0
     entropy: EntropyConfig = field(default_factory=EntropyConfig)
     patch: PatchConfig = field(default_factory=PatchConfig)
 
@@ -60,6 +77,10 @@ class BLTConfig:
         if isinstance(self.patch, dict):
             self.patch = PatchConfig(**self.patch)
         self.hash_sizes = tuple(self.hash_sizes)
+        if self.arch not in ARCHS:
+            raise ValueError(f"unknown arch {self.arch!r}; choose one of {sorted(ARCHS)}")
+        if self.arch == "bltlab" and self.hash_functions != 1:
+            raise ValueError("arch 'bltlab' has one hash function per n-gram length")
         for what, dim, heads in (("local", self.d_local, self.local_heads),
                                  ("global", self.d_global, self.global_heads),
                                  ("entropy", self.entropy.dim, self.entropy.n_heads)):

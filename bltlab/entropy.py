@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 
 from .config import EntropyConfig
-from .layers import Block, RMSNorm
+from .layers import Block, RMSNorm, causal_mask
 from .tokens import N_IDS
 
 
@@ -21,7 +21,8 @@ class EntropyModel(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.emb = nn.Embedding(N_IDS, cfg.dim)
-        self.layers = nn.ModuleList(Block(cfg.dim, cfg.n_heads, 8 / 3, theta, eps) for _ in range(cfg.n_layers))
+        self.layers = nn.ModuleList(Block(cfg.dim, cfg.n_heads, 8 / 3, theta, eps, ffn=cfg.ffn)
+                                    for _ in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.dim, eps)
         self.head = nn.Linear(cfg.dim, N_IDS, bias=False)
 
@@ -35,8 +36,11 @@ class EntropyModel(nn.Module):
         if pos is None:
             pos = torch.arange(start, start + L, device=ids.device).expand(B, L)
         x = self.emb(ids)
-        causal = start == 0
-        mask = None if causal else torch.ones(1, 1, L, start + L, dtype=torch.bool, device=ids.device).tril(start)
+        causal = start == 0 and not 0 < self.cfg.window < L
+        mask = None
+        if not causal:  # cached prefix and/or sliding window
+            kpos = torch.arange(start + L, device=ids.device).expand(B, -1)
+            mask = causal_mask(pos, kpos, self.cfg.window)
         for i, layer in enumerate(self.layers):
             prefix = cache[i] if start else None
             x, kv = layer(x, pos, mask, prefix=prefix, is_causal=causal)

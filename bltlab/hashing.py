@@ -22,20 +22,51 @@ def ngram_hashes(ids: torch.Tensor, n: int, vocab: int) -> torch.Tensor:
     return h % vocab
 
 
-class HashEmbedding(nn.Module):
-    """Byte embedding plus one hashed n-gram table per n, summed."""
+# transformers' BLT hashes: hash function f uses HF_PRIMES[f] (interop with its checkpoints)
+HF_PRIMES = (1000000007, 5915587277, 1500450271, 3267000013, 5754853343, 4093082899,
+             9576890767, 3628273133, 2860486313, 5463458053, 3367900313)
 
-    def __init__(self, n_ids: int, dim: int, sizes: tuple[int, ...], vocab: int):
+
+def _int64(x: int) -> int:
+    """Python int -> the int64 that wrapping two's-complement arithmetic would hold."""
+    x %= 1 << 64
+    return x - (1 << 64) if x >= 1 << 63 else x
+
+
+def prime_hashes(ids: torch.Tensor, n: int, vocab: int, prime: int) -> torch.Tensor:
+    """transformers' BLT n-gram hash: sum_i ids[t-n+1+i] * prime**i in wrapping int64, mod vocab
+    (PAD before the start). ids: [B, T] long -> [B, T] long in [0, vocab)."""
+    h = torch.zeros_like(ids)
+    for i in range(n):  # i = 0: the oldest id of the n-gram
+        shifted = torch.nn.functional.pad(ids, (n - 1 - i, 0))[:, : ids.shape[1]]
+        h = h + shifted * _int64(prime ** i)
+    return h % vocab
+
+
+class HashEmbedding(nn.Module):
+    """Byte embedding plus hashed n-gram tables (one per hash function and n), summed.
+
+    scheme "bltlab" uses `ngram_hashes`; scheme "hf" uses `prime_hashes` with one prime per
+    function, tables ordered function-major like transformers' fused table."""
+
+    def __init__(self, n_ids: int, dim: int, sizes: tuple[int, ...], vocab: int, functions: int = 1,
+                 scheme: str = "bltlab"):
         super().__init__()
-        self.sizes, self.vocab = tuple(sizes), vocab
+        self.sizes, self.vocab, self.scheme = tuple(sizes), vocab, scheme
+        self.keys = [(f, n) for f in range(functions) for n in self.sizes]
         self.byte = nn.Embedding(n_ids, dim)
-        self.tables = nn.ModuleList(nn.Embedding(vocab, dim) for _ in self.sizes)
+        self.tables = nn.ModuleList(nn.Embedding(vocab, dim) for _ in self.keys)
+
+    def hashes(self, ids: torch.Tensor, f: int, n: int) -> torch.Tensor:
+        if self.scheme == "hf":
+            return prime_hashes(ids, n, self.vocab, HF_PRIMES[f % len(HF_PRIMES)])
+        return ngram_hashes(ids, n, self.vocab)
 
     def forward(self, ids: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         """ids: [B, L] -> [B, L, dim]. `context` ([B, C] ids before `ids`) feeds the n-grams
         that reach back past the first position (used by cached decoding)."""
         full = ids if context is None else torch.cat((context, ids), 1)
         x = self.byte(ids)
-        for n, table in zip(self.sizes, self.tables):
-            x = x + table(ngram_hashes(full, n, self.vocab)[:, full.shape[1] - ids.shape[1]:])
+        for (f, n), table in zip(self.keys, self.tables):
+            x = x + table(self.hashes(full, f, n)[:, full.shape[1] - ids.shape[1]:])
         return x

@@ -28,9 +28,9 @@ class RMSNorm(nn.Module):
 
 
 class SwiGLU(nn.Module):
-    def __init__(self, dim: int, mult: float):
+    def __init__(self, dim: int, mult: float, hidden: int = 0):
         super().__init__()
-        hidden = ffn_hidden(dim, mult)
+        hidden = hidden or ffn_hidden(dim, mult)
         self.w1 = nn.Linear(dim, hidden, bias=False)  # gate
         self.w3 = nn.Linear(dim, hidden, bias=False)  # up
         self.w2 = nn.Linear(hidden, dim, bias=False)  # down
@@ -85,12 +85,14 @@ class SelfAttention(nn.Module):
 class SlotCrossAttention(nn.Module):
     """Each query attends to its own small set of k slot vectors (no mask needed).
 
-    Used by the decoder: byte t reads the k slots of patch p(t) - 1.
+    Used by the decoder: byte t reads the k slots of patch p(t) - 1. With `kv_norm` the slots
+    are RMS-normed before the key/value projections (the "hf" layout).
     """
 
-    def __init__(self, dim: int, heads: int):
+    def __init__(self, dim: int, heads: int, kv_norm: bool = False, eps: float = 1e-5):
         super().__init__()
         self.heads = heads
+        self.kv_norm = RMSNorm(dim, eps) if kv_norm else None
         self.wq = nn.Linear(dim, dim, bias=False)
         self.wk = nn.Linear(dim, dim, bias=False)
         self.wv = nn.Linear(dim, dim, bias=False)
@@ -100,6 +102,8 @@ class SlotCrossAttention(nn.Module):
         """x: [B, L, D]; slots: [B, L, k, D] (already gathered per query)."""
         B, L, D = x.shape
         hd = D // self.heads
+        if self.kv_norm is not None:
+            slots = self.kv_norm(slots)
         q = self.wq(x).view(B, L, self.heads, hd)
         k = self.wk(slots).view(B, L, -1, self.heads, hd)
         v = self.wv(slots).view(B, L, -1, self.heads, hd)
@@ -109,21 +113,27 @@ class SlotCrossAttention(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm transformer layer: [cross-attention to slots] + self-attention + SwiGLU."""
+    """Pre-norm transformer layer: [cross-attention to slots] + self-attention + SwiGLU.
 
-    def __init__(self, dim: int, heads: int, mult: float, theta: float, eps: float, cross: bool = False):
+    `hf=True` gives transformers' BLT cross-attention: normed slots, and the residual added
+    twice (its attention module already returns output + input)."""
+
+    def __init__(self, dim: int, heads: int, mult: float, theta: float, eps: float, cross: bool = False,
+                 ffn: int = 0, hf: bool = False):
         super().__init__()
-        self.cross = SlotCrossAttention(dim, heads) if cross else None
+        self.hf = hf
+        self.cross = SlotCrossAttention(dim, heads, kv_norm=hf, eps=eps) if cross else None
         self.cross_norm = RMSNorm(dim, eps) if cross else None
         self.attn_norm = RMSNorm(dim, eps)
         self.attn = SelfAttention(dim, heads, theta)
         self.ffn_norm = RMSNorm(dim, eps)
-        self.ffn = SwiGLU(dim, mult)
+        self.ffn = SwiGLU(dim, mult, ffn)
 
     def forward(self, x, pos, mask, slots=None, prefix=None, is_causal=False):
         """Returns (x, (k, v)) so callers can keep a KV cache."""
         if self.cross is not None:
-            x = x + self.cross(self.cross_norm(x), slots)
+            c = self.cross(self.cross_norm(x), slots)
+            x = x + (c + x if self.hf else c)
         a, kv = self.attn(self.attn_norm(x), pos, mask, prefix, is_causal)
         x = x + a
         return x + self.ffn(self.ffn_norm(x)), kv

@@ -14,10 +14,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import BLTConfig
-from .entropy import EntropyModel
+from .entropy import EntropyModel, entropy_of_logits
 from .hashing import HashEmbedding
 from .layers import Block, RMSNorm, causal_mask
-from .patching import patch_starts
+from .patching import opens_patch, patch_starts
 from .tokens import N_IDS, N_INPUT_IDS, PAD
 
 
@@ -39,6 +39,7 @@ class PatchPooling(nn.Module):
         self.wq, self.wk = nn.Linear(d, d, bias=False), nn.Linear(d, d, bias=False)
         self.wv, self.wo = nn.Linear(d, d, bias=False), nn.Linear(d, d, bias=False)
         self.out = nn.Identity() if k * d == cfg.d_global else nn.Linear(k * d, cfg.d_global, bias=False)
+        self.hf = cfg.arch == "hf"  # transformers adds the residual twice
 
     def forward(self, h: torch.Tensor, pids: torch.Tensor, n_patches: int) -> torch.Tensor:
         """h: [B, T, d]; pids: [B, T] (-1 = ignore) -> [B, P, d_global]."""
@@ -64,7 +65,8 @@ class PatchPooling(nn.Module):
         att = torch.einsum("bpkhd,bplhd->bpkhl", q, k) / hd ** 0.5
         att = att.masked_fill(~valid[:, :, None, None, :], float("-inf"))
         o = torch.einsum("bpkhl,bplhd->bpkhd", att.softmax(-1).nan_to_num(0.0), v)
-        q = q0 + self.wo(o.reshape(B, n_patches, self.k, d))
+        o = self.wo(o.reshape(B, n_patches, self.k, d))
+        q = q0 + (o + q0 if self.hf else o)
         return self.out(q.reshape(B, n_patches, self.k * d))
 
 
@@ -75,22 +77,24 @@ class BLT(nn.Module):
         super().__init__()
         self.cfg = cfg
         dl, dg, eps, th = cfg.d_local, cfg.d_global, cfg.norm_eps, cfg.rope_theta
+        hf = cfg.arch == "hf"
         self.entropy = EntropyModel(cfg.entropy, eps, th)
         # local encoder
-        self.embed = HashEmbedding(N_IDS, dl, cfg.hash_sizes, cfg.hash_vocab)
-        self.enc_layers = nn.ModuleList(Block(dl, cfg.local_heads, cfg.ffn_mult, th, eps)
+        self.embed = HashEmbedding(N_IDS, dl, cfg.hash_sizes, cfg.hash_vocab, cfg.hash_functions, cfg.arch)
+        self.enc_layers = nn.ModuleList(Block(dl, cfg.local_heads, cfg.ffn_mult, th, eps, ffn=cfg.enc_ffn)
                                         for _ in range(cfg.n_enc_layers))
         self.pool = PatchPooling(cfg)
         # global transformer
-        self.global_layers = nn.ModuleList(Block(dg, cfg.global_heads, cfg.ffn_mult, th, eps)
+        self.global_layers = nn.ModuleList(Block(dg, cfg.global_heads, cfg.ffn_mult, th, eps, ffn=cfg.global_ffn)
                                            for _ in range(cfg.n_global_layers))
-        self.global_norm = RMSNorm(dg, eps)
+        self.global_norm = nn.Identity() if hf else RMSNorm(dg, eps)
         # local decoder
         self.slot_proj = nn.Linear(dg, cfg.cross_k * dl, bias=False)
         self.start_slots = nn.Parameter(torch.randn(cfg.cross_k, dl) * 0.02)  # "patch -1"
         self.noisy_embed = nn.Embedding(N_INPUT_IDS, dl)  # decoder input ids of noisy blocks (MASK incl.)
-        self.dec_layers = nn.ModuleList(Block(dl, cfg.local_heads, cfg.ffn_mult, th, eps, cross=True)
-                                        for _ in range(cfg.n_dec_layers))
+        self.dec_layers = nn.ModuleList(Block(dl, cfg.local_heads, cfg.ffn_mult, th, eps, ffn=cfg.dec_ffn, hf=hf,
+                                              cross=cfg.dec_cross_all or i == 0)
+                                        for i in range(cfg.n_dec_layers))
         self.dec_norm = RMSNorm(dl, eps)
         self.head = nn.Linear(dl, N_IDS, bias=False)
         self.apply(self._init)
@@ -137,6 +141,17 @@ class BLT(nn.Module):
         s = self.slot_rows(g)
         return torch.cat((self.start_slots.expand(g.shape[0], 1, -1, -1).to(s.dtype), s), 1)
 
+    def next_starts(self, ids: torch.Tensor, starts: torch.Tensor) -> torch.Tensor:
+        """arch "hf": [B, T] long, 1 where byte t + 1 opens a patch, so that the decoder at t reads
+        table row p(t) + next[t] (the patch before byte t + 1's). The last column, past the input,
+        is decided by the entropy rule alone (no max-length split), as transformers does."""
+        nxt = torch.zeros_like(starts, dtype=torch.long)
+        nxt[:, :-1] = starts[:, 1:]
+        ent = entropy_of_logits(self.entropy(ids)[:, -2:])  # H of the last byte and of the next one
+        nxt[:, -1] = opens_patch(ent[:, -1], ent[:, 0] if ids.shape[1] > 1 else None, ids.shape[1],
+                                 self.cfg.patch).long()
+        return nxt
+
     def decode(self, x, pos, mask, slots):
         """Decoder layers + head. x: [B, L, d_local], slots: [B, L, k, d_local] -> logits [B, L, 260].
         mask None means plain causal."""
@@ -164,7 +179,8 @@ class BLT(nn.Module):
         B, T = ids.shape
         h, pids, table = self.latents(ids, starts)
         pos = torch.arange(T, device=ids.device).expand(B, T)
-        slots = table[torch.arange(B, device=ids.device)[:, None], pids]  # patch p(t) - 1
+        rows = pids + self.next_starts(ids, starts) if self.cfg.arch == "hf" else pids
+        slots = table[torch.arange(B, device=ids.device)[:, None], rows]  # table row r holds patch r - 1
         return self.decode(h, pos, self.local_mask(pos), slots)
 
     def forward_hybrid(self, ids: torch.Tensor, starts: torch.Tensor, block_starts: torch.Tensor,
@@ -173,6 +189,8 @@ class BLT(nn.Module):
 
         block_starts: [B, nb] positions s (patch starts, -1 = unused block);
         noisy: [B, nb, Bs] input ids (bytes or MASK). Returns ([B, T, 260], [B, nb, Bs, 260])."""
+        if self.cfg.arch == "hf":
+            raise ValueError("arch 'hf' models have no block-diffusion decoder (training-free modes only)")
         B, T = ids.shape
         nb, bs = noisy.shape[1:]
         dev = ids.device

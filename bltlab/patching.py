@@ -100,6 +100,22 @@ def patch_starts(entropy: torch.Tensor | None, ids: torch.Tensor, cfg: PatchConf
     return enforce_max_patch(s, cfg.max_patch, lengths)
 
 
+def opens_patch(h_next: torch.Tensor, h_prev: torch.Tensor | None, t, cfg: PatchConfig) -> torch.Tensor:
+    """Would byte t, not seen yet, open a patch by the entropy rule alone (no max-length split)?
+    h_next = H_t, h_prev = H_{t-1} (same shape; t an int or a tensor of positions). Bytes 0 and 1
+    always do. Used by the "hf" layout, whose decoder must know the patch of the byte it predicts
+    before that byte exists."""
+    _check(cfg)
+    if cfg.rule == "global":
+        s = h_next > cfg.threshold
+    elif cfg.rule == "relative":
+        s = (h_next - (h_next if h_prev is None else h_prev)) > cfg.threshold
+    else:
+        raise ValueError(f"the 'hf' layout decides a patch before seeing its first byte, so it needs an "
+                         f"entropy rule (global or relative), not {cfg.rule!r}")
+    return s | (torch.as_tensor(t, device=h_next.device) <= 1)
+
+
 def patch_ids(starts: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
     """[B, T] long: index of the patch holding each byte (cumsum - 1); -1 at padded positions."""
     pid = starts.long().cumsum(-1) - 1

@@ -15,7 +15,7 @@ import torch
 from ..entropy import entropy_of_logits
 from ..layers import causal_mask
 from ..model import BLT
-from ..patching import patch_starts
+from ..patching import opens_patch, patch_starts
 
 HASH_CONTEXT = 8  # ids before a new byte that its n-gram hashes may reach
 
@@ -87,7 +87,7 @@ class SeqState:
                            dtype=torch.long, device=self.dev)
         x = self.m.embed(new, ctx if ctx.shape[1] else None)
         self.stats["n_loc"] += 1
-        self.stats["hash_rows"] += new.shape[1] * (1 + len(self.cfg.hash_sizes))
+        self.stats["hash_rows"] += new.shape[1] * (1 + len(self.m.embed.tables))
         return _run(self.m.enc_layers, x, pos, self.enc_cache, self.cfg.local_window, stats=self.stats)
 
     def _restart(self) -> None:
@@ -99,9 +99,21 @@ class SeqState:
         forced[0, [f for f in self.forced if f < n]] = True
         self.starts = patch_starts(ent, ids, self.cfg.patch, forced=forced)[0]
 
+    def _next(self, lo: int, hi: int) -> torch.Tensor:
+        """arch "hf": [hi - lo] long, 1 where byte t + 1 opens a patch by the entropy rule alone,
+        for t in [lo, hi). The decoder at t reads the patch before t + 1's; deciding it from the
+        entropies only (never from the max-length split) gives every position the logits it has
+        when it is the last one, which is what transformers' uncached generate computes."""
+        ent = torch.tensor(self.ent, device=self.dev)
+        t = torch.arange(lo + 1, hi + 1, device=self.dev)
+        return opens_patch(ent[t], ent[t - 1], t, self.cfg.patch).long()
+
     def _known_starts(self) -> int:
-        """Starts at positions < len, plus one at len if it was forced (the patch before is closed)."""
-        return int(self.starts.sum()) + (len(self.ids) in self.forced)
+        """Starts at positions < len, plus one at len if it is already decided (forced, or, for
+        arch "hf", by the entropy of the next byte): the patch before it is then complete."""
+        n = len(self.ids)
+        frontier = n in self.forced or (self.cfg.arch == "hf" and bool(self._next(n - 1, n)[0]))
+        return int(self.starts.sum()) + frontier
 
     def _global(self) -> int:
         """Run the global model on patches that became complete; returns how many."""
@@ -138,8 +150,10 @@ class SeqState:
         self.h = torch.cat((self.h, h_new), 1)
         self._restart()
         n_glob = self._global()
-        pids = (self.starts.long().cumsum(0) - 1)[n0:]
-        slots = self.table[:, pids]  # byte t reads patch p(t) - 1 = table row p(t)
+        rows = (self.starts.long().cumsum(0) - 1)[n0:]  # byte t reads patch p(t) - 1 = table row p(t)
+        if self.cfg.arch == "hf":
+            rows = rows + self._next(n0, n0 + L)
+        slots = self.table[:, rows]
         logits = self._decode(h_new, pos, slots, self.dec_cache)
         self.last_logits = logits[-1]
         if counters is not None:
