@@ -4,16 +4,16 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from . import kernels
 from .config import EntropyConfig
-from .layers import Block, RMSNorm, causal_mask
+from .layers import AttnMask, Block, RMSNorm
 from .tokens import N_IDS
 
 
 def entropy_of_logits(logits: torch.Tensor) -> torch.Tensor:
-    """Entropy in nats of softmax(logits) over the last dim."""
-    logp = logits.float().log_softmax(-1)
-    p = logp.exp()
-    return -torch.where(p > 0, p * logp, torch.zeros_like(p)).sum(-1)  # -inf logits contribute 0, not NaN
+    """Entropy in nats of softmax(logits) over the last dim (-inf logits contribute 0, not NaN).
+    PyTorch, or one Triton pass on CUDA: kernels/entropy.py."""
+    return kernels.logit_entropy(logits)
 
 
 class EntropyModel(nn.Module):
@@ -40,7 +40,7 @@ class EntropyModel(nn.Module):
         mask = None
         if not causal:  # cached prefix and/or sliding window
             kpos = torch.arange(start + L, device=ids.device).expand(B, -1)
-            mask = causal_mask(pos, kpos, self.cfg.window)
+            mask = AttnMask.causal(pos, kpos, self.cfg.window)
         for i, layer in enumerate(self.layers):
             prefix = cache[i] if start else None
             x, kv = layer(x, pos, mask, prefix=prefix, is_causal=causal)

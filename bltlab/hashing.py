@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from . import kernels
+
 HASH_BASE = 257  # > every id, so distinct n-grams give distinct pre-modulo values
 HASH_MOD = (1 << 31) - 1  # Mersenne prime; h * HASH_BASE stays far inside int64
 
@@ -66,6 +68,9 @@ class HashEmbedding(nn.Module):
         """ids: [B, L] -> [B, L, dim]. `context` ([B, C] ids before `ids`) feeds the n-grams
         that reach back past the first position (used by cached decoding)."""
         full = ids if context is None else torch.cat((context, ids), 1)
+        if self.scheme == "bltlab":  # PyTorch or one Triton kernel: kernels/hash_embed.py
+            return kernels.hash_embedding(full, ids.shape[1], self.sizes, self.vocab, self.byte.weight,
+                                          [t.weight for t in self.tables])
         x = self.byte(ids)
         for (f, n), table in zip(self.keys, self.tables):
             x = x + table(self.hashes(full, f, n)[:, full.shape[1] - ids.shape[1]:])

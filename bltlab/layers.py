@@ -1,15 +1,19 @@
 """Transformer building blocks shared by the entropy model and the three BLT parts.
 
-Pure PyTorch. Attention takes explicit positions and a boolean mask so that the same
-code serves causal byte streams, sliding windows and the block-diffusion mask.
+Attention takes explicit positions and a mask (None = plain causal, a dense bool mask, or an
+`AttnMask` described by positions and block ids) so that the same code serves causal byte
+streams, sliding windows and the block-diffusion mask. RMSNorm, SwiGLU and attention go
+through bltlab.kernels: PyTorch by default on CPU, Triton kernels on CUDA (docs/kernels.md).
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
+
+from . import kernels
 
 
 def ffn_hidden(dim: int, mult: float) -> int:
@@ -22,9 +26,9 @@ class RMSNorm(nn.Module):
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
-        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x) * self.weight
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None):
+        """RMSNorm(x); with `residual`, the fused pair (x + residual, RMSNorm(x + residual))."""
+        return kernels.rms_norm(x, self.weight, self.eps, residual)
 
 
 class SwiGLU(nn.Module):
@@ -36,7 +40,7 @@ class SwiGLU(nn.Module):
         self.w2 = nn.Linear(hidden, dim, bias=False)  # down
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+        return self.w2(kernels.swiglu(self.w1(x), self.w3(x)))
 
 
 def rope(x: torch.Tensor, pos: torch.Tensor, theta: float) -> torch.Tensor:
@@ -73,12 +77,13 @@ class SelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor | None,
                 prefix: tuple[torch.Tensor, torch.Tensor] | None = None, is_causal: bool = False):
-        """x: [B, L, D]; mask: bool [B or 1, 1, L, S+L] (True = may attend). Returns (out, (k, v))."""
+        """x: [B, L, D]; mask: AttnMask, or bool [B or 1, 1, L, S+L] (True = may attend), or None
+        (all keys, or causal with is_causal). Returns (out, (k, v))."""
         B, L, D = x.shape
         q, k, v = self.qkv(x, pos)
         if prefix is not None:
             k, v = torch.cat((prefix[0], k), 2), torch.cat((prefix[1], v), 2)
-        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal and mask is None)
+        o = kernels.attend(q, k, v, mask, is_causal)
         return self.wo(o.transpose(1, 2).reshape(B, L, D)), (k, v)
 
 
@@ -135,8 +140,8 @@ class Block(nn.Module):
             c = self.cross(self.cross_norm(x), slots)
             x = x + (c + x if self.hf else c)
         a, kv = self.attn(self.attn_norm(x), pos, mask, prefix, is_causal)
-        x = x + a
-        return x + self.ffn(self.ffn_norm(x)), kv
+        x, hn = self.ffn_norm(x, a)  # x + a, then its norm (one fused kernel on the Triton path)
+        return x + self.ffn(hn), kv
 
 
 def causal_mask(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int = 0) -> torch.Tensor:
@@ -146,3 +151,39 @@ def causal_mask(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int = 0) -> to
     if window > 0:
         m &= d < window
     return m
+
+
+@dataclass(eq=False)
+class AttnMask:
+    """An attention mask given by positions and block ids, so a kernel can compute it on the fly.
+
+    Query i may attend key j when
+      key j is clean (k_blk = -1), k_pos[j] <= q_lim[i] and (window = 0 or q_pos[i] - k_pos[j] < window),
+      or key j is in the query's own noisy block (k_blk[j] == q_blk[i] >= 0).
+    Clean queries have q_lim = q_pos and q_blk = -1 (causal, sliding window); a noisy block at s has
+    q_lim = s - 1 (the clean prefix before it). Keys with k_blk < -1 are never read (padding).
+    Tensors are long, [B or 1, Lq] for q_*, [B or 1, Lk] for k_*."""
+
+    q_pos: torch.Tensor
+    q_lim: torch.Tensor
+    q_blk: torch.Tensor
+    k_pos: torch.Tensor
+    k_blk: torch.Tensor
+    window: int = 0
+    _dense: torch.Tensor | None = field(default=None, repr=False)
+
+    @classmethod
+    def causal(cls, q_pos: torch.Tensor, k_pos: torch.Tensor, window: int = 0) -> "AttnMask":
+        """Key position <= query position (and within `window` if > 0): causal_mask's rule."""
+        return cls(q_pos, q_pos, torch.full_like(q_pos, -1), k_pos, torch.full_like(k_pos, -1), window)
+
+    def dense(self) -> torch.Tensor:
+        """[B or 1, 1, Lq, Lk] bool (True = may attend), built once."""
+        if self._dense is None:
+            kb, kp = self.k_blk[:, None, :], self.k_pos[:, None, :]
+            clean = (kb == -1) & (kp <= self.q_lim[:, :, None])
+            if self.window > 0:
+                clean &= self.q_pos[:, :, None] - kp < self.window
+            own = (kb >= 0) & (kb == self.q_blk[:, :, None])
+            self._dense = (clean | own)[:, None]
+        return self._dense

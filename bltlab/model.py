@@ -15,8 +15,9 @@ import torch.nn.functional as F
 
 from .config import BLTConfig
 from .entropy import EntropyModel, entropy_of_logits
+from . import kernels
 from .hashing import HashEmbedding
-from .layers import Block, RMSNorm, causal_mask
+from .layers import AttnMask, Block, RMSNorm
 from .patching import opens_patch, patch_starts
 from .tokens import N_IDS, N_INPUT_IDS, PAD
 
@@ -54,8 +55,7 @@ class PatchPooling(nn.Module):
         where = (first[..., None] + torch.arange(L, device=h.device)).clamp(max=T - 1)  # [B, P, L]
         valid = torch.arange(L, device=h.device) < size[..., None]
         bytes_ = h.gather(1, where.view(B, -1, 1).expand(-1, -1, d)).view(B, n_patches, L, d)
-        pooled = bytes_.masked_fill(~valid[..., None], float("-inf")).amax(2)
-        pooled = pooled.masked_fill(~valid[:, :, :1], 0.0)  # empty (padding) patches
+        pooled = kernels.patch_max(h, pids, n_patches, (bytes_, valid))  # [B, P, d]; empty patches 0
         q0 = self.q_proj(pooled).view(B, n_patches, self.k, d)  # [B, P, k, d]
         kv = self.kv_norm(bytes_)
         hd = d // self.heads
@@ -121,9 +121,9 @@ class BLT(nn.Module):
             h, _ = layer(h, pos, mask, is_causal=mask is None)
         return h
 
-    def local_mask(self, pos: torch.Tensor) -> torch.Tensor | None:
+    def local_mask(self, pos: torch.Tensor) -> AttnMask | None:
         """Sliding-window causal mask, or None when plain causal attention is the same."""
-        return None if pos.shape[1] <= self.cfg.local_window else causal_mask(pos, pos, self.cfg.local_window)
+        return None if pos.shape[1] <= self.cfg.local_window else AttnMask.causal(pos, pos, self.cfg.local_window)
 
     def global_forward(self, x: torch.Tensor) -> torch.Tensor:
         """[B, P, d_global] patch vectors -> [B, P, d_global] causal global outputs."""
@@ -144,7 +144,7 @@ class BLT(nn.Module):
     def next_starts(self, ids: torch.Tensor, starts: torch.Tensor) -> torch.Tensor:
         """arch "hf": [B, T] long, 1 where byte t + 1 opens a patch, so that the decoder at t reads
         table row p(t) + next[t] (the patch before byte t + 1's). The last column, past the input,
-        is decided by the entropy rule alone (no max-length split), as transformers does."""
+        is decided by `opens_patch` (what transformers does past its input)."""
         nxt = torch.zeros_like(starts, dtype=torch.long)
         nxt[:, :-1] = starts[:, 1:]
         ent = entropy_of_logits(self.entropy(ids)[:, -2:])  # H of the last byte and of the next one
@@ -204,11 +204,9 @@ class BLT(nn.Module):
         pos = torch.cat((cpos, npos), 1)
         blk = torch.arange(nb, device=dev).repeat_interleave(bs)  # block of each noisy slot
         nstart = s.gather(1, blk.expand(B, -1))  # [B, N] block start of each noisy slot
-        mask = torch.zeros(B, 1, T + nb * bs, T + nb * bs, dtype=torch.bool, device=dev)
-        mask[:, :, :T, :T] = causal_mask(cpos, cpos, self.cfg.local_window)
-        d = npos[:, :, None] - cpos[:, None, :]
-        mask[:, 0, T:, :T] = (cpos[:, None, :] < nstart[..., None]) & (d < self.cfg.local_window)
-        mask[:, 0, T:, T:] = blk[:, None] == blk[None, :]
+        # clean bytes: causal + window; a noisy block: the clean bytes before its start (window), itself
+        blks = torch.cat((torch.full_like(cpos, -1), blk.expand(B, -1)), 1)
+        mask = AttnMask(pos, torch.cat((cpos, nstart - 1), 1), blks, pos, blks, self.cfg.local_window)
         slots = torch.cat((table[rows, pids], table[rows, pids.gather(1, nstart)]), 1)
         logits = self.decode(x, pos, mask, slots)
         return logits[:, :T], logits[:, T:].reshape(B, nb, bs, -1)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from .. import kernels
 from ..entropy import entropy_of_logits
 from ..model import BLT
 from ..tokens import MASK
@@ -17,10 +18,8 @@ from .state import SeqState
 
 def choose_unmask(logits: torch.Tensor, masked: list[int], alpha: float | None, gamma: float | None) -> list[int]:
     """Which masked slots to fill in this pass. logits: [B, 260] over the block."""
-    lg = allowed(logits[masked].float())
-    conf = lg.softmax(-1).amax(-1)
+    ent, conf, _ = kernels.confidence(allowed(logits[masked].float()))  # one pass over the rows
     if gamma is not None:
-        ent = entropy_of_logits(lg)
         order = ent.argsort()
         before = torch.cumsum(ent[order], 0) - ent[order]  # entropy of the prefix less its largest term
         n = max(1, int((before < gamma).sum())) if gamma > 0 else 1

@@ -13,7 +13,7 @@ import copy
 import torch
 
 from ..entropy import entropy_of_logits
-from ..layers import causal_mask
+from ..layers import AttnMask
 from ..model import BLT
 from ..patching import opens_patch, patch_starts
 
@@ -29,7 +29,7 @@ def _run(layers, x, pos, cache: list, window: int, slots=None, stats: dict | Non
     mask = None
     if L > 1 or n0 + L > window:
         kpos = torch.arange(n0 + L, device=x.device)[None]
-        mask = causal_mask(pos, kpos, window)
+        mask = AttnMask.causal(pos, kpos, window)
     for i, layer in enumerate(layers):
         x, kv = layer(x, pos, mask, slots=slots, prefix=cache[i] if n0 else None)
         if len(cache) > i:
@@ -192,7 +192,9 @@ class SeqState:
         x = self.m.noisy_embed(torch.tensor([noisy], dtype=torch.long, device=self.dev))
         pos = self._positions(n0, L)
         kpos = torch.arange(n0 + L, device=self.dev)[None]
-        mask = pos[:, None, :, None] - kpos[:, None, None, :] < self.cfg.local_window  # all but too old
+        blk = torch.cat((torch.full((1, n0), -1), torch.zeros(1, L, dtype=torch.long)), 1).to(self.dev)
+        mask = AttnMask(pos, torch.full_like(pos, n0 - 1), torch.zeros_like(pos), kpos, blk,
+                        self.cfg.local_window)  # the whole cache (but too old bytes), the block both ways
         slots = self.table[:, -1:].expand(1, L, -1, -1)
         self.stats["kv_read"] += 2 * len(self.m.dec_layers) * min(n0, self.cfg.local_window) * self.cfg.d_local
         for i, layer in enumerate(self.m.dec_layers):

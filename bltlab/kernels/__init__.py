@@ -1,0 +1,136 @@
+"""Triton kernels behind one switch, each next to the pure-PyTorch reference it must equal.
+
+The library calls the ops below (`rms_norm`, `swiglu`, `logit_entropy`, `confidence`,
+`hash_embedding`, `patch_max`, `attend`; named apart from the modules that hold them); each op sends its tensors either to the reference (the exact
+PyTorch code the model always ran) or to a Triton kernel. The backend:
+
+- `auto` (default): Triton for CUDA tensors, the reference otherwise, so a CPU run computes
+  bit for bit what it computed before the kernels existed;
+- `triton`: always Triton; on CPU tensors this needs Triton's interpreter
+  (`TRITON_INTERPRET=1`, set before the first kernel module is imported: it decides at
+  definition time whether a kernel is compiled or interpreted), else a clear error;
+- `reference`: always PyTorch.
+
+Pick it with `set_backend(name)`, the context manager `backend(name)`, or the environment
+variable `BLTLAB_KERNELS` (read once at import). One module per kernel: entropy.py,
+hash_embed.py, pooling.py, norm_ffn.py, attention.py; bench.py times them (docs/kernels.md).
+"""
+from __future__ import annotations
+
+import importlib
+import os
+from contextlib import contextmanager
+
+import torch
+
+BACKENDS = ("auto", "triton", "reference")
+
+
+def _check(name: str) -> str:
+    if name not in BACKENDS:
+        raise ValueError(f"kernel backend must be one of {BACKENDS}, got {name!r}")
+    return name
+
+
+_backend = _check(os.environ.get("BLTLAB_KERNELS", "auto").strip().lower() or "auto")
+
+
+def set_backend(name: str) -> None:
+    """Choose the backend for the whole process: 'auto', 'triton' or 'reference'."""
+    global _backend
+    _backend = _check(name)
+
+
+def get_backend() -> str:
+    return _backend
+
+
+@contextmanager
+def backend(name: str):
+    """`with kernels.backend("reference"): ...` — the backend for a block, restored afterwards."""
+    old = get_backend()
+    set_backend(name)
+    try:
+        yield
+    finally:
+        set_backend(old)
+
+
+def interpreting() -> bool:
+    """Whether Triton runs kernels in its CPU interpreter (TRITON_INTERPRET=1)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def use_triton(*tensors: torch.Tensor) -> bool:
+    """Whether an op on these tensors goes to its Triton kernel under the current backend."""
+    if _backend == "reference":
+        return False
+    on_gpu = all(t.is_cuda for t in tensors)
+    if _backend == "auto":
+        return on_gpu
+    if not on_gpu and not interpreting():
+        raise RuntimeError("kernel backend 'triton' was asked for on CPU tensors, but Triton can only run them "
+                           "in its interpreter: set TRITON_INTERPRET=1 in the environment before bltlab is "
+                           "imported, or use backend 'auto' / 'reference' (BLTLAB_KERNELS)")
+    return True
+
+
+def _module(name: str, on_cpu: bool):
+    """Import a kernel module on first use (it imports triton and defines its kernels)."""
+    mod = importlib.import_module(f"{__name__}.{name}")
+    if on_cpu and not getattr(mod, "INTERPRETED", False):
+        raise RuntimeError(f"bltlab.kernels.{name} defined its kernels before TRITON_INTERPRET=1 was set, so "
+                           "they cannot run on CPU tensors: set the variable before importing bltlab")
+    return mod
+
+
+def _pick(name: str, *tensors: torch.Tensor):
+    """(module, use the Triton path?) for an op on `tensors`."""
+    fast = use_triton(*tensors)
+    return _module(name, fast and not tensors[0].is_cuda), fast
+
+
+# ---- the ops the library calls --------------------------------------------------------------
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None):
+    """RMSNorm of x (or of x + residual, returned too): see norm_ffn.rms_norm_reference."""
+    mod, fast = _pick("norm_ffn", x, weight)
+    return (mod.rms_norm_triton if fast else mod.rms_norm_reference)(x, weight, eps, residual)
+
+
+def swiglu(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """silu(a) * b, the SwiGLU activation."""
+    mod, fast = _pick("norm_ffn", a, b)
+    return (mod.swiglu_triton if fast else mod.swiglu_reference)(a, b)
+
+
+def logit_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy (nats) of softmax over the last dim; -inf logits count 0."""
+    mod, fast = _pick("entropy", logits)
+    return mod.confidence_triton(logits)[0] if fast else mod.entropy_reference(logits)
+
+
+def confidence(logits: torch.Tensor):
+    """(entropy, max probability, argmax) over the last dim, in one pass on the Triton path."""
+    mod, fast = _pick("entropy", logits)
+    return (mod.confidence_triton if fast else mod.confidence_reference)(logits)
+
+
+def hash_embedding(full: torch.Tensor, n_new: int, sizes: tuple, vocab: int, byte_weight: torch.Tensor,
+               tables: list) -> torch.Tensor:
+    """Byte embedding of the last n_new ids of `full` plus its hashed n-gram rows."""
+    mod, fast = _pick("hash_embed", byte_weight)
+    return (mod.hash_embed_triton if fast else mod.hash_embed_reference)(full, n_new, sizes, vocab, byte_weight,
+                                                                         tables)
+
+
+def patch_max(h: torch.Tensor, pids: torch.Tensor, n_patches: int, gathered=None) -> torch.Tensor:
+    """Max of each patch's byte states (empty patches 0); `gathered` is PatchPooling's layout."""
+    mod, fast = _pick("pooling", h)
+    return mod.patch_max_triton(h, pids, n_patches) if fast else mod.patch_max_reference(h, pids, n_patches,
+                                                                                         gathered)
+
+
+def attend(q, k, v, mask, is_causal: bool = False) -> torch.Tensor:
+    """Scaled dot-product attention; mask: None, a dense bool mask, or a layers.AttnMask."""
+    mod, fast = _pick("attention", q)
+    return (mod.attention_triton if fast else mod.attention_reference)(q, k, v, mask, is_causal)
