@@ -27,6 +27,26 @@ def patch_index(starts: torch.Tensor) -> torch.Tensor:
     return starts.long().cumsum(1) - 1
 
 
+def patch_bounds(pids: torch.Tensor, n_patches: int):
+    """pids [B, T] (-1 = ignore) -> (first byte [B, P] (T when empty), size [B, P]); patches are contiguous."""
+    B, T = pids.shape
+    pos = torch.arange(T, device=pids.device).expand(B, T)
+    idx = torch.where(pids < 0, n_patches, pids)  # ignored bytes go to a dump row
+    first = torch.full((B, n_patches + 1), T, device=pids.device).scatter_reduce(1, idx, pos, "amin")
+    size = torch.zeros(B, n_patches + 1, dtype=torch.long, device=pids.device).scatter_add(1, idx, torch.ones_like(idx))
+    return first[:, :n_patches], size[:, :n_patches]
+
+
+def patch_layout(h: torch.Tensor, pids: torch.Tensor, n_patches: int):
+    """Each patch's bytes gathered: ([B, P, L, d] states, [B, P, L] valid), L = longest patch."""
+    B, T, d = h.shape
+    first, size = patch_bounds(pids, n_patches)
+    L = max(int(size.max()), 1)
+    where = (first[..., None] + torch.arange(L, device=h.device)).clamp(max=T - 1)  # [B, P, L]
+    valid = torch.arange(L, device=h.device) < size[..., None]
+    return h.gather(1, where.view(B, -1, 1).expand(-1, -1, d)).view(B, n_patches, L, d), valid
+
+
 class PatchPooling(nn.Module):
     """Max-pool each patch's byte states into a query, split it into k slots, and let the
     slots cross-attend to the bytes of their own patch only."""
@@ -45,16 +65,8 @@ class PatchPooling(nn.Module):
     def forward(self, h: torch.Tensor, pids: torch.Tensor, n_patches: int) -> torch.Tensor:
         """h: [B, T, d]; pids: [B, T] (-1 = ignore) -> [B, P, d_global]."""
         B, T, d = h.shape
-        # gather each patch's bytes into [B, P, L, d] (L = longest patch): patches are contiguous
-        pos = torch.arange(T, device=h.device).expand(B, T)
-        idx = torch.where(pids < 0, n_patches, pids)  # ignored bytes go to a dump row
-        first = torch.full((B, n_patches + 1), T, device=h.device).scatter_reduce(1, idx, pos, "amin")
-        size = torch.zeros(B, n_patches + 1, dtype=torch.long, device=h.device).scatter_add(1, idx, torch.ones_like(idx))
-        first, size = first[:, :n_patches], size[:, :n_patches]
-        L = max(int(size.max()), 1)
-        where = (first[..., None] + torch.arange(L, device=h.device)).clamp(max=T - 1)  # [B, P, L]
-        valid = torch.arange(L, device=h.device) < size[..., None]
-        bytes_ = h.gather(1, where.view(B, -1, 1).expand(-1, -1, d)).view(B, n_patches, L, d)
+        bytes_, valid = patch_layout(h, pids, n_patches)  # [B, P, L, d], [B, P, L]
+        L = bytes_.shape[2]
         pooled = kernels.patch_max(h, pids, n_patches, (bytes_, valid))  # [B, P, d]; empty patches 0
         q0 = self.q_proj(pooled).view(B, n_patches, self.k, d)  # [B, P, k, d]
         kv = self.kv_norm(bytes_)

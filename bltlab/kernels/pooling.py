@@ -14,30 +14,12 @@ import torch
 import triton
 import triton.language as tl
 
+from ..model import patch_bounds, patch_layout
+
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 # ---- reference -------------------------------------------------------------------------------
-def patch_bounds(pids: torch.Tensor, n_patches: int):
-    """pids [B, T] (-1 = ignore) -> (first byte [B, P] (T when empty), size [B, P])."""
-    B, T = pids.shape
-    pos = torch.arange(T, device=pids.device).expand(B, T)
-    idx = torch.where(pids < 0, n_patches, pids)  # ignored bytes go to a dump row
-    first = torch.full((B, n_patches + 1), T, device=pids.device).scatter_reduce(1, idx, pos, "amin")
-    size = torch.zeros(B, n_patches + 1, dtype=torch.long, device=pids.device).scatter_add(1, idx, torch.ones_like(idx))
-    return first[:, :n_patches], size[:, :n_patches]
-
-
-def patch_layout(h: torch.Tensor, pids: torch.Tensor, n_patches: int):
-    """Each patch's bytes gathered: ([B, P, L, d] states, [B, P, L] valid), L = longest patch."""
-    B, T, d = h.shape
-    first, size = patch_bounds(pids, n_patches)
-    L = max(int(size.max()), 1)
-    where = (first[..., None] + torch.arange(L, device=h.device)).clamp(max=T - 1)  # [B, P, L]
-    valid = torch.arange(L, device=h.device) < size[..., None]
-    return h.gather(1, where.view(B, -1, 1).expand(-1, -1, d)).view(B, n_patches, L, d), valid
-
-
 def patch_max_reference(h, pids, n_patches: int, gathered=None):
     """h: [B, T, d] -> [B, P, d] max over each patch's bytes (0 for empty patches)."""
     bytes_, valid = gathered if gathered is not None else patch_layout(h, pids, n_patches)

@@ -1,0 +1,298 @@
+"""Parity of every Triton kernel with its PyTorch reference (bltlab/kernels/), forward and backward.
+
+On CPU the kernels run in Triton's interpreter (tests/conftest.py sets TRITON_INTERPRET=1 before
+bltlab is imported), so shapes stay small; with a GPU the same tests run on CUDA tensors.
+Tolerances: fp32 results agree to ~1e-5 of the largest value (hashing and pooling exactly); bf16
+results may differ by one bf16 rounding (3e-2 forward, 5e-2 gradients, relative to the largest value).
+"""
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from bltlab import kernels
+from bltlab.config import get_config
+from bltlab.layers import AttnMask, causal_mask
+from bltlab.model import BLT
+from bltlab.train import diffusion_loss, next_byte_loss, sample_blocks
+
+DEVICES = (["cpu"] if kernels.interpreting() else []) + (["cuda"] if torch.cuda.is_available() else [])
+pytestmark = pytest.mark.skipif(not DEVICES, reason="no GPU and TRITON_INTERPRET is not 1")
+TOL = {torch.float32: (1e-5, 1e-5), torch.bfloat16: (3e-2, 5e-2)}  # (forward, backward), relative to max|ref|
+
+
+@pytest.fixture(params=DEVICES)
+def dev(request):
+    return request.param
+
+
+def close(a, b, tol, what=""):
+    a, b = a.detach().float(), b.detach().float()
+    assert a.shape == b.shape, (what, a.shape, b.shape)
+    scale = max(1.0, float(b.abs().max()) if b.numel() else 1.0)
+    err = float((a - b).abs().max()) if b.numel() else 0.0
+    assert err <= tol * scale, f"{what}: max error {err:.3g} > {tol} * {scale:.3g}"
+
+
+def grads(out, inputs, g):
+    return torch.autograd.grad(out, inputs, g)
+
+
+# ---- dispatch ------------------------------------------------------------------------------
+def test_backend_switch_and_errors(monkeypatch):
+    assert kernels.get_backend() == "auto"
+    with kernels.backend("reference"):
+        assert kernels.get_backend() == "reference" and not kernels.use_triton(torch.zeros(1))
+    assert kernels.get_backend() == "auto"
+    assert not kernels.use_triton(torch.zeros(1))  # auto: PyTorch for CPU tensors
+    with pytest.raises(ValueError, match="backend must be one of"):
+        kernels.set_backend("cuda")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with kernels.backend("triton"), pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
+        kernels.use_triton(torch.zeros(1))
+
+
+def test_env_variable_sets_the_backend():
+    env = {**os.environ, "BLTLAB_KERNELS": "reference"}
+    out = subprocess.run([sys.executable, "-c", "import bltlab.kernels as k; print(k.get_backend())"],
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "reference", out.stderr[-500:]
+
+
+# ---- entropy / confidence --------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("rows,V", [(1, 260), (7, 33), (33, 260), (3, 5000)])
+def test_confidence(dev, dtype, rows, V):
+    from bltlab.kernels import entropy as K
+
+    torch.manual_seed(rows)
+    x = (torch.randn(rows, V) * 4).to(dtype)
+    x[:, :4] = float("-inf")  # forbidden ids, as decode.common.allowed makes them
+    if rows > 1:
+        x[1] = float("-inf")
+        x[1, V // 2] = 0.5  # one allowed id: entropy 0, confidence 1
+    x = x.to(dev)
+    ent, conf, arg = K.confidence_triton(x)
+    rent, rconf, rarg = K.confidence_reference(x)
+    assert not ent.isnan().any()
+    close(ent, rent, 1e-5, "entropy")
+    close(conf, rconf, 1e-5, "confidence")
+    assert torch.equal(arg, rarg)
+    from bltlab.entropy import entropy_of_logits
+
+    with kernels.backend("triton"):
+        close(entropy_of_logits(x.view(1, rows, V)), rent.view(1, rows), 1e-5, "entropy_of_logits")
+
+
+# ---- hash n-gram embedding -------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("B,C,L,sizes", [(1, 0, 1, (3, 4, 5, 6, 7, 8)), (2, 0, 7, (3, 4, 5, 6, 7, 8)),
+                                         (3, 5, 4, (1, 2, 5)), (1, 8, 1, (3, 8))])
+def test_hash_embedding(dev, dtype, B, C, L, sizes):
+    from bltlab.kernels import hash_embed as K
+
+    torch.manual_seed(L + C)
+    V, D = 37, 20
+    full = torch.randint(0, 260, (B, C + L), device=dev)
+    full[:, 0] = 1
+    bw = torch.randn(260, D, device=dev, dtype=dtype, requires_grad=True)
+    tabs = [torch.randn(V, D, device=dev, dtype=dtype, requires_grad=True) for _ in sizes]
+    out = K.hash_embed_triton(full, L, sizes, V, bw, tabs)
+    ref = K.hash_embed_reference(full, L, sizes, V, bw, tabs)
+    fwd, bwd = TOL[dtype]
+    close(out, ref, 0.0 if dtype == torch.float32 else fwd, "hash forward")  # fp32: same sums, same order
+    g = torch.randn_like(ref)
+    for a, b in zip(grads(out, [bw, *tabs], g), grads(ref, [bw, *tabs], g)):
+        close(a, b, 1e-6 if dtype == torch.float32 else bwd, "hash grad")
+
+
+def test_hash_embedding_module_with_context(dev):
+    """The HashEmbedding module under the Triton backend, with cached decoding's context ids."""
+    from bltlab.hashing import HashEmbedding
+
+    torch.manual_seed(0)
+    emb = HashEmbedding(260, 16, (3, 4, 5, 6, 7, 8), 64).to(dev)
+    ids = torch.randint(4, 260, (2, 5), device=dev)
+    ctx = torch.randint(4, 260, (2, 8), device=dev)
+    ref = emb(ids, ctx)
+    with kernels.backend("triton"):
+        assert torch.equal(emb(ids, ctx), ref)
+
+
+# ---- patch pooling ---------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("B,T,D", [(1, 1, 8), (2, 13, 33), (3, 33, 20)])
+def test_patch_max(dev, dtype, B, T, D):
+    from bltlab.kernels import pooling as K
+
+    torch.manual_seed(T)
+    starts = torch.rand(B, T) < 0.4
+    starts[:, 0] = True
+    pids = starts.long().cumsum(1) - 1
+    if T > 3:
+        pids[0, -2:] = -1  # ignored bytes (state._global's trailing bytes)
+    P = int(pids.max()) + 2  # the last patch is empty (padding)
+    # distinct values along each patch (no ties: the reference splits a tie's gradient, the kernel does not)
+    h = torch.argsort(torch.rand(B, D, T), -1).transpose(1, 2).float() - T / 2
+    h = h.to(dtype).to(dev).requires_grad_()
+    pids = pids.to(dev)
+    out, ref = K.patch_max_triton(h, pids, P), K.patch_max_reference(h, pids, P)
+    assert torch.equal(out, ref)  # a max is exact
+    assert torch.equal(out[:, -1], torch.zeros_like(out[:, -1]))
+    g = torch.randn_like(ref)
+    assert torch.equal(grads(out, [h], g)[0], grads(ref, [h], g)[0])
+
+
+# ---- RMSNorm (+ residual) and SwiGLU ---------------------------------------------------------
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("N,D", [(1, 32), (7, 33), (33, 100)])
+@pytest.mark.parametrize("residual", [False, True])
+def test_rms_norm(dev, dtype, N, D, residual):
+    from bltlab.kernels import norm_ffn as K
+
+    torch.manual_seed(N * D)
+    x = torch.randn(N, D, device=dev, dtype=dtype, requires_grad=True)
+    r = torch.randn(N, D, device=dev, dtype=dtype, requires_grad=True) if residual else None
+    w = (1 + 0.3 * torch.randn(D, device=dev)).requires_grad_()  # fp32 weight, as in the model
+    out, ref = K.rms_norm_triton(x, w, 1e-5, r), K.rms_norm_reference(x, w, 1e-5, r)
+    out, ref = (out, ref) if residual else ((out,), (ref,))
+    fwd, bwd = TOL[dtype]
+    for a, b in zip(out, ref):
+        assert a.dtype == b.dtype
+        close(a, b, fwd, "rms forward")
+    gs = [torch.randn_like(b) for b in ref]
+    inputs = [x, w] + ([r] if residual else [])
+    for a, b in zip(grads(out, inputs, gs), grads(ref, inputs, gs)):
+        close(a, b, bwd if dtype == torch.bfloat16 else 1e-5, "rms grad")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(1, 1), (7, 33), (2, 5, 96)])
+def test_swiglu(dev, dtype, shape):
+    from bltlab.kernels import norm_ffn as K
+
+    torch.manual_seed(len(shape))
+    a = (2 * torch.randn(shape, device=dev)).to(dtype).requires_grad_()
+    b = torch.randn(shape, device=dev, dtype=dtype, requires_grad=True)
+    out, ref = K.swiglu_triton(a, b), K.swiglu_reference(a, b)
+    fwd, bwd = TOL[dtype]
+    close(out, ref, fwd, "swiglu")
+    g = torch.randn_like(ref)
+    for x, y in zip(grads(out, [a, b], g), grads(ref, [a, b], g)):
+        close(x, y, bwd, "swiglu grad")
+
+
+# ---- attention with the block-diffusion mask -------------------------------------------------
+def hybrid_mask(B, T, starts, bs, window):
+    """model.forward_hybrid's AttnMask and the dense mask it built before AttnMask existed."""
+    nb = starts.shape[1]
+    s = starts.clamp(min=0)
+    cpos = torch.arange(T).expand(B, T)
+    npos = (s[..., None] + torch.arange(bs)).reshape(B, nb * bs)
+    pos = torch.cat((cpos, npos), 1)
+    blk = torch.arange(nb).repeat_interleave(bs)
+    nstart = s.gather(1, blk.expand(B, -1))
+    blks = torch.cat((torch.full_like(cpos, -1), blk.expand(B, -1)), 1)
+    mask = AttnMask(pos, torch.cat((cpos, nstart - 1), 1), blks, pos, blks, window)
+    old = torch.zeros(B, 1, T + nb * bs, T + nb * bs, dtype=torch.bool)
+    old[:, :, :T, :T] = causal_mask(cpos, cpos, window)
+    old[:, 0, T:, :T] = (cpos[:, None, :] < nstart[..., None]) & (npos[:, :, None] - cpos[:, None, :] < window)
+    old[:, 0, T:, T:] = blk[:, None] == blk[None, :]
+    return mask, old
+
+
+def decode_masks(n0, L, window):
+    """decode.state's masks with a KV prefix of n0 keys: L causal new bytes, and a noisy block of L."""
+    pos = torch.arange(n0, n0 + L)[None]
+    kpos = torch.arange(n0 + L)[None]
+    causal = AttnMask.causal(pos, kpos, window)
+    blk = torch.cat((torch.full((1, n0), -1), torch.zeros(1, L, dtype=torch.long)), 1)
+    block = AttnMask(pos, torch.full_like(pos, n0 - 1), torch.zeros_like(pos), kpos, blk, window)
+    old_block = pos[:, None, :, None] - kpos[:, None, None, :] < window
+    return (causal, causal_mask(pos, kpos, window)), (block, old_block)
+
+
+def test_attn_masks_equal_the_dense_masks_they_replace():
+    m, old = hybrid_mask(2, 21, torch.tensor([[3, 9, -1], [1, 5, 12]]), 4, 8)
+    assert torch.equal(m.dense().expand_as(old), old)
+    for n0, L in ((1, 1), (5, 4), (30, 8)):
+        for new, old in decode_masks(n0, L, 16):
+            assert torch.equal(new.dense(), old)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("case", ["hybrid", "decode-causal", "decode-block", "causal", "full"])
+def test_attention(dev, dtype, case):
+    from bltlab.kernels import attention as K
+
+    torch.manual_seed(len(case))
+    B, H, hd = 2, 2, 16
+    mask, is_causal = None, case == "causal"
+    if case == "hybrid":
+        mask, _ = hybrid_mask(B, 21, torch.tensor([[3, 9, -1], [1, 5, 12]]), 4, 8)
+        Lq = Lk = mask.q_pos.shape[1]
+    elif case.startswith("decode"):
+        (c, _), (b, _) = decode_masks(19, 5, 16)
+        mask = c if case == "decode-causal" else b
+        B, Lq, Lk = 1, 5, 24
+    else:
+        Lq = Lk = 19
+    mask = mask if mask is None else AttnMask(*(t.to(dev) for t in (mask.q_pos, mask.q_lim, mask.q_blk,
+                                                                       mask.k_pos, mask.k_blk)), mask.window)
+    q = torch.randn(B, H, Lq, hd, device=dev, dtype=dtype, requires_grad=True)
+    k, v = (torch.randn(B, H, Lk, hd, device=dev, dtype=dtype, requires_grad=True) for _ in range(2))
+    out, ref = K.attention_triton(q, k, v, mask, is_causal), K.attention_reference(q, k, v, mask, is_causal)
+    fwd, bwd = TOL[dtype]
+    close(out, ref, fwd, "attention")
+    g = torch.randn_like(ref)
+    for a, b in zip(grads(out, [q, k, v], g), grads(ref, [q, k, v], g)):
+        close(a, b, bwd, "attention grad")  # the backward is the reference recompute (docs/kernels.md)
+
+
+def test_attention_odd_head_dim_and_lengths(dev):
+    from bltlab.kernels import attention as K
+
+    torch.manual_seed(1)
+    q = torch.randn(1, 3, 33, 24, device=dev)
+    k, v = torch.randn(1, 3, 40, 24, device=dev), torch.randn(1, 3, 40, 24, device=dev)
+    pos = torch.arange(7, 40, device=dev)[None]
+    mask = AttnMask.causal(pos, torch.arange(40, device=dev)[None], window=9)
+    close(K.attention_triton(q, k, v, mask), K.attention_reference(q, k, v, mask), 1e-5, "odd attention")
+
+
+# ---- the whole model -------------------------------------------------------------------------
+def test_model_training_step_triton_equals_reference(dev):
+    """Loss and every gradient of a hybrid training step, tiny preset, Triton vs PyTorch."""
+    torch.manual_seed(0)
+    cfg = get_config("tiny")
+    cfg.local_window = 12  # shorter than the sequence: the sliding window is exercised
+    model = BLT(cfg).to(dev)
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(4, 260, (2, 20), generator=g)
+    ids[:, 0] = 1
+    ids = ids.to(dev)
+    starts = model.patch(ids)
+    bst, noisy, clean, masked, t = sample_blocks(ids.cpu(), starts.cpu(), 4, 3, g)
+    bst, noisy, clean, masked, t = (x.to(dev) for x in (bst, noisy, clean, masked, t))
+
+    def step():
+        model.zero_grad()
+        lc, ln = model(ids, starts, bst, noisy)
+        loss = next_byte_loss(lc, ids) + diffusion_loss(ln, clean, masked, t, bst >= 0)
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    with kernels.backend("reference"):
+        loss_ref, g_ref = step()
+        ent_ref = model.entropy.entropies(ids)
+    with kernels.backend("triton"):
+        loss_tri, g_tri = step()
+        ent_tri = model.entropy.entropies(ids)
+    assert math.isclose(float(loss_tri), float(loss_ref), rel_tol=1e-5)
+    close(ent_tri, ent_ref, 1e-5, "entropies")
+    assert g_tri.keys() == g_ref.keys()
+    for n in g_ref:
+        close(g_tri[n], g_ref[n], 1e-4, n)
