@@ -140,6 +140,17 @@ def cmd_export(args) -> None:
     from .checkpoint import load_model, read_config, save_model
 
     model, meta = load_model(args.src)
+def cmd_bench_kernels(args) -> None:
+    from tqdm.auto import tqdm
+
+    from .kernels.bench import main_args
+
+    try:
+        main_args(args, progress=lambda jobs: tqdm(jobs, desc="kernels", file=sys.stderr))
+    except (RuntimeError, ValueError) as e:
+        raise SystemExit(f"error: {e}") from None
+
+
     save_model(model, args.dst, meta, dtype={"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype])
     print(f"exported {args.src} -> {args.dst} ({args.dtype}); config {read_config(args.dst)[0].name}")
 
@@ -249,3 +260,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     args.fn(args)
+
+    from .kernels.bench import add_arguments
+
+    s = sub.add_parser("bench-kernels", help="time the Triton kernels against their PyTorch references "
+                       "(docs/kernels.md)")
+    add_arguments(s)
+    s.set_defaults(fn=cmd_bench_kernels)

@@ -1,0 +1,54 @@
+"""The kernel benchmark harness (bltlab/kernels/bench.py) and its CLI: well-formed output only.
+
+Nothing here judges a timing: on CPU the kernels run in Triton's interpreter, where times say
+nothing about kernel speed. The harness runs its tiny shapes once (about ten seconds).
+"""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from bltlab import kernels
+from bltlab.kernels.bench import KERNELS
+
+needs_kernels = pytest.mark.skipif(not (kernels.interpreting() or torch.cuda.is_available()),
+                                   reason="no GPU and TRITON_INTERPRET is not 1")
+
+
+@needs_kernels
+def test_bench_kernels_cli_writes_wellformed_json(tmp_path):
+    out = tmp_path / "kernels.json"
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    env = {**os.environ, "TRITON_INTERPRET": "1" if dev == "cpu" else os.environ.get("TRITON_INTERPRET", "0")}
+    r = subprocess.run([sys.executable, "-m", "bltlab", "bench-kernels", "--tiny", "--device", dev,
+                        "--json", str(out)], capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads(out.read_text())
+    assert {"device", "torch", "triton", "dtype", "copy_GBps", "shapes", "rows"} <= set(res)
+    assert res["copy_GBps"] > 0 and list(res["shapes"]) == ["tiny"]
+    seen = {(row["kernel"], row["pass"]) for row in res["rows"]}
+    assert {k for k, _ in seen} == set(KERNELS)
+    assert ("attention", "fwd+bwd") in seen and ("entropy", "fwd+bwd") not in seen  # entropy: inference only
+    for row in res["rows"]:
+        assert row["triton_ms"] > 0 and row["reference_ms"] > 0 and row["speedup"] > 0
+        if row["pass"] == "fwd" and row["kernel"] != "attention":  # memory-bound: bandwidth reported
+            assert row["bytes"] > 0 and row["GBps"] >= 0 and row["pct_of_copy"] >= 0
+    assert "copy bandwidth" in r.stdout and "hash_embed" in r.stdout  # the table
+
+
+def test_bench_kernels_help_explains_every_flag():
+    r = subprocess.run([sys.executable, "-m", "bltlab", "bench-kernels", "--help"], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    for flag in ("--device", "--shapes", "--tiny", "--dtype", "--repeats", "--kernels", "--json"):
+        assert flag in r.stdout
+
+
+def test_bench_kernels_refuses_cpu_without_interpreter():
+    env = {**os.environ, "TRITON_INTERPRET": "0"}
+    r = subprocess.run([sys.executable, "-m", "bltlab", "bench-kernels", "--tiny", "--device", "cpu"],
+                       capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode != 0 and "TRITON_INTERPRET=1" in r.stderr
