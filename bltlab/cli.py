@@ -21,8 +21,11 @@ def _device(name: str) -> str:
 
 def _load(args):
     from .checkpoint import CheckpointError, load_model
+    from .interop import load_hf
 
     try:
+        if getattr(args, "hf_dir", None):
+            return load_hf(args.hf_dir, _device(args.device)), {"source": f"transformers BLT in {args.hf_dir}"}
         model, meta = load_model(args.model, _device(args.device))
     except CheckpointError as e:
         raise SystemExit(f"error: {e}") from None
@@ -87,8 +90,11 @@ def cmd_bench(args) -> None:
 
     try:
         prompts = read_prompts(args.prompts)
-        modes = [m.strip() for m in args.modes.split(",") if m.strip()]
         model, _ = _load(args)
+        from .decode import HF_MODES, MODES
+
+        default = ",".join(HF_MODES if model.cfg.arch == "hf" else MODES)
+        modes = [m.strip() for m in (args.modes or default).split(",") if m.strip()]
         knobs = {k: v for k, v in (("alpha", args.alpha), ("gamma", args.gamma), ("eta", args.eta)) if v is not None}
         res = run_bench(model, prompts, modes, args.max_bytes, knobs)
     except (ValueError, OSError) as e:
@@ -134,12 +140,6 @@ def cmd_report(args) -> None:
     print(text)
 
 
-def cmd_export(args) -> None:
-    import torch
-
-    from .checkpoint import load_model, read_config, save_model
-
-    model, meta = load_model(args.src)
 def cmd_bench_kernels(args) -> None:
     from tqdm.auto import tqdm
 
@@ -151,6 +151,12 @@ def cmd_bench_kernels(args) -> None:
         raise SystemExit(f"error: {e}") from None
 
 
+def cmd_export(args) -> None:
+    import torch
+
+    from .checkpoint import load_model, read_config, save_model
+
+    model, meta = load_model(args.src)
     save_model(model, args.dst, meta, dtype={"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype])
     print(f"exported {args.src} -> {args.dst} ({args.dtype}); config {read_config(args.dst)[0].name}")
 
@@ -165,6 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     def model_args(s):
         s.add_argument("--model", default=str(SHIPPED), help="model directory (default: the shipped small model)")
+        s.add_argument("--hf-dir", default=None, help="instead of --model: a local transformers BltForCausalLM "
+                       "directory (config.json + safetensors); only blt and blt-s* apply to such weights")
         s.add_argument("--device", default="cpu", help="cpu, cuda or auto (default: cpu)")
 
     s = sub.add_parser("data", help="print statistics of the offline corpora")
@@ -220,7 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("bench", help="every decoding mode on a prompt file: passes, bandwidth, quality, speed")
     s.add_argument("--prompts", required=True, help="JSONL: {prompt, reference?, stop?, task?} per line")
-    s.add_argument("--modes", default=",".join(MODES), help="comma-separated modes (blt always runs first)")
+    s.add_argument("--modes", default=None, help="comma-separated modes (blt always runs first; default: every "
+                   "mode the model supports)")
     s.add_argument("--max-bytes", type=int, default=64, help="most bytes per generation (default: 64)")
     s.add_argument("--alpha", type=float, default=None, help="diffusion modes: confidence threshold α")
     s.add_argument("--gamma", type=float, default=None, help="diffusion modes: entropy bound γ (instead of α)")
@@ -254,12 +263,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("dst", help="destination (e.g. checkpoints/small)")
     s.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="stored weight dtype")
     s.set_defaults(fn=cmd_export)
-    return p
-
-
-def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
-    args.fn(args)
 
     from .kernels.bench import add_arguments
 
@@ -267,3 +270,9 @@ def main(argv: list[str] | None = None) -> None:
                        "(docs/kernels.md)")
     add_arguments(s)
     s.set_defaults(fn=cmd_bench_kernels)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    args.fn(args)

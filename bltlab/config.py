@@ -28,6 +28,7 @@ class EntropyConfig:
     max_len: int = 512  # longest context it is trained on (RoPE, so longer works but degrades)
     window: int = 0  # sliding attention window in bytes (0 = full causal context)
     ffn: int = 0  # SwiGLU hidden size (0 = 8/3 * dim rounded up to a multiple of 32)
+    rope_theta: float = 0.0  # RoPE base (0 = the BLT's rope_theta)
 
 
 @dataclass

@@ -21,6 +21,7 @@ class EntropyModel(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.emb = nn.Embedding(N_IDS, cfg.dim)
+        theta = cfg.rope_theta or theta
         self.layers = nn.ModuleList(Block(cfg.dim, cfg.n_heads, 8 / 3, theta, eps, ffn=cfg.ffn)
                                     for _ in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.dim, eps)

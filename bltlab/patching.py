@@ -101,18 +101,21 @@ def patch_starts(entropy: torch.Tensor | None, ids: torch.Tensor, cfg: PatchConf
 
 
 def opens_patch(h_next: torch.Tensor, h_prev: torch.Tensor | None, t, cfg: PatchConfig) -> torch.Tensor:
-    """Would byte t, not seen yet, open a patch by the entropy rule alone (no max-length split)?
-    h_next = H_t, h_prev = H_{t-1} (same shape; t an int or a tensor of positions). Bytes 0 and 1
-    always do. Used by the "hf" layout, whose decoder must know the patch of the byte it predicts
-    before that byte exists."""
+    """Is byte t, not seen yet, known to open a patch? For the "hf" layout, whose decoder at t - 1
+    reads the patch before byte t's. h_next = H_t, h_prev = H_{t-1} (same shape; t an int or a
+    tensor of positions). As in transformers: bytes 0 and 1 always open one; otherwise the entropy
+    rule decides, except with a max patch length, where transformers drops that (still empty)
+    patch, so nothing is known before the byte arrives."""
     _check(cfg)
-    if cfg.rule == "global":
-        s = h_next > cfg.threshold
-    elif cfg.rule == "relative":
-        s = (h_next - (h_next if h_prev is None else h_prev)) > cfg.threshold
-    else:
+    if cfg.rule not in ("global", "relative"):
         raise ValueError(f"the 'hf' layout decides a patch before seeing its first byte, so it needs an "
                          f"entropy rule (global or relative), not {cfg.rule!r}")
+    if cfg.max_patch > 0:
+        s = torch.zeros_like(h_next, dtype=torch.bool)
+    elif cfg.rule == "global":
+        s = h_next > cfg.threshold
+    else:
+        s = (h_next - (h_next if h_prev is None else h_prev)) > cfg.threshold
     return s | (torch.as_tensor(t, device=h_next.device) <= 1)
 
 

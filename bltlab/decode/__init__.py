@@ -21,6 +21,7 @@ from .reference import generate_reference
 from .speculative import generate_speculative
 
 MODES = ("blt", "blt-s8", "blt-s16", "blt-d4", "blt-d8", "blt-d16", "blt-dv4", "blt-dv8", "blt-dv16", "blt-h")
+HF_MODES = ("blt", "blt-s8", "blt-s16")  # what needs no extra training: for weights from transformers
 
 
 def generate(model: BLT, prompt: str | bytes, mode: str = "blt", max_bytes: int = 64,
@@ -34,6 +35,9 @@ def generate(model: BLT, prompt: str | bytes, mode: str = "blt", max_bytes: int 
     hooks: stream trace events as they happen and/or cancel from outside (see `Hooks`)."""
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+    if model.cfg.arch == "hf" and mode not in HF_MODES:
+        raise ValueError(f"mode {mode!r} needs a decoder trained on masked blocks; weights in transformers' "
+                         f"layout support the training-free modes {', '.join(HF_MODES)}")
     sampler = Sampler(temperature, top_p, seed)
     t0 = time.perf_counter()
     if mode == "blt":
@@ -50,4 +54,4 @@ def generate(model: BLT, prompt: str | bytes, mode: str = "blt", max_bytes: int 
     return g
 
 
-__all__ = ["MODES", "Generation", "Hooks", "Sampler", "generate", "generate_batch", "generate_reference"]
+__all__ = ["HF_MODES", "MODES", "Generation", "Hooks", "Sampler", "generate", "generate_batch", "generate_reference"]

@@ -102,6 +102,8 @@ def generate_batch(model: BLT, prompts: list[str | bytes], mode: str = "blt", ma
         raise ValueError(f"batched generation supports blt and blt-d4/8/16, got {mode!r}")
     if not prompts:
         raise ValueError("no prompts given")
+    if model.cfg.arch != "bltlab":
+        raise ValueError("batched generation supports bltlab-layout models only; generate one prompt at a time")
     sampler = Sampler(temperature, top_p, seed)
     if mode != "blt":
         alpha, gamma = check_knobs(alpha, gamma)

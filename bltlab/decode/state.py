@@ -56,6 +56,10 @@ class SeqState:
         self.glob_cache: list = []
         self.dec_cache: list = []
         self.last_logits: torch.Tensor | None = None  # exact prediction of the next byte
+        # arch "hf" with a max patch length: transformers' decoder row t reads a patch that is only
+        # final once byte t + 1 is known, so the newest row stays out of dec_cache ("pending")
+        self.shadow = self.cfg.arch == "hf" and self.cfg.patch.max_patch > 0
+        self.pending = False
         # cost counters shared with forks: local-encoder passes, KV-cache elements read, hash rows
         self.stats = {"n_loc": 0, "kv_read": 0, "hash_rows": 0}
 
@@ -135,6 +139,42 @@ class SeqState:
         x = _run(self.m.dec_layers, h_new, pos, cache, self.cfg.local_window, slots=slots, stats=self.stats)
         return self.m.head(self.m.dec_norm(x))[0]
 
+    def _decode_shadow(self, n0: int, L: int, last_rows: torch.Tensor) -> torch.Tensor:
+        """Decoder pass for arch "hf" with a max patch length. transformers recomputes everything
+        per byte: row t reads patch p(t + 1) - 1 once byte t + 1 exists, but only p(t) - 1 while
+        t is the newest byte. So one pass runs two sets of rows over one mask: final rows
+        (the pending row n0 - 1 and n0 .. n - 2, cached) and, for every new byte, its row as the
+        newest one (`last_rows`), which sees the final rows before it and itself only; their
+        logits are returned."""
+        n = n0 + L
+        lo = n0 - 1 if self.pending else n0
+        dev, window = self.dev, self.cfg.local_window
+        final = torch.arange(lo, n - 1, device=dev)
+        pids = self.starts.long().cumsum(0) - 1
+        final_rows = pids[final + 1]  # p(t + 1): byte t + 1 is known
+        pos = torch.cat((final, torch.arange(n0, n, device=dev)))[None]
+        x = self.h[:, pos[0]]
+        slots = self.table[:, torch.cat((final_rows, last_rows))]
+        c = self.dec_cache[0][0].shape[2] if self.dec_cache else 0  # cached rows: positions < c = lo
+        kpos = torch.cat((torch.arange(c, device=dev), pos[0]))
+        q, k = pos[0][:, None], kpos[None, :]
+        nf = len(final)
+        is_final_key = torch.arange(c + len(pos[0]), device=dev) < c + nf
+        mask = (k <= q) & (q - k < window) & is_final_key[None, :]  # final keys, causal
+        mask[nf:, c + nf:] = torch.eye(L, dtype=torch.bool, device=dev)  # a newest row sees itself
+        mask[nf:, :c + nf] &= k[:, :c + nf] < q[nf:]
+        mask = mask[None, None]
+        self.stats["kv_read"] += 2 * len(self.m.dec_layers) * min(c, window) * self.cfg.d_local
+        for i, layer in enumerate(self.m.dec_layers):
+            x, (kk, vv) = layer(x, pos, mask, slots=slots, prefix=self.dec_cache[i] if c else None)
+            kv = (kk[:, :, :c + nf], vv[:, :, :c + nf])
+            if len(self.dec_cache) > i:
+                self.dec_cache[i] = kv
+            else:
+                self.dec_cache.append(kv)
+        self.pending = True
+        return self.m.head(self.m.dec_norm(x[:, nf:]))[0]
+
     # ---- public steps -----------------------------------------------------------------------
     @torch.no_grad()
     def push(self, new_ids: list[int], counters: dict | None = None) -> torch.Tensor:
@@ -153,8 +193,10 @@ class SeqState:
         rows = (self.starts.long().cumsum(0) - 1)[n0:]  # byte t reads patch p(t) - 1 = table row p(t)
         if self.cfg.arch == "hf":
             rows = rows + self._next(n0, n0 + L)
-        slots = self.table[:, rows]
-        logits = self._decode(h_new, pos, slots, self.dec_cache)
+        if self.shadow:
+            logits = self._decode_shadow(n0, L, rows)
+        else:
+            logits = self._decode(h_new, pos, self.table[:, rows], self.dec_cache)
         self.last_logits = logits[-1]
         if counters is not None:
             counters["n_ent"] += 1
@@ -180,8 +222,11 @@ class SeqState:
         h_new = self._encode(new, pos)
         self.ids += new_ids
         self.h = torch.cat((self.h, h_new), 1)
+        if self.pending:  # the row transformers' layout left out of the cache goes in first
+            h_new, pos, L = self.h[:, n0 - 1:], self._positions(n0 - 1, L + 1), L + 1
+            self.pending = False
         slots = self.table[:, -1:].expand(1, L, -1, -1)
-        return self._decode(h_new, pos, slots, self.dec_cache)
+        return self._decode(h_new, pos, slots, self.dec_cache)[-len(new_ids):]
 
     @torch.no_grad()
     def block_logits(self, noisy: list[int]) -> torch.Tensor:
@@ -216,5 +261,6 @@ class SeqState:
         keep = max(self._known_starts() - 1, 0)
         self.table = self.table[:, : 1 + keep]
         self.ent_cache, self.enc_cache = cut(self.ent_cache, n), cut(self.enc_cache, n)
-        self.dec_cache, self.glob_cache = cut(self.dec_cache, n), cut(self.glob_cache, keep)
+        self.dec_cache, self.glob_cache = cut(self.dec_cache, n - self.shadow), cut(self.glob_cache, keep)
+        self.pending = self.shadow
         self.last_logits = last_logits
