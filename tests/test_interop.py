@@ -3,15 +3,14 @@ import json
 
 import pytest
 import torch
+import transformers  # a test dependency (pyproject [dev]); bltlab itself never imports it
 from safetensors.torch import load_file, save_file
 
-transformers = pytest.importorskip("transformers")  # a test dependency (pyproject [dev])
-
-from bltlab.checkpoint import CheckpointError  # noqa: E402
-from bltlab.decode import generate, generate_batch, generate_reference  # noqa: E402
-from bltlab.decode.common import allowed  # noqa: E402
-from bltlab.interop import config_from_hf, is_hf_dir, load_hf, save_hf  # noqa: E402
-from bltlab.tokens import encode  # noqa: E402
+from bltlab.checkpoint import CheckpointError
+from bltlab.decode import generate, generate_batch, generate_reference
+from bltlab.decode.common import allowed
+from bltlab.interop import config_from_hf, is_hf_dir, load_hf, save_hf
+from bltlab.tokens import encode
 
 TEXTS = [b"def add(a, b):\n    return a + b  # sum", "EN: Save file\nFR: Enregistrer".encode(), b"x"]
 PROMPTS = [b"EN: Open the file\nFR:", b"import os\n", "Größe: ".encode()]
