@@ -225,7 +225,7 @@ def test_attn_masks_equal_the_dense_masks_they_replace():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("case", ["hybrid", "decode-causal", "decode-block", "causal", "full"])
-def test_attention(dev, dtype, case):
+def test_attention(dev, dtype, case, recompute=False):
     from bltlab.kernels import attention as K
 
     torch.manual_seed(len(case))
@@ -244,12 +244,18 @@ def test_attention(dev, dtype, case):
                                                                        mask.k_pos, mask.k_blk)), mask.window)
     q = torch.randn(B, H, Lq, hd, device=dev, dtype=dtype, requires_grad=True)
     k, v = (torch.randn(B, H, Lk, hd, device=dev, dtype=dtype, requires_grad=True) for _ in range(2))
-    out, ref = K.attention_triton(q, k, v, mask, is_causal), K.attention_reference(q, k, v, mask, is_causal)
+    out = K.attention_triton(q, k, v, mask, is_causal, recompute_backward=recompute)
+    ref = K.attention_reference(q, k, v, mask, is_causal)
     fwd, bwd = TOL[dtype]
     close(out, ref, fwd, "attention")
     g = torch.randn_like(ref)
     for a, b in zip(grads(out, [q, k, v], g), grads(ref, [q, k, v], g)):
-        close(a, b, bwd, "attention grad")  # the backward is the reference recompute (docs/kernels.md)
+        close(a, b, bwd, "attention grad")
+
+
+def test_attention_recompute_backward(dev):
+    """The cross-check path: Triton forward, the reference's backward."""
+    test_attention(dev, torch.float32, "hybrid", recompute=True)
 
 
 def test_attention_odd_head_dim_and_lengths(dev):
@@ -264,6 +270,22 @@ def test_attention_odd_head_dim_and_lengths(dev):
 
 
 # ---- the whole model -------------------------------------------------------------------------
+def test_cached_decoding_passes_triton_equal_reference(dev):
+    """decode.state's passes (prefill with KV caches, one more byte, a denoising block) per backend."""
+    from bltlab.decode.state import SeqState
+    from bltlab.tokens import MASK
+
+    torch.manual_seed(0)
+    model = BLT(get_config("tiny")).to(dev).eval()
+    ids = [1] + [b + 4 for b in b"def f(x):"]
+    out = {}
+    for name in ("reference", "triton"):
+        with kernels.backend(name):
+            st = SeqState(model)
+            out[name] = (st.push(ids), st.push([ids[3]]), st.block_logits([MASK] * 4), torch.tensor(st.ent))
+    for a, b in zip(out["triton"], out["reference"]):
+        close(a, b, 1e-4, "decoding pass")
+
 def test_model_training_step_triton_equals_reference(dev):
     """Loss and every gradient of a hybrid training step, tiny preset, Triton vs PyTorch."""
     torch.manual_seed(0)

@@ -15,9 +15,11 @@ the output and logsumexp. Rows with no allowed key give 0 (SDPA would give NaN; 
 never makes one). Dots run in fp32 under the interpreter (its bf16 tl.dot is wrong) and for
 fp32 inputs; bf16/fp16 inputs use the tensor cores with fp32 accumulation on a GPU.
 
-Backward: NOT a Triton kernel yet. The autograd Function's backward recomputes the reference
-(PyTorch SDPA with the dense mask) and differentiates it, so training with the Triton forward
-is correct but saves nothing in the backward pass.
+Backward (Triton, FlashAttention-2 style): delta = rowsum(dO * O) (one PyTorch reduction),
+then one kernel per block of keys accumulates dK, dV over all query blocks, and one kernel per
+block of queries accumulates dQ over all key blocks; both recompute P = exp(S - logsumexp) with
+the same in-kernel mask, so no [Lq, Lk] matrix is ever stored. `attention_triton(...,
+recompute_backward=True)` instead differentiates the PyTorch reference (a cross-check).
 """
 from __future__ import annotations
 
@@ -41,7 +43,17 @@ def attention_reference(q, k, v, mask, is_causal: bool = False):
     return F.scaled_dot_product_attention(q, k, v, attn_mask=dense, is_causal=is_causal and mask is None)
 
 
-# ---- kernel ----------------------------------------------------------------------------------
+# ---- kernels ---------------------------------------------------------------------------------
+@triton.jit
+def _dot(a, b, DOT_FP32: tl.constexpr):
+    """a @ b with an fp32 accumulator; fp32 operands in full precision (no TF32 on a GPU)."""
+    if DOT_FP32:
+        out = tl.dot(a, b, input_precision="ieee")
+    else:
+        out = tl.dot(a, b)
+    return out
+
+
 @triton.jit
 def _attn_fwd(Q, K, V, O, LSE, QPOS, QLIM, QBLK, KPOS, KBLK,
               sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sob, soh, som, smq, smk,
@@ -78,14 +90,14 @@ def _attn_fwd(Q, K, V, O, LSE, QPOS, QLIM, QBLK, KPOS, KBLK,
         near = (WINDOW <= 0) | (qpos[:, None] - kpos[None, :] < WINDOW)
         clean = (kblk[None, :] == -1) & (kpos[None, :] <= qlim[:, None]) & near
         own = (kblk[None, :] >= 0) & (kblk[None, :] == qblk[:, None])
-        s = tl.dot(q, tl.trans(k)) * scale
+        s = _dot(q, tl.trans(k), DOT_FP32) * scale
         s = tl.where(clean | own, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
         p = tl.exp(s - m_safe[:, None])
         alpha = tl.exp(m_i - m_safe)
         l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, DOT_FP32)
         m_i = m_new
     seen = l_i > 0
     out = acc / tl.where(seen, l_i, 1.0)[:, None]
@@ -93,6 +105,98 @@ def _attn_fwd(Q, K, V, O, LSE, QPOS, QLIM, QBLK, KPOS, KBLK,
              mask=mm[:, None] & dm[None, :])
     lse = tl.where(seen, tl.where(m_i == float("-inf"), 0.0, m_i) + tl.log(tl.where(seen, l_i, 1.0)), float("inf"))
     tl.store(LSE + bh * LQ + offs_m, lse, mask=mm)
+
+
+@triton.jit
+def _mask_tile(qpos, qlim, qblk, kpos, kblk, WINDOW):
+    near = (WINDOW <= 0) | (qpos[:, None] - kpos[None, :] < WINDOW)
+    clean = (kblk[None, :] == -1) & (kpos[None, :] <= qlim[:, None]) & near
+    return clean | ((kblk[None, :] >= 0) & (kblk[None, :] == qblk[:, None]))
+
+
+@triton.jit
+def _attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, QPOS, QLIM, QBLK, KPOS, KBLK,
+                   sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, smq, smk,
+                   H, LQ, LK, HD, WINDOW, scale,
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DOT_FP32: tl.constexpr):
+    """dK, dV of one block of keys; Q, dO, dQ share strides, and so do K, dK and V, dV."""
+    pid_n = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    b, h = bh // H, bh % H
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    nm, dm = offs_n < LK, offs_d < HD
+    kmask = nm[:, None] & dm[None, :]
+    k = tl.load(K + b * skb + h * skh + offs_n[:, None] * skn + offs_d[None, :], mask=kmask, other=0.0)
+    v = tl.load(V + b * svb + h * svh + offs_n[:, None] * svn + offs_d[None, :], mask=kmask, other=0.0)
+    if DOT_FP32:
+        k, v = k.to(tl.float32), v.to(tl.float32)
+    kpos = tl.load(KPOS + b * smk + offs_n, mask=nm, other=0)
+    kblk = tl.load(KBLK + b * smk + offs_n, mask=nm, other=-2)
+    dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    for start in range(0, LQ, BLOCK_M):
+        offs_m = start + tl.arange(0, BLOCK_M)
+        mm = offs_m < LQ
+        qmask = mm[:, None] & dm[None, :]
+        q = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sqm + offs_d[None, :], mask=qmask, other=0.0)
+        do = tl.load(DO + b * sqb + h * sqh + offs_m[:, None] * sqm + offs_d[None, :], mask=qmask, other=0.0)
+        if DOT_FP32:
+            q, do = q.to(tl.float32), do.to(tl.float32)
+        lse = tl.load(LSE + bh * LQ + offs_m, mask=mm, other=float("inf"))
+        delta = tl.load(DELTA + bh * LQ + offs_m, mask=mm, other=0.0)
+        allowed = _mask_tile(tl.load(QPOS + b * smq + offs_m, mask=mm, other=0),
+                             tl.load(QLIM + b * smq + offs_m, mask=mm, other=-1),
+                             tl.load(QBLK + b * smq + offs_m, mask=mm, other=-1), kpos, kblk, WINDOW)
+        s = _dot(q, tl.trans(k), DOT_FP32) * scale
+        p = tl.where(allowed, tl.exp(s - lse[:, None]), 0.0)  # [BLOCK_M, BLOCK_N]
+        dv += _dot(tl.trans(p.to(do.dtype)), do, DOT_FP32)
+        ds = p * (_dot(do, tl.trans(v), DOT_FP32) - delta[:, None])
+        dk += _dot(tl.trans(ds.to(q.dtype)), q, DOT_FP32)
+    tl.store(DK + b * skb + h * skh + offs_n[:, None] * skn + offs_d[None, :], (dk * scale).to(DK.dtype.element_ty),
+             mask=kmask)
+    tl.store(DV + b * svb + h * svh + offs_n[:, None] * svn + offs_d[None, :], dv.to(DV.dtype.element_ty), mask=kmask)
+
+
+@triton.jit
+def _attn_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, QPOS, QLIM, QBLK, KPOS, KBLK,
+                 sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, smq, smk,
+                 H, LQ, LK, HD, WINDOW, scale,
+                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DOT_FP32: tl.constexpr):
+    """dQ of one block of queries."""
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    b, h = bh // H, bh % H
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    mm, dm = offs_m < LQ, offs_d < HD
+    qmask = mm[:, None] & dm[None, :]
+    q = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sqm + offs_d[None, :], mask=qmask, other=0.0)
+    do = tl.load(DO + b * sqb + h * sqh + offs_m[:, None] * sqm + offs_d[None, :], mask=qmask, other=0.0)
+    if DOT_FP32:
+        q, do = q.to(tl.float32), do.to(tl.float32)
+    lse = tl.load(LSE + bh * LQ + offs_m, mask=mm, other=float("inf"))
+    delta = tl.load(DELTA + bh * LQ + offs_m, mask=mm, other=0.0)
+    qpos = tl.load(QPOS + b * smq + offs_m, mask=mm, other=0)
+    qlim = tl.load(QLIM + b * smq + offs_m, mask=mm, other=-1)
+    qblk = tl.load(QBLK + b * smq + offs_m, mask=mm, other=-1)
+    dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    for start in range(0, LK, BLOCK_N):
+        offs_n = start + tl.arange(0, BLOCK_N)
+        nm = offs_n < LK
+        kmask = nm[:, None] & dm[None, :]
+        k = tl.load(K + b * skb + h * skh + offs_n[:, None] * skn + offs_d[None, :], mask=kmask, other=0.0)
+        v = tl.load(V + b * svb + h * svh + offs_n[:, None] * svn + offs_d[None, :], mask=kmask, other=0.0)
+        if DOT_FP32:
+            k, v = k.to(tl.float32), v.to(tl.float32)
+        allowed = _mask_tile(qpos, qlim, qblk, tl.load(KPOS + b * smk + offs_n, mask=nm, other=0),
+                             tl.load(KBLK + b * smk + offs_n, mask=nm, other=-2), WINDOW)
+        s = _dot(q, tl.trans(k), DOT_FP32) * scale
+        p = tl.where(allowed, tl.exp(s - lse[:, None]), 0.0)
+        ds = p * (_dot(do, tl.trans(v), DOT_FP32) - delta[:, None])
+        dq += _dot(ds.to(k.dtype), k, DOT_FP32)
+    tl.store(DQ + b * sqb + h * sqh + offs_m[:, None] * sqm + offs_d[None, :], (dq * scale).to(DQ.dtype.element_ty),
+             mask=qmask)
 
 
 # ---- launcher + autograd ---------------------------------------------------------------------
@@ -107,54 +211,75 @@ def as_mask(mask, is_causal: bool, B: int, Lq: int, Lk: int, device) -> AttnMask
     return AttnMask.causal(torch.full_like(qpos, Lk), kpos)  # every key visible
 
 
-def attention_forward(q, k, v, mask: AttnMask):
-    """Triton forward only: (out [B, H, Lq, hd], logsumexp [B, H, Lq] fp32)."""
+def _setup(q, k, mask: AttnMask):
+    """Mask tensors as [B, L] int64 rows, block sizes, and the kernels' shared trailing arguments."""
     B, H, Lq, hd = q.shape
     Lk = k.shape[2]
-    if q.stride(-1) != 1 or k.stride(-1) != 1 or v.stride(-1) != 1:
-        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-    o = torch.empty_like(q)
-    lse = torch.empty(B, H, Lq, dtype=torch.float32, device=q.device)
     qt = [t.to(torch.int64).expand(B, Lq).contiguous() for t in (mask.q_pos, mask.q_lim, mask.q_blk)]
     kt = [t.to(torch.int64).expand(B, Lk).contiguous() for t in (mask.k_pos, mask.k_blk)]
     interp = not q.is_cuda
-    block_m = 16 if interp else 64
-    block_n = 16 if interp else 64
-    block_d = max(16, triton.next_power_of_2(hd))
+    blocks = dict(BLOCK_M=16 if interp else 64, BLOCK_N=16 if interp else 64,
+                  BLOCK_D=max(16, triton.next_power_of_2(hd)), DOT_FP32=interp or q.dtype == torch.float32)
+    return qt + kt, (H, Lq, Lk, hd, int(mask.window), 1.0 / math.sqrt(hd)), blocks
+
+
+def _strides(*ts):
+    return [st for t in ts for st in t.stride()[:3]]
+
+
+def attention_forward(q, k, v, mask: AttnMask):
+    """Triton forward: (out [B, H, Lq, hd], logsumexp [B, H, Lq] fp32; +inf on rows with no key)."""
+    if q.stride(-1) != 1 or k.stride(-1) != 1 or v.stride(-1) != 1:
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    B, H, Lq, _ = q.shape
+    o = torch.empty_like(q)
+    lse = torch.empty(B, H, Lq, dtype=torch.float32, device=q.device)
+    mt, dims, blocks = _setup(q, k, mask)
     if B * H * Lq:
-        grid = (triton.cdiv(Lq, block_m), B * H)
-        _attn_fwd[grid](q, k, v, o, lse, *qt, *kt,
-                        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-                        v.stride(0), v.stride(1), v.stride(2), o.stride(0), o.stride(1), o.stride(2), Lq, Lk,
-                        H, Lq, Lk, hd, int(mask.window), 1.0 / math.sqrt(hd),
-                        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
-                        DOT_FP32=interp or q.dtype == torch.float32)
+        grid = (triton.cdiv(Lq, blocks["BLOCK_M"]), B * H)
+        _attn_fwd[grid](q, k, v, o, lse, *mt, *_strides(q, k, v, o), Lq, k.shape[2], *dims, **blocks)
     return o, lse
 
 
+def attention_backward(q, k, v, o, lse, do, mask: AttnMask):
+    """Triton backward: (dq, dk, dv)."""
+    q, k, v, o, do = (t.contiguous() for t in (q, k, v, o, do))
+    B, H, Lq, _ = q.shape
+    Lk = k.shape[2]
+    delta = (o.float() * do.float()).sum(-1)  # [B, H, Lq]
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    mt, dims, blocks = _setup(q, k, mask)
+    if B * H * Lq and Lk:
+        args = (*mt, *_strides(q, k, v), Lq, Lk, *dims)
+        _attn_bwd_dkdv[(triton.cdiv(Lk, blocks["BLOCK_N"]), B * H)](q, k, v, do, lse, delta, dk, dv, *args, **blocks)
+        _attn_bwd_dq[(triton.cdiv(Lq, blocks["BLOCK_M"]), B * H)](q, k, v, do, lse, delta, dq, *args, **blocks)
+    return dq, dk, dv
+
+
 class _Attention(torch.autograd.Function):
-    """Triton forward; backward = reference recompute (PyTorch SDPA on the dense mask)."""
+    """Triton forward and backward (or, with recompute, the reference's backward)."""
 
     @staticmethod
-    def forward(ctx, q, k, v, mask):
-        o, _ = attention_forward(q, k, v, mask)
-        ctx.save_for_backward(q, k, v)
-        ctx.mask = mask
+    def forward(ctx, q, k, v, mask, recompute):
+        o, lse = attention_forward(q, k, v, mask)
+        ctx.save_for_backward(q, k, v, o, lse)
+        ctx.mask, ctx.recompute = mask, recompute
         return o
 
     @staticmethod
     def backward(ctx, g):
-        q, k, v = ctx.saved_tensors
+        q, k, v, o, lse = ctx.saved_tensors
+        if not ctx.recompute:
+            return (*attention_backward(q, k, v, o, lse, g, ctx.mask), None, None)
         with torch.enable_grad():
             leaves = [t.detach().requires_grad_() for t in (q, k, v)]
-            o = attention_reference(*leaves, ctx.mask)
-            grads = torch.autograd.grad(o, leaves, g)
-        return (*grads, None)
+            grads = torch.autograd.grad(attention_reference(*leaves, ctx.mask), leaves, g)
+        return (*grads, None, None)
 
 
-def attention_triton(q, k, v, mask, is_causal: bool = False):
+def attention_triton(q, k, v, mask, is_causal: bool = False, recompute_backward: bool = False):
     """Like attention_reference; a dense bool mask cannot be computed in-kernel, so it goes to SDPA."""
     if mask is not None and not isinstance(mask, AttnMask):
         return attention_reference(q, k, v, mask, is_causal)
     B, H, Lq, hd = q.shape
-    return _Attention.apply(q, k, v, as_mask(mask, is_causal, B, Lq, k.shape[2], q.device))
+    return _Attention.apply(q, k, v, as_mask(mask, is_causal, B, Lq, k.shape[2], q.device), recompute_backward)
