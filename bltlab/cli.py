@@ -106,6 +106,24 @@ def cmd_bench(args) -> None:
     print(format_table(res))
 
 
+def cmd_speed(args) -> None:
+    from .bench import read_prompts
+    from .speed import format_table, run_speed
+
+    try:
+        prompts = [r["prompt"].encode("utf-8", errors="surrogateescape") for r in read_prompts(args.prompts)][:args.n]
+        model, _ = _load(args)
+        modes = [m.strip() for m in args.modes.split(",") if m.strip()] if args.modes else None
+        res = run_speed(model, prompts, modes, args.max_bytes, args.batch, args.hf, args.hf_bytes)
+    except (ValueError, OSError, ImportError) as e:
+        raise SystemExit(f"error: {e}") from None
+    res["prompts_file"] = str(args.prompts)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
+    print(format_table(res))
+
+
 def cmd_prompts(args) -> None:
     from .bench import make_prompts
 
@@ -237,6 +255,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", default=None, help="write the full result as JSON to this file")
     model_args(s)
     s.set_defaults(fn=cmd_bench)
+
+    s = sub.add_parser("speed", help="bytes/s per mode at batch 1 and batch B, the memory roofline, and "
+                       "transformers baselines, all in one run on one device")
+    s.add_argument("--prompts", default="benchmarks/prompts_translation.jsonl", help="JSONL prompt file "
+                   "(default: benchmarks/prompts_translation.jsonl)")
+    s.add_argument("--n", type=int, default=16, help="use the first N prompts (default: 16)")
+    s.add_argument("--modes", default=None, help="comma-separated modes (default: every mode the model supports)")
+    s.add_argument("--max-bytes", type=int, default=64, help="bytes generated per prompt (default: 64)")
+    s.add_argument("--batch", type=int, default=16, help="batch size for the modes that batch, blt and blt-d* "
+                   "(default: 16; 1 = batch 1 only)")
+    s.add_argument("--hf", action="store_true", help="also time transformers' BltForCausalLM at the same "
+                   "shapes (uncached) and a byte-level Llama as big as the global model (needs transformers)")
+    s.add_argument("--hf-bytes", type=int, default=32, help="bytes the transformers baselines generate (default: 32)")
+    s.add_argument("--json", default=None, help="write the full result as JSON to this file")
+    model_args(s)
+    s.set_defaults(fn=cmd_speed)
 
     s = sub.add_parser("prompts", help="write held-out benchmark prompts (translation or code) as JSONL")
     s.add_argument("--task", required=True, choices=["translation", "code"], help="which held-out data")

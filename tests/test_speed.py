@@ -1,0 +1,51 @@
+"""The speed benchmark's harness (structure and bookkeeping only: nothing here is timed)."""
+import json
+
+import pytest
+
+from bltlab.checkpoint import load_model
+from bltlab.cli import main
+from bltlab.speed import format_table, hf_blt_config, run_speed
+
+PROMPTS = [b"EN: Save\nFR:", b"def f(x):", b"import os"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_dir):
+    return load_model(tiny_dir)[0]
+
+
+def test_rows_roofline_and_hf_baselines(tiny):
+    res = run_speed(tiny, PROMPTS, ["blt", "blt-s8", "blt-d4"], max_bytes=5, batch=2, hf=True, hf_bytes=3,
+                    progress=False)
+    json.dumps(res)  # JSON-serialisable as written by --json
+    got = [(r["mode"], r["batch"]) for r in res["rows"]]
+    assert got == [("blt", 1), ("blt-s8", 1), ("blt-d4", 1), ("blt", 2), ("blt-d4", 2)]
+    for r in res["rows"]:
+        assert 0 < r["bytes"] <= 5 * 3 and r["bytes_per_s"] > 0
+        assert r["counters"]["n_dec"] >= 1 and r["read_bytes_per_byte"] > 0
+        assert r["roofline_bytes_per_s"] == pytest.approx(res["copy_GBps"] * 1e9 / r["read_bytes_per_byte"])
+        assert r["x_hf_blt"] > 0 and r["x_hf_llama"] > 0
+    batch1, batch2 = res["rows"][0], res["rows"][3]
+    assert batch2["counters"]["n_dec"] < batch1["counters"]["n_dec"]  # one batched pass serves both rows
+    assert res["hf"]["hf_blt"]["use_cache"] is False and res["hf"]["hf_blt"]["params"] > 0
+    assert "× HF BLT" in format_table(res)
+
+
+def test_hf_config_has_our_shapes(tiny):
+    d = hf_blt_config(tiny.cfg)
+    assert d["encoder_config"]["hidden_size"] == tiny.cfg.d_local
+    assert d["global_config"]["num_hidden_layers"] == tiny.cfg.n_global_layers
+    assert d["encoder_hash_byte_group_vocab"] == tiny.cfg.hash_vocab
+
+
+def test_cli_speed(tiny_dir, tmp_path, capsys):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p.decode()}) + "\n" for p in PROMPTS))
+    main(["speed", "--model", str(tiny_dir), "--prompts", str(prompts), "--modes", "blt", "--max-bytes", "3",
+          "--batch", "1", "--json", str(tmp_path / "s.json")])
+    res = json.loads((tmp_path / "s.json").read_text())
+    assert [r["mode"] for r in res["rows"]] == ["blt"] and "hf" not in res
+    assert "| blt | 1 |" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="batch"):
+        main(["speed", "--model", str(tiny_dir), "--prompts", str(prompts), "--batch", "0"])
