@@ -10,7 +10,8 @@ and decoding with a KV prefix (keys = cached prefix + new keys, as in decode.sta
 Keys with k_blk < -1 are padding and never read.
 
 Forward (Triton): one program per (block of BLOCK_M queries, batch x head) streams over key
-blocks with an online softmax (running max m, sum l), keeping fp32 accumulators; it stores
+blocks (skipping tiles the mask leaves empty: above the diagonal, outside the window, other
+noisy blocks) with an online softmax (running max m, sum l), keeping fp32 accumulators; it stores
 the output and logsumexp. Rows with no allowed key give 0 (SDPA would give NaN; the model
 never makes one). Dots run in fp32 under the interpreter (its bf16 tl.dot is wrong) and for
 fp32 inputs; bf16/fp16 inputs use the tensor cores with fp32 accumulation on a GPU.
@@ -55,6 +56,14 @@ def _dot(a, b, DOT_FP32: tl.constexpr):
 
 
 @triton.jit
+def _mask_tile(qpos, qlim, qblk, kpos, kblk, WINDOW):
+    """[BLOCK_M, BLOCK_N] bool: the AttnMask rule on one tile (True = may attend)."""
+    near = (WINDOW <= 0) | (qpos[:, None] - kpos[None, :] < WINDOW)
+    clean = (kblk[None, :] == -1) & (kpos[None, :] <= qlim[:, None]) & near
+    return clean | ((kblk[None, :] >= 0) & (kblk[None, :] == qblk[:, None]))
+
+
+@triton.jit
 def _attn_fwd(Q, K, V, O, LSE, QPOS, QLIM, QBLK, KPOS, KBLK,
               sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sob, soh, som, smq, smk,
               H, LQ, LK, HD, WINDOW, scale,
@@ -78,40 +87,28 @@ def _attn_fwd(Q, K, V, O, LSE, QPOS, QLIM, QBLK, KPOS, KBLK,
     for start in range(0, LK, BLOCK_N):
         offs_n = start + tl.arange(0, BLOCK_N)
         nm = offs_n < LK
-        k = tl.load(K + b * skb + h * skh + offs_n[:, None] * skn + offs_d[None, :], mask=nm[:, None] & dm[None, :],
-                    other=0.0)
-        v = tl.load(V + b * svb + h * svh + offs_n[:, None] * svn + offs_d[None, :], mask=nm[:, None] & dm[None, :],
-                    other=0.0)
-        if DOT_FP32:
-            k, v = k.to(tl.float32), v.to(tl.float32)
-        kpos = tl.load(KPOS + b * smk + offs_n, mask=nm, other=0)
-        kblk = tl.load(KBLK + b * smk + offs_n, mask=nm, other=-2)
-        # the mask, from positions and block ids
-        near = (WINDOW <= 0) | (qpos[:, None] - kpos[None, :] < WINDOW)
-        clean = (kblk[None, :] == -1) & (kpos[None, :] <= qlim[:, None]) & near
-        own = (kblk[None, :] >= 0) & (kblk[None, :] == qblk[:, None])
-        s = _dot(q, tl.trans(k), DOT_FP32) * scale
-        s = tl.where(clean | own, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.exp(s - m_safe[:, None])
-        alpha = tl.exp(m_i - m_safe)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, DOT_FP32)
-        m_i = m_new
+        allowed = _mask_tile(qpos, qlim, qblk, tl.load(KPOS + b * smk + offs_n, mask=nm, other=0),
+                             tl.load(KBLK + b * smk + offs_n, mask=nm, other=-2), WINDOW)
+        if tl.max(allowed.to(tl.int32)) > 0:  # skip tiles the mask empties (causal, window, other blocks)
+            kvm = nm[:, None] & dm[None, :]
+            k = tl.load(K + b * skb + h * skh + offs_n[:, None] * skn + offs_d[None, :], mask=kvm, other=0.0)
+            v = tl.load(V + b * svb + h * svh + offs_n[:, None] * svn + offs_d[None, :], mask=kvm, other=0.0)
+            if DOT_FP32:
+                k, v = k.to(tl.float32), v.to(tl.float32)
+            s = tl.where(allowed, _dot(q, tl.trans(k), DOT_FP32) * scale, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+            p = tl.exp(s - m_safe[:, None])
+            alpha = tl.exp(m_i - m_safe)
+            l_i = l_i * alpha + tl.sum(p, 1)
+            acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, DOT_FP32)
+            m_i = m_new
     seen = l_i > 0
     out = acc / tl.where(seen, l_i, 1.0)[:, None]
     tl.store(O + b * sob + h * soh + offs_m[:, None] * som + offs_d[None, :], out.to(O.dtype.element_ty),
              mask=mm[:, None] & dm[None, :])
     lse = tl.where(seen, tl.where(m_i == float("-inf"), 0.0, m_i) + tl.log(tl.where(seen, l_i, 1.0)), float("inf"))
     tl.store(LSE + bh * LQ + offs_m, lse, mask=mm)
-
-
-@triton.jit
-def _mask_tile(qpos, qlim, qblk, kpos, kblk, WINDOW):
-    near = (WINDOW <= 0) | (qpos[:, None] - kpos[None, :] < WINDOW)
-    clean = (kblk[None, :] == -1) & (kpos[None, :] <= qlim[:, None]) & near
-    return clean | ((kblk[None, :] >= 0) & (kblk[None, :] == qblk[:, None]))
 
 
 @triton.jit
@@ -138,21 +135,22 @@ def _attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, QPOS, QLIM, QBLK, KPOS, KBLK
     for start in range(0, LQ, BLOCK_M):
         offs_m = start + tl.arange(0, BLOCK_M)
         mm = offs_m < LQ
-        qmask = mm[:, None] & dm[None, :]
-        q = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sqm + offs_d[None, :], mask=qmask, other=0.0)
-        do = tl.load(DO + b * sqb + h * sqh + offs_m[:, None] * sqm + offs_d[None, :], mask=qmask, other=0.0)
-        if DOT_FP32:
-            q, do = q.to(tl.float32), do.to(tl.float32)
-        lse = tl.load(LSE + bh * LQ + offs_m, mask=mm, other=float("inf"))
-        delta = tl.load(DELTA + bh * LQ + offs_m, mask=mm, other=0.0)
         allowed = _mask_tile(tl.load(QPOS + b * smq + offs_m, mask=mm, other=0),
                              tl.load(QLIM + b * smq + offs_m, mask=mm, other=-1),
                              tl.load(QBLK + b * smq + offs_m, mask=mm, other=-1), kpos, kblk, WINDOW)
-        s = _dot(q, tl.trans(k), DOT_FP32) * scale
-        p = tl.where(allowed, tl.exp(s - lse[:, None]), 0.0)  # [BLOCK_M, BLOCK_N]
-        dv += _dot(tl.trans(p.to(do.dtype)), do, DOT_FP32)
-        ds = p * (_dot(do, tl.trans(v), DOT_FP32) - delta[:, None])
-        dk += _dot(tl.trans(ds.to(q.dtype)), q, DOT_FP32)
+        if tl.max(allowed.to(tl.int32)) > 0:
+            qmask = mm[:, None] & dm[None, :]
+            q = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sqm + offs_d[None, :], mask=qmask, other=0.0)
+            do = tl.load(DO + b * sqb + h * sqh + offs_m[:, None] * sqm + offs_d[None, :], mask=qmask, other=0.0)
+            if DOT_FP32:
+                q, do = q.to(tl.float32), do.to(tl.float32)
+            lse = tl.load(LSE + bh * LQ + offs_m, mask=mm, other=float("inf"))
+            delta = tl.load(DELTA + bh * LQ + offs_m, mask=mm, other=0.0)
+            s = _dot(q, tl.trans(k), DOT_FP32) * scale
+            p = tl.where(allowed, tl.exp(s - lse[:, None]), 0.0)  # [BLOCK_M, BLOCK_N]
+            dv += _dot(tl.trans(p.to(do.dtype)), do, DOT_FP32)
+            ds = p * (_dot(do, tl.trans(v), DOT_FP32) - delta[:, None])
+            dk += _dot(tl.trans(ds.to(q.dtype)), q, DOT_FP32)
     tl.store(DK + b * skb + h * skh + offs_n[:, None] * skn + offs_d[None, :], (dk * scale).to(DK.dtype.element_ty),
              mask=kmask)
     tl.store(DV + b * svb + h * svh + offs_n[:, None] * svn + offs_d[None, :], dv.to(DV.dtype.element_ty), mask=kmask)
@@ -184,17 +182,18 @@ def _attn_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, QPOS, QLIM, QBLK, KPOS, KBLK,
     for start in range(0, LK, BLOCK_N):
         offs_n = start + tl.arange(0, BLOCK_N)
         nm = offs_n < LK
-        kmask = nm[:, None] & dm[None, :]
-        k = tl.load(K + b * skb + h * skh + offs_n[:, None] * skn + offs_d[None, :], mask=kmask, other=0.0)
-        v = tl.load(V + b * svb + h * svh + offs_n[:, None] * svn + offs_d[None, :], mask=kmask, other=0.0)
-        if DOT_FP32:
-            k, v = k.to(tl.float32), v.to(tl.float32)
         allowed = _mask_tile(qpos, qlim, qblk, tl.load(KPOS + b * smk + offs_n, mask=nm, other=0),
                              tl.load(KBLK + b * smk + offs_n, mask=nm, other=-2), WINDOW)
-        s = _dot(q, tl.trans(k), DOT_FP32) * scale
-        p = tl.where(allowed, tl.exp(s - lse[:, None]), 0.0)
-        ds = p * (_dot(do, tl.trans(v), DOT_FP32) - delta[:, None])
-        dq += _dot(ds.to(k.dtype), k, DOT_FP32)
+        if tl.max(allowed.to(tl.int32)) > 0:
+            kmask = nm[:, None] & dm[None, :]
+            k = tl.load(K + b * skb + h * skh + offs_n[:, None] * skn + offs_d[None, :], mask=kmask, other=0.0)
+            v = tl.load(V + b * svb + h * svh + offs_n[:, None] * svn + offs_d[None, :], mask=kmask, other=0.0)
+            if DOT_FP32:
+                k, v = k.to(tl.float32), v.to(tl.float32)
+            s = _dot(q, tl.trans(k), DOT_FP32) * scale
+            p = tl.where(allowed, tl.exp(s - lse[:, None]), 0.0)
+            ds = p * (_dot(do, tl.trans(v), DOT_FP32) - delta[:, None])
+            dq += _dot(ds.to(k.dtype), k, DOT_FP32)
     tl.store(DQ + b * sqb + h * sqh + offs_m[:, None] * sqm + offs_d[None, :], (dq * scale).to(DQ.dtype.element_ty),
              mask=qmask)
 
