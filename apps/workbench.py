@@ -40,6 +40,7 @@ import plotly.graph_objects as go
 import torch
 
 from bltlab.checkpoint import SHIPPED, CheckpointError, load_model
+from bltlab.interop import is_hf_dir, load_hf
 from bltlab.config import PatchConfig
 from bltlab.cost import bandwidth, part_params
 from bltlab.decode import MODES, Generation, Hooks, generate
@@ -169,9 +170,13 @@ def device_name(device: str) -> str:
 
 
 def load_workbench(model_dir: str | Path = SHIPPED, device: str = "cpu") -> Workbench:
-    """Load a model directory; raises CheckpointError (missing/corrupt) or ValueError (device)."""
+    """Load a model directory, bltlab's or transformers' BltForCausalLM layout (training-free
+    modes only); raises CheckpointError (missing/corrupt/unmappable) or ValueError (device)."""
     device = resolve_device(device)
-    model, meta = load_model(model_dir, device)
+    if is_hf_dir(model_dir):
+        model, meta = load_hf(model_dir, device), {"source": f"transformers BltForCausalLM in {model_dir}"}
+    else:
+        model, meta = load_model(model_dir, device)
     return Workbench(model, meta, Path(model_dir), device)
 
 
@@ -921,7 +926,8 @@ def build_demo(model_dir: str | Path = SHIPPED, device: str = "cpu") -> gr.Block
 # ---------------------------------------------------------------------------------------
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python apps/workbench.py", description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default=str(SHIPPED), help=f"model directory (default: {SHIPPED})")
+    ap.add_argument("--model", default=str(SHIPPED), help=f"model directory, bltlab's or a local transformers "
+                    f"BltForCausalLM one (blt and blt-s* only) (default: {SHIPPED})")
     ap.add_argument("--host", default="127.0.0.1",
                     help="address to bind (default: 127.0.0.1, this machine only; 0.0.0.0 exposes it on your network)")
     ap.add_argument("--port", type=int, default=7860, help="port (default: 7860)")

@@ -345,3 +345,23 @@ def test_model_card_quotes_the_report_only_for_the_files_it_measured(tiny_dir):
 
     assert any("chrF" in line for line in wbm.measured_quality(SHIPPED))
     assert wbm.measured_quality(tiny_dir) == []  # other weights: no borrowed figures
+
+
+def test_serves_transformers_layout_weights(tmp_path):
+    """A transformers BltForCausalLM directory loads too; blt-s8 equals blt there, and the
+    diffusion modes are refused with a message on the page."""
+    import dataclasses
+
+    from bltlab.config import get_config
+    from bltlab.interop import save_hf
+    from bltlab.model import BLT
+
+    torch.manual_seed(0)
+    cfg = get_config("tiny")
+    cfg = dataclasses.replace(cfg, arch="hf", patch=dataclasses.replace(cfg.patch, max_patch=0))
+    save_hf(BLT(cfg), tmp_path)
+    hf_wb = wbm.load_workbench(tmp_path, "cpu")
+    assert hf_wb.model.cfg.arch == "hf"
+    assert _trace(hf_wb, "blt-s8").output == _trace(hf_wb, "blt").output
+    with pytest.raises(gr.Error, match="masked blocks"):
+        _trace(hf_wb, "blt-d4")
