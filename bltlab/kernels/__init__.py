@@ -1,8 +1,9 @@
 """Triton kernels behind one switch, each next to the pure-PyTorch reference it must equal.
 
 The library calls the ops below (`rms_norm`, `swiglu`, `logit_entropy`, `confidence`,
-`hash_embedding`, `patch_max`, `attend`; named apart from the modules that hold them); each op sends its tensors either to the reference (the exact
-PyTorch code the model always ran) or to a Triton kernel. The backend:
+`hash_embedding`, `patch_max`, `attend`; named apart from the modules that hold them). Each op
+sends its tensors either to the reference (the exact PyTorch code the model always ran) or to
+a Triton kernel. The backend:
 
 - `auto` (default): Triton for CUDA tensors, the reference otherwise, so a CPU run computes
   bit for bit what it computed before the kernels existed;
