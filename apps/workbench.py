@@ -40,12 +40,13 @@ import plotly.graph_objects as go
 import torch
 
 from bltlab.checkpoint import SHIPPED, CheckpointError, load_model
-from bltlab.interop import is_hf_dir, load_hf
 from bltlab.config import PatchConfig
 from bltlab.cost import bandwidth, part_params
 from bltlab.decode import MODES, Generation, Hooks, generate
+from bltlab.interop import is_hf_dir, load_hf
 from bltlab.model import BLT
 from bltlab.patching import RULES, mean_patch_length, patch_starts, starts_to_spans
+from bltlab.speed import copy_gbps
 from bltlab.tokens import encode, to_bytes
 
 MAX_TEXT_CHARS = 2000  # the patching textbox; the model's context is the real limit
@@ -106,6 +107,14 @@ class Workbench:
 
     def __post_init__(self) -> None:
         self.params = part_params(self.model)
+        self._peak: float | None = None
+
+    @property
+    def copy_gbps(self) -> float:
+        """The device's copy bandwidth (GB/s, read + write), measured once: the roofline's peak."""
+        if self._peak is None:
+            self._peak = copy_gbps(torch.device(self.device), (1 << 30) if self.device.startswith("cuda") else (1 << 26))
+        return self._peak
 
     @property
     def dtype_bytes(self) -> int:
@@ -716,7 +725,7 @@ def steps_html(trace: list[dict], prompt: bytes = b"", output: bytes | None = No
 
 # ---- compare ---------------------------------------------------------------------------
 COMPARE_HEADERS = ["mode", "output", "identical_to_blt", "stop_reason", "bytes", "bytes_per_s",
-                   "GB_paper", "GB_full", "n_dec", "n_enc", "n_ent"]
+                   "roofline_bytes_per_s", "pct_of_roofline", "GB_paper", "GB_full", "n_dec", "n_enc", "n_ent"]
 
 
 def compare_modes(modes: list[str] | None) -> list[str]:
@@ -740,8 +749,12 @@ def compare_runs(wb: Workbench, prompt: str, modes: list[str] | None, max_bytes,
         g = run_generation(wb, gen_knobs(prompt, mode, max_bytes, temperature, top_p, seed, ""))
         ref = g.output if ref is None else ref
         c = live_counters(wb, g.counters, len(g.output), float(g.counters.get("seconds", 0.0)), final=True)
+        # roofline: the bytes/s that reading GB_full alone allows at the device's copy bandwidth
+        roof = wb.copy_gbps * c["bytes"] / c["GB_full"] if c["GB_full"] else 0.0
         rows.append({"mode": mode, "output": g.text, "identical_to_blt": g.output == ref,
-                     "stop_reason": g.stop_reason, **{k: c[k] for k in COMPARE_HEADERS[4:]}})
+                     "stop_reason": g.stop_reason, "roofline_bytes_per_s": round(roof, 1),
+                     "pct_of_roofline": round(100 * c["bytes_per_s"] / roof, 2) if roof else 0.0,
+                     **{k: c[k] for k in COMPARE_HEADERS[4:] if k in c}})
     return rows
 
 
@@ -764,7 +777,8 @@ def compare_view(wb: Workbench, prompt: str, modes: list[str] | None, max_bytes,
     same = [r["mode"] for r in rows[1:] if r["identical_to_blt"]]
     note = "" if float(temperature) == 0 else " (sampling: outputs may differ even when every mode is correct)"
     summary = (f"Reference `blt`; identical output: {', '.join(f'`{m}`' for m in same) or 'none'}{note} · "
-               f"device **{_md_cell(device_name(wb.device))}**")
+               f"device **{_md_cell(device_name(wb.device))}** · roofline = bytes/s if reading `GB_full` were all "
+               f"the time took, at the copy bandwidth measured here ({wb.copy_gbps:.1f} GB/s)")
     return [[r[h] for h in COMPARE_HEADERS] for r in rows], compare_figure(rows), summary
 
 

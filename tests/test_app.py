@@ -177,6 +177,9 @@ def test_compare_blt_s8_is_identical_on_greedy(wb):
     assert [r["mode"] for r in rows] == ["blt", "blt-s8", "blt-d4"]
     assert rows[0]["identical_to_blt"] and rows[1]["identical_to_blt"] is True
     assert all(r["GB_full"] > 0 and r["GB_paper"] > 0 for r in rows)
+    for r in rows:  # roofline: bytes/s that reading GB_full at the measured copy bandwidth allows
+        assert r["roofline_bytes_per_s"] == pytest.approx(wb.copy_gbps * r["bytes"] / r["GB_full"], rel=1e-3, abs=0.1)
+        assert r["pct_of_roofline"] == pytest.approx(100 * r["bytes_per_s"] / r["roofline_bytes_per_s"], rel=1e-2)
     table, fig, summary = wbm.compare_view(wb, "def ", ["blt-s8"], 8, 0.0, 1.0, 0)
     assert [r[0] for r in table] == ["blt", "blt-s8"] and "`blt-s8`" in summary
     assert [t.name for t in fig.data] and len(fig.data) == 2 and list(fig.data[0].x) == ["blt", "blt-s8"]
