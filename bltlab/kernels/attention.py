@@ -64,37 +64,57 @@ def _mask_tile(qpos, qlim, qblk, kpos, kblk, WINDOW):
 
 
 @triton.jit
+def _q_side(QPOS, QLIM, QBLK, b, smq, offs_m, LQ):
+    """Positions, clean limits and block ids of queries offs_m (past LQ: a row that reads nothing)."""
+    mm = offs_m < LQ
+    return (tl.load(QPOS + b * smq + offs_m, mask=mm, other=0), tl.load(QLIM + b * smq + offs_m, mask=mm, other=-1),
+            tl.load(QBLK + b * smq + offs_m, mask=mm, other=-1))
+
+
+@triton.jit
+def _k_side(KPOS, KBLK, b, smk, offs_n, LK):
+    """Positions and block ids of keys offs_n (past LK: padding, never read)."""
+    nm = offs_n < LK
+    return tl.load(KPOS + b * smk + offs_n, mask=nm, other=0), tl.load(KBLK + b * smk + offs_n, mask=nm, other=-2)
+
+
+@triton.jit
+def _rows(X, b, h, sb, sh, sl, offs, offs_d, L, HD, DOT_FP32: tl.constexpr):
+    """X[b, h, offs, :HD] as a [len(offs), BLOCK_D] tile, zero outside; fp32 when DOT_FP32."""
+    x = tl.load(X + b * sb + h * sh + offs[:, None] * sl + offs_d[None, :],
+                mask=(offs < L)[:, None] & (offs_d < HD)[None, :], other=0.0)
+    if DOT_FP32:
+        x = x.to(tl.float32)
+    return x
+
+
+@triton.jit
+def _store_rows(X, x, b, h, sb, sh, sl, offs, offs_d, L, HD):
+    tl.store(X + b * sb + h * sh + offs[:, None] * sl + offs_d[None, :], x.to(X.dtype.element_ty),
+             mask=(offs < L)[:, None] & (offs_d < HD)[None, :])
+
+
+@triton.jit
 def _attn_fwd(Q, K, V, O, LSE, QPOS, QLIM, QBLK, KPOS, KBLK,
               sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sob, soh, som, smq, smk,
               H, LQ, LK, HD, WINDOW, scale,
               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DOT_FP32: tl.constexpr):
-    pid_m = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)
     b, h = bh // H, bh % H
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
-    mm, dm = offs_m < LQ, offs_d < HD
-    q = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sqm + offs_d[None, :], mask=mm[:, None] & dm[None, :],
-                other=0.0)
-    if DOT_FP32:
-        q = q.to(tl.float32)
-    qpos = tl.load(QPOS + b * smq + offs_m, mask=mm, other=0)
-    qlim = tl.load(QLIM + b * smq + offs_m, mask=mm, other=-1)
-    qblk = tl.load(QBLK + b * smq + offs_m, mask=mm, other=-1)
-    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    q = _rows(Q, b, h, sqb, sqh, sqm, offs_m, offs_d, LQ, HD, DOT_FP32)
+    qpos, qlim, qblk = _q_side(QPOS, QLIM, QBLK, b, smq, offs_m, LQ)
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)  # running max
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)  # running sum of exp(s - m)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     for start in range(0, LK, BLOCK_N):
         offs_n = start + tl.arange(0, BLOCK_N)
-        nm = offs_n < LK
-        allowed = _mask_tile(qpos, qlim, qblk, tl.load(KPOS + b * smk + offs_n, mask=nm, other=0),
-                             tl.load(KBLK + b * smk + offs_n, mask=nm, other=-2), WINDOW)
+        kpos, kblk = _k_side(KPOS, KBLK, b, smk, offs_n, LK)
+        allowed = _mask_tile(qpos, qlim, qblk, kpos, kblk, WINDOW)
         if tl.max(allowed.to(tl.int32)) > 0:  # skip tiles the mask empties (causal, window, other blocks)
-            kvm = nm[:, None] & dm[None, :]
-            k = tl.load(K + b * skb + h * skh + offs_n[:, None] * skn + offs_d[None, :], mask=kvm, other=0.0)
-            v = tl.load(V + b * svb + h * svh + offs_n[:, None] * svn + offs_d[None, :], mask=kvm, other=0.0)
-            if DOT_FP32:
-                k, v = k.to(tl.float32), v.to(tl.float32)
+            k = _rows(K, b, h, skb, skh, skn, offs_n, offs_d, LK, HD, DOT_FP32)
+            v = _rows(V, b, h, svb, svh, svn, offs_n, offs_d, LK, HD, DOT_FP32)
             s = tl.where(allowed, _dot(q, tl.trans(k), DOT_FP32) * scale, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, 1))
             m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
@@ -104,11 +124,15 @@ def _attn_fwd(Q, K, V, O, LSE, QPOS, QLIM, QBLK, KPOS, KBLK,
             acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, DOT_FP32)
             m_i = m_new
     seen = l_i > 0
-    out = acc / tl.where(seen, l_i, 1.0)[:, None]
-    tl.store(O + b * sob + h * soh + offs_m[:, None] * som + offs_d[None, :], out.to(O.dtype.element_ty),
-             mask=mm[:, None] & dm[None, :])
+    _store_rows(O, acc / tl.where(seen, l_i, 1.0)[:, None], b, h, sob, soh, som, offs_m, offs_d, LQ, HD)
     lse = tl.where(seen, tl.where(m_i == float("-inf"), 0.0, m_i) + tl.log(tl.where(seen, l_i, 1.0)), float("inf"))
-    tl.store(LSE + bh * LQ + offs_m, lse, mask=mm)
+    tl.store(LSE + bh * LQ + offs_m, lse, mask=offs_m < LQ)
+
+
+@triton.jit
+def _probs(q, k, lse, allowed, scale, DOT_FP32: tl.constexpr):
+    """P = exp(S - logsumexp) on one tile, 0 where the mask forbids."""
+    return tl.where(allowed, tl.exp(_dot(q, tl.trans(k), DOT_FP32) * scale - lse[:, None]), 0.0)
 
 
 @triton.jit
@@ -116,44 +140,31 @@ def _attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, QPOS, QLIM, QBLK, KPOS, KBLK
                    sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, smq, smk,
                    H, LQ, LK, HD, WINDOW, scale,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DOT_FP32: tl.constexpr):
-    """dK, dV of one block of keys; Q, dO, dQ share strides, and so do K, dK and V, dV."""
-    pid_n = tl.program_id(0)
+    """dK, dV of one block of keys; Q and dO share strides, and so do K, dK and V, dV."""
     bh = tl.program_id(1).to(tl.int64)
     b, h = bh // H, bh % H
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
-    nm, dm = offs_n < LK, offs_d < HD
-    kmask = nm[:, None] & dm[None, :]
-    k = tl.load(K + b * skb + h * skh + offs_n[:, None] * skn + offs_d[None, :], mask=kmask, other=0.0)
-    v = tl.load(V + b * svb + h * svh + offs_n[:, None] * svn + offs_d[None, :], mask=kmask, other=0.0)
-    if DOT_FP32:
-        k, v = k.to(tl.float32), v.to(tl.float32)
-    kpos = tl.load(KPOS + b * smk + offs_n, mask=nm, other=0)
-    kblk = tl.load(KBLK + b * smk + offs_n, mask=nm, other=-2)
+    k = _rows(K, b, h, skb, skh, skn, offs_n, offs_d, LK, HD, DOT_FP32)
+    v = _rows(V, b, h, svb, svh, svn, offs_n, offs_d, LK, HD, DOT_FP32)
+    kpos, kblk = _k_side(KPOS, KBLK, b, smk, offs_n, LK)
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     for start in range(0, LQ, BLOCK_M):
         offs_m = start + tl.arange(0, BLOCK_M)
-        mm = offs_m < LQ
-        allowed = _mask_tile(tl.load(QPOS + b * smq + offs_m, mask=mm, other=0),
-                             tl.load(QLIM + b * smq + offs_m, mask=mm, other=-1),
-                             tl.load(QBLK + b * smq + offs_m, mask=mm, other=-1), kpos, kblk, WINDOW)
+        qpos, qlim, qblk = _q_side(QPOS, QLIM, QBLK, b, smq, offs_m, LQ)
+        allowed = _mask_tile(qpos, qlim, qblk, kpos, kblk, WINDOW)
         if tl.max(allowed.to(tl.int32)) > 0:
-            qmask = mm[:, None] & dm[None, :]
-            q = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sqm + offs_d[None, :], mask=qmask, other=0.0)
-            do = tl.load(DO + b * sqb + h * sqh + offs_m[:, None] * sqm + offs_d[None, :], mask=qmask, other=0.0)
-            if DOT_FP32:
-                q, do = q.to(tl.float32), do.to(tl.float32)
-            lse = tl.load(LSE + bh * LQ + offs_m, mask=mm, other=float("inf"))
-            delta = tl.load(DELTA + bh * LQ + offs_m, mask=mm, other=0.0)
-            s = _dot(q, tl.trans(k), DOT_FP32) * scale
-            p = tl.where(allowed, tl.exp(s - lse[:, None]), 0.0)  # [BLOCK_M, BLOCK_N]
+            q = _rows(Q, b, h, sqb, sqh, sqm, offs_m, offs_d, LQ, HD, DOT_FP32)
+            do = _rows(DO, b, h, sqb, sqh, sqm, offs_m, offs_d, LQ, HD, DOT_FP32)
+            lse = tl.load(LSE + bh * LQ + offs_m, mask=offs_m < LQ, other=float("inf"))
+            delta = tl.load(DELTA + bh * LQ + offs_m, mask=offs_m < LQ, other=0.0)
+            p = _probs(q, k, lse, allowed, scale, DOT_FP32)  # [BLOCK_M, BLOCK_N]
             dv += _dot(tl.trans(p.to(do.dtype)), do, DOT_FP32)
             ds = p * (_dot(do, tl.trans(v), DOT_FP32) - delta[:, None])
             dk += _dot(tl.trans(ds.to(q.dtype)), q, DOT_FP32)
-    tl.store(DK + b * skb + h * skh + offs_n[:, None] * skn + offs_d[None, :], (dk * scale).to(DK.dtype.element_ty),
-             mask=kmask)
-    tl.store(DV + b * svb + h * svh + offs_n[:, None] * svn + offs_d[None, :], dv.to(DV.dtype.element_ty), mask=kmask)
+    _store_rows(DK, dk * scale, b, h, skb, skh, skn, offs_n, offs_d, LK, HD)
+    _store_rows(DV, dv, b, h, svb, svh, svn, offs_n, offs_d, LK, HD)
 
 
 @triton.jit
@@ -161,41 +172,28 @@ def _attn_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, QPOS, QLIM, QBLK, KPOS, KBLK,
                  sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, smq, smk,
                  H, LQ, LK, HD, WINDOW, scale,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, DOT_FP32: tl.constexpr):
-    """dQ of one block of queries."""
-    pid_m = tl.program_id(0)
+    """dQ of one block of queries (Q, dO and dQ share strides)."""
     bh = tl.program_id(1).to(tl.int64)
     b, h = bh // H, bh % H
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
-    mm, dm = offs_m < LQ, offs_d < HD
-    qmask = mm[:, None] & dm[None, :]
-    q = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sqm + offs_d[None, :], mask=qmask, other=0.0)
-    do = tl.load(DO + b * sqb + h * sqh + offs_m[:, None] * sqm + offs_d[None, :], mask=qmask, other=0.0)
-    if DOT_FP32:
-        q, do = q.to(tl.float32), do.to(tl.float32)
-    lse = tl.load(LSE + bh * LQ + offs_m, mask=mm, other=float("inf"))
-    delta = tl.load(DELTA + bh * LQ + offs_m, mask=mm, other=0.0)
-    qpos = tl.load(QPOS + b * smq + offs_m, mask=mm, other=0)
-    qlim = tl.load(QLIM + b * smq + offs_m, mask=mm, other=-1)
-    qblk = tl.load(QBLK + b * smq + offs_m, mask=mm, other=-1)
+    q = _rows(Q, b, h, sqb, sqh, sqm, offs_m, offs_d, LQ, HD, DOT_FP32)
+    do = _rows(DO, b, h, sqb, sqh, sqm, offs_m, offs_d, LQ, HD, DOT_FP32)
+    lse = tl.load(LSE + bh * LQ + offs_m, mask=offs_m < LQ, other=float("inf"))
+    delta = tl.load(DELTA + bh * LQ + offs_m, mask=offs_m < LQ, other=0.0)
+    qpos, qlim, qblk = _q_side(QPOS, QLIM, QBLK, b, smq, offs_m, LQ)
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     for start in range(0, LK, BLOCK_N):
         offs_n = start + tl.arange(0, BLOCK_N)
-        nm = offs_n < LK
-        allowed = _mask_tile(qpos, qlim, qblk, tl.load(KPOS + b * smk + offs_n, mask=nm, other=0),
-                             tl.load(KBLK + b * smk + offs_n, mask=nm, other=-2), WINDOW)
+        kpos, kblk = _k_side(KPOS, KBLK, b, smk, offs_n, LK)
+        allowed = _mask_tile(qpos, qlim, qblk, kpos, kblk, WINDOW)
         if tl.max(allowed.to(tl.int32)) > 0:
-            kmask = nm[:, None] & dm[None, :]
-            k = tl.load(K + b * skb + h * skh + offs_n[:, None] * skn + offs_d[None, :], mask=kmask, other=0.0)
-            v = tl.load(V + b * svb + h * svh + offs_n[:, None] * svn + offs_d[None, :], mask=kmask, other=0.0)
-            if DOT_FP32:
-                k, v = k.to(tl.float32), v.to(tl.float32)
-            s = _dot(q, tl.trans(k), DOT_FP32) * scale
-            p = tl.where(allowed, tl.exp(s - lse[:, None]), 0.0)
+            k = _rows(K, b, h, skb, skh, skn, offs_n, offs_d, LK, HD, DOT_FP32)
+            v = _rows(V, b, h, svb, svh, svn, offs_n, offs_d, LK, HD, DOT_FP32)
+            p = _probs(q, k, lse, allowed, scale, DOT_FP32)
             ds = p * (_dot(do, tl.trans(v), DOT_FP32) - delta[:, None])
             dq += _dot(ds.to(k.dtype), k, DOT_FP32)
-    tl.store(DQ + b * sqb + h * sqh + offs_m[:, None] * sqm + offs_d[None, :], (dq * scale).to(DQ.dtype.element_ty),
-             mask=qmask)
+    _store_rows(DQ, dq * scale, b, h, sqb, sqh, sqm, offs_m, offs_d, LQ, HD)
 
 
 # ---- launcher + autograd ---------------------------------------------------------------------

@@ -6,7 +6,8 @@ widths, 16 x 4096 bytes), `tiny` (a few rows: for Triton's CPU interpreter, wher
 nothing; tests use it to check the JSON). In the same run it measures the device copy
 bandwidth (a large tensor's .copy_, read + write) and reports, for the memory-bound kernels,
 achieved GB/s (bytes the kernel must move / its time) and that as % of the copy peak.
-Imports only torch, triton and the standard library on the GPU path (bltlab.kernels included); triton and the kernels load only when it runs.
+Imports only torch, triton and the standard library on the GPU path (bltlab.kernels
+included); triton and the kernel modules load only when a run starts.
 """
 from __future__ import annotations
 
@@ -26,11 +27,12 @@ from ..layers import AttnMask
 # B x T bytes (attention: attn_B x T clean bytes + nb noisy blocks of bs), d = d_local, hidden = the local
 # SwiGLU width, `tables` hash tables of `vocab` rows, heads x hd attention, P patches per row
 SHAPES = {
-    "tiny": dict(attn_B=2, B=2, T=16, d=32, hidden=96, tables=6, vocab=64, heads=2, hd=16, nb=2, bs=4, window=64, P=5),
-    "small": dict(attn_B=16, B=16, T=512, d=128, hidden=352, tables=6, vocab=4096, heads=4, hd=32, nb=32, bs=8, window=512,
-                  P=128),
-    "large": dict(attn_B=4, B=16, T=4096, d=1024, hidden=2752, tables=6, vocab=50002, heads=16, hd=64, nb=256, bs=8,
-                  window=512, P=1024),
+    "tiny": dict(B=2, T=16, d=32, hidden=96, tables=6, vocab=64, P=5,
+                 attn_B=2, heads=2, hd=16, nb=2, bs=4, window=64),
+    "small": dict(B=16, T=512, d=128, hidden=352, tables=6, vocab=4096, P=128,
+                  attn_B=16, heads=4, hd=32, nb=32, bs=8, window=512),
+    "large": dict(B=16, T=4096, d=1024, hidden=2752, tables=6, vocab=50002, P=1024,
+                  attn_B=4, heads=16, hd=64, nb=256, bs=8, window=512),
 }
 V = 260  # output ids
 
