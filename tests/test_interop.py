@@ -112,6 +112,14 @@ def test_self_speculation_equals_blt_on_foreign_weights(pair):
             assert generate(ours, prompt, mode, max_bytes=40).output == want, (mode, prompt)
 
 
+def test_sampling_runs_and_is_seeded(pair):
+    _, ours, _ = pair
+    for mode in ("blt", "blt-s8"):
+        a = generate(ours, b"EN: Hello\nFR:", mode, max_bytes=24, temperature=0.9, seed=3)
+        b = generate(ours, b"EN: Hello\nFR:", mode, max_bytes=24, temperature=0.9, seed=3)
+        assert a.output == b.output and (len(a.output) == 24 or a.stop_reason == "eos")
+
+
 def test_round_trip_preserves_every_tensor(pair, tmp_path):
     hf, ours, d = pair
     save_hf(ours, tmp_path)
