@@ -32,6 +32,15 @@ def _load(args):
     return model, meta
 
 
+def _report(args, res: dict, format_table) -> None:
+    """Write a benchmark result to --json (if given) and print its table."""
+    res["prompts_file"] = str(args.prompts)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
+    print(format_table(res))
+
+
 def cmd_data(args) -> None:
     from .data import corpus_stats, format_stats
 
@@ -99,11 +108,7 @@ def cmd_bench(args) -> None:
         res = run_bench(model, prompts, modes, args.max_bytes, knobs)
     except (ValueError, OSError) as e:
         raise SystemExit(f"error: {e}") from None
-    res["prompts_file"] = str(args.prompts)
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
-    print(format_table(res))
+    _report(args, res, format_table)
 
 
 def cmd_speed(args) -> None:
@@ -117,11 +122,7 @@ def cmd_speed(args) -> None:
         res = run_speed(model, prompts, modes, args.max_bytes, args.batch, args.hf, args.hf_bytes)
     except (ValueError, OSError, ImportError) as e:
         raise SystemExit(f"error: {e}") from None
-    res["prompts_file"] = str(args.prompts)
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
-    print(format_table(res))
+    _report(args, res, format_table)
 
 
 def cmd_prompts(args) -> None:
