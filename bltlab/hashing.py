@@ -69,8 +69,8 @@ class HashEmbedding(nn.Module):
         that reach back past the first position (used by cached decoding)."""
         full = ids if context is None else torch.cat((context, ids), 1)
         if self.scheme == "bltlab":  # PyTorch or one Triton kernel: kernels/hash_embed.py
-            return kernels.hash_embedding(full, ids.shape[1], self.sizes, self.vocab, self.byte.weight,
-                                          [t.weight for t in self.tables])
+            return kernels.hash_embedding(full, ids.shape[1], [n for _, n in self.keys], self.vocab,
+                                          self.byte.weight, [t.weight for t in self.tables])
         x = self.byte(ids)
         for (f, n), table in zip(self.keys, self.tables):
             x = x + table(self.hashes(full, f, n)[:, full.shape[1] - ids.shape[1]:])

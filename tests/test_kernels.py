@@ -109,12 +109,14 @@ def test_hash_embedding(dev, dtype, B, C, L, sizes):
         close(a, b, 1e-6 if dtype == torch.float32 else bwd, "hash grad")
 
 
-def test_hash_embedding_module_with_context(dev):
-    """The HashEmbedding module under the Triton backend, with cached decoding's context ids."""
+@pytest.mark.parametrize("functions", [1, 2])
+def test_hash_embedding_module_with_context(dev, functions):
+    """The HashEmbedding module under the Triton backend, with cached decoding's context ids
+    (two hash functions: 12 tables, more than one kernel takes, so the reference serves them)."""
     from bltlab.hashing import HashEmbedding
 
     torch.manual_seed(0)
-    emb = HashEmbedding(260, 16, (3, 4, 5, 6, 7, 8), 64).to(dev)
+    emb = HashEmbedding(260, 16, (3, 4, 5, 6, 7, 8), 64, functions=functions).to(dev)
     ids = torch.randint(4, 260, (2, 5), device=dev)
     ctx = torch.randint(4, 260, (2, 8), device=dev)
     ref = emb(ids, ctx)

@@ -145,6 +145,9 @@ class _HashEmbed(torch.autograd.Function):
 
 
 def hash_embed_triton(full, n_new: int, sizes, vocab: int, byte_weight, tables):
-    if len(tables) != len(sizes) or len(tables) > MAX_TABLES or any(not 1 <= n <= 16 for n in sizes):
-        raise ValueError(f"hash kernel takes up to {MAX_TABLES} tables of n in 1..16, got sizes {tuple(sizes)}")
+    """sizes[i] is the n of tables[i]. More than MAX_TABLES tables (or n > 16) take the reference."""
+    if len(tables) != len(sizes):
+        raise ValueError(f"one n per table: got {len(sizes)} sizes for {len(tables)} tables")
+    if len(tables) > MAX_TABLES or any(not 1 <= n <= 16 for n in sizes):
+        return hash_embed_reference(full, n_new, sizes, vocab, byte_weight, tables)
     return _HashEmbed.apply(full, n_new, tuple(sizes), vocab, byte_weight, *tables)
