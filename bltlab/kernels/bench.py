@@ -172,6 +172,8 @@ def run(device: str = "auto", shapes: tuple = ("small", "large"), dtype: str = "
     if device == "cpu" and not interpreting():
         raise RuntimeError("the kernels run on CPU only in Triton's interpreter: set TRITON_INTERPRET=1 "
                            "(and use --tiny)")
+    if device == "cpu" and set(shapes) != {"tiny"}:
+        raise ValueError("on CPU (Triton's interpreter, ~1000x slower) only --tiny shapes are run")
     unknown = set(kernels) - set(KERNELS)
     if unknown or set(shapes) - set(SHAPES):
         raise ValueError(f"unknown kernels {sorted(unknown)} or shapes {shapes}; kernels: {list(KERNELS)}, "
