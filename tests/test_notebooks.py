@@ -1,0 +1,114 @@
+"""The notebook series (notebooks/NN_*.ipynb): what is stored is current, and it re-runs to the same outputs.
+
+Two kinds of test per notebook:
+
+* static (fast, in-process): the stored outputs come from one clean top-to-bottom run (code cells numbered
+  1..n), carry no error, no stderr and no traceback, and the checkpoint stamp the first cell printed is the
+  sha256 of the shipped weight files as they are now (a retrained checkpoint makes every notebook stale);
+  plus the series' own rules (imports bltlab, an ipywidgets control, "Try this" exercises, no pip);
+* nbval (slow, one subprocess per notebook): strict `pytest --nbval` re-executes the notebook in the current
+  environment and compares every output with the stored one, after notebooks/nbval_sanitize.cfg.
+
+A subprocess keeps nbval's kernel and plugin options out of the main test session (whose addopts and
+conftest stay as they are) and gives one test, with its own duration, per notebook.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+NB_DIR = ROOT / "notebooks"
+SANITIZE = NB_DIR / "nbval_sanitize.cfg"
+SHIPPED = ROOT / "checkpoints" / "small"
+SERIES = ["00_bytes", "01_entropy_patching", "02_blt_model", "03_training", "04_block_diffusion",
+          "05_self_speculation", "06_dv_and_hybrid", "07_bandwidth"]
+OPTIONAL = ["08_triton_kernels"]  # needs bltlab.kernels (Triton's CPU interpreter)
+NOTEBOOKS = sorted(NB_DIR.glob("[0-9][0-9]_*.ipynb"))
+IDS = [p.stem for p in NOTEBOOKS]
+STAMP = re.compile(r"stamp (\S+\.safetensors) sha256=([0-9a-f]{64})")
+
+
+def _load(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _code_cells(nb: dict) -> list[dict]:
+    return [c for c in nb["cells"] if c["cell_type"] == "code"]
+
+
+def _text(output: dict) -> str:
+    if output["output_type"] == "stream":
+        t = output["text"]
+    elif output["output_type"] == "error":
+        t = "\n".join(output.get("traceback", []))
+    else:
+        t = output.get("data", {}).get("text/plain", "")
+    return "".join(t) if isinstance(t, list) else t
+
+
+def test_series_is_complete():
+    names = [p.stem for p in NOTEBOOKS]
+    missing = [n for n in SERIES if n not in names]
+    unknown = [n for n in names if n not in SERIES + OPTIONAL]
+    assert not missing and not unknown, f"missing {missing}, unexpected {unknown}"
+    assert SANITIZE.is_file()
+    index = (NB_DIR / "README.md").read_text(encoding="utf-8")
+    for n in names:
+        assert f"{n}.ipynb" in index, f"notebooks/README.md does not list {n}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_stored_outputs_are_current_and_clean(path):
+    nb = _load(path)
+    cells = _code_cells(nb)
+    counts = [c["execution_count"] for c in cells]
+    assert counts == list(range(1, len(cells) + 1)), \
+        f"{path.name}: not one clean top-to-bottom run (execution counts {counts}); re-execute it"
+    for i, cell in enumerate(cells, 1):
+        for out in cell["outputs"]:
+            assert out["output_type"] != "error", f"{path.name} cell {i}: stored error {out.get('ename')}"
+            assert not (out["output_type"] == "stream" and out["name"] == "stderr"), \
+                f"{path.name} cell {i}: stderr output: {_text(out)[:300]!r}"
+            assert "Traceback (most recent call last)" not in _text(out), f"{path.name} cell {i}: traceback"
+    first = "".join(_text(o) for o in cells[0]["outputs"])
+    stamps = dict(STAMP.findall(first))
+    assert set(stamps) == {"blt.safetensors", "entropy.safetensors"}, f"{path.name}: first cell prints no stamp"
+    for name, digest in stamps.items():
+        now = hashlib.sha256((SHIPPED / name).read_bytes()).hexdigest()
+        assert digest == now, f"{path.name} was executed with another {name}: re-execute the notebook"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_notebook_follows_the_series_rules(path):
+    nb = _load(path)
+    source = "\n".join("".join(c["source"]) for c in _code_cells(nb))
+    assert re.search(r"^\s*(from|import) bltlab", source, re.M), f"{path.name} does not import bltlab"
+    assert "widgets." in source, f"{path.name} has no ipywidgets control"
+    assert 'pio.renderers.default = "plotly_mimetype"' in source
+    assert not re.search(r"^\s*[!%]+\s*pip", source, re.M), f"{path.name} installs packages"
+    assert not re.search(r"^class \w+\((nn|torch\.nn)\.Module\)", source, re.M), f"{path.name} defines model code"
+    assert "assert " in source, f"{path.name} asserts none of its numbers"
+    last = "".join(nb["cells"][-1]["source"])
+    exercises = re.findall(r"^\d\. ", last, re.M)
+    assert last.startswith("## Try this") and 2 <= len(exercises) <= 3, f"{path.name}: end with 2-3 exercises"
+    plotly = [o for c in _code_cells(nb) for o in c["outputs"] if "application/vnd.plotly.v1+json" in o.get("data", {})]
+    html_plotly = [o for c in _code_cells(nb) for o in c["outputs"] if "plotly" in str(o.get("data", {}).get("text/html", ""))]
+    assert not html_plotly, f"{path.name} embeds plotly HTML (renderer UUIDs, plotly.js); use the mimetype renderer"
+    assert plotly, f"{path.name} draws no plotly picture"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_notebook_reruns_identically_under_nbval(path):
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=",
+           "--nbval", "--nbval-current-env", "--nbval-sanitize-with", str(SANITIZE),
+           "--nbval-cell-timeout", "300", str(path)]
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900, env=dict(os.environ))
+    assert r.returncode == 0, f"nbval failed for {path.name}:\n{r.stdout[-6000:]}\n{r.stderr[-2000:]}"
