@@ -29,8 +29,7 @@ NB_DIR = ROOT / "notebooks"
 SANITIZE = NB_DIR / "nbval_sanitize.cfg"
 SHIPPED = ROOT / "checkpoints" / "small"
 SERIES = ["00_bytes", "01_entropy_patching", "02_blt_model", "03_training", "04_block_diffusion",
-          "05_self_speculation", "06_dv_and_hybrid", "07_bandwidth"]
-OPTIONAL = ["08_triton_kernels"]  # needs bltlab.kernels (Triton's CPU interpreter)
+          "05_self_speculation", "06_dv_and_hybrid", "07_bandwidth", "08_triton_kernels"]
 NOTEBOOKS = sorted(NB_DIR.glob("[0-9][0-9]_*.ipynb"))
 IDS = [p.stem for p in NOTEBOOKS]
 STAMP = re.compile(r"stamp (\S+\.safetensors) sha256=([0-9a-f]{64})")
@@ -57,7 +56,7 @@ def _text(output: dict) -> str:
 def test_series_is_complete():
     names = [p.stem for p in NOTEBOOKS]
     missing = [n for n in SERIES if n not in names]
-    unknown = [n for n in names if n not in SERIES + OPTIONAL]
+    unknown = [n for n in names if n not in SERIES]
     assert not missing and not unknown, f"missing {missing}, unexpected {unknown}"
     assert SANITIZE.is_file()
     index = (NB_DIR / "README.md").read_text(encoding="utf-8")
