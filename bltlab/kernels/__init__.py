@@ -14,7 +14,8 @@ a Triton kernel. The backend:
 
 Pick it with `set_backend(name)`, the context manager `backend(name)`, or the environment
 variable `BLTLAB_KERNELS` (read once at import). One module per kernel: entropy.py,
-hash_embed.py, pooling.py, norm_ffn.py, attention.py; bench.py times them (docs/kernels.md).
+hash_embed.py, pooling.py, norm_ffn.py, attention.py; bench.py times them, compile_check.py
+compiles them for a GPU without one (docs/kernels.md).
 """
 from __future__ import annotations
 
