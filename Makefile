@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # The CPU build of torch; set TORCH="torch" (or a CUDA wheel) to install another build.
 TORCH ?= torch==2.13.0
 
-.PHONY: install test app lab results
+.PHONY: install test app lab notebooks results
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -24,6 +24,10 @@ app: install
 
 lab: install
 	$(BIN)/jupyter lab notebooks/
+
+# Re-execute the notebook series in place (stored outputs are what tests/test_notebooks.py checks).
+notebooks: install
+	$(BIN)/jupyter nbconvert --to notebook --execute --inplace notebooks/0*.ipynb
 
 # The results page (docs/results.md): held-out prompts, every mode, the paper's table on our model.
 BENCH_ARGS ?= --max-bytes 48
