@@ -62,13 +62,10 @@ def push_rows(m: BLT, rows: list[SeqState], new_ids: list[list[int]], counters: 
     h = run_rows(m.enc_layers, emb, pos, [st.enc_cache for st in rows], m.cfg.local_window)
     slots, n_glob = [], 0
     for b, st in enumerate(rows):
-        n0 = len(st)
         st.ent += ent[b].tolist()
-        st.ids += new_ids[b]
-        st.h = torch.cat((st.h, h[b:b + 1]), 1)
-        st._restart()
-        n_glob += st._global()
-        slots.append(st.table[:, (st.starts.long().cumsum(0) - 1)[n0:]])
+        n, table_rows = st.append(new_ids[b], h[b:b + 1])
+        n_glob += n
+        slots.append(st.table[:, table_rows])
         st.stats["n_loc"] += 1
     x = run_rows(m.dec_layers, h, pos, [st.dec_cache for st in rows], m.cfg.local_window, slots=torch.cat(slots))
     logits = m.head(m.dec_norm(x))

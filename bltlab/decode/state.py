@@ -175,6 +175,20 @@ class SeqState:
         self.pending = True
         return self.m.head(self.m.dec_norm(x[:, nf:]))[0]
 
+    def append(self, new_ids: list[int], h_new: torch.Tensor) -> tuple[int, torch.Tensor]:
+        """Bookkeeping once the entropy model (self.ent extended) and the encoder (h_new [1, L, d])
+        ran on new bytes: patches, the global model on finished patches. Returns (patches the global
+        model ran on, the slot table row each new byte's decoder reads)."""
+        n0 = len(self.ids)
+        self.ids += new_ids
+        self.h = torch.cat((self.h, h_new), 1)
+        self._restart()
+        n_glob = self._global()
+        rows = (self.starts.long().cumsum(0) - 1)[n0:]  # byte t reads patch p(t) - 1 = table row p(t)
+        if self.cfg.arch == "hf":
+            rows = rows + self._next(n0, len(self.ids))
+        return n_glob, rows
+
     # ---- public steps -----------------------------------------------------------------------
     @torch.no_grad()
     def push(self, new_ids: list[int], counters: dict | None = None) -> torch.Tensor:
@@ -186,13 +200,7 @@ class SeqState:
         pos = self._positions(n0, L)
         self._entropy(new, pos)
         h_new = self._encode(new, pos)
-        self.ids += new_ids
-        self.h = torch.cat((self.h, h_new), 1)
-        self._restart()
-        n_glob = self._global()
-        rows = (self.starts.long().cumsum(0) - 1)[n0:]  # byte t reads patch p(t) - 1 = table row p(t)
-        if self.cfg.arch == "hf":
-            rows = rows + self._next(n0, n0 + L)
+        n_glob, rows = self.append(new_ids, h_new)
         if self.shadow:
             logits = self._decode_shadow(n0, L, rows)
         else:
