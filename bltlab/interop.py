@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 
 from .checkpoint import CheckpointError
 from .config import BLTConfig, EntropyConfig, PatchConfig
+from .layers import ffn_hidden
 from .model import BLT
 
 PARTS = ("patcher_config", "encoder_config", "decoder_config", "global_config")
@@ -111,8 +112,8 @@ def config_from_hf(hf: dict, name: str = "hf") -> BLTConfig:
 def config_to_hf(cfg: BLTConfig) -> dict:
     """BLTConfig (arch "hf") -> a transformers BltConfig dict (what `save_pretrained` writes)."""
     if cfg.arch != "hf":
-        raise ValueError("only arch 'hf' models have transformers' layout (convert weights trained "
-                         "with bltlab's layout is not possible: the computations differ)")
+        raise ValueError("only arch 'hf' models have transformers' layout (weights trained with "
+                         "bltlab's layout cannot be converted: the two compute different functions)")
     if cfg.patch.rule != "global":
         raise ValueError(f"transformers' BLT patches by a global entropy threshold, not {cfg.patch.rule!r}")
     rope = {"rope_type": "default", "rope_theta": cfg.rope_theta}
@@ -135,24 +136,18 @@ def config_to_hf(cfg: BLTConfig) -> dict:
         "encoder_hash_byte_group_vocab": cfg.hash_vocab,
         "encoder_hash_byte_group_nb_functions": cfg.hash_functions,
         "tie_word_embeddings": False, "rope_parameters": dict(rope),
-        "patcher_config": part("blt_patcher", e.dim, e.n_layers, e.n_heads, e.ffn or _ffn(e.dim, 8 / 3),
+        "patcher_config": part("blt_patcher", e.dim, e.n_layers, e.n_heads, e.ffn or ffn_hidden(e.dim, 8 / 3),
                                vocab_size=260, max_position_embeddings=e.max_len, sliding_window=e.window or None,
                                rope_parameters={"rope_type": "default", "rope_theta": e.rope_theta or cfg.rope_theta}),
         "encoder_config": part("blt_local_encoder", cfg.d_local, cfg.n_enc_layers, cfg.local_heads,
-                               cfg.enc_ffn or _ffn(cfg.d_local, cfg.ffn_mult), cross_attn_all_layers=False,
+                               cfg.enc_ffn or ffn_hidden(cfg.d_local, cfg.ffn_mult), cross_attn_all_layers=False,
                                sliding_window=window, **local),
         "decoder_config": part("blt_local_decoder", cfg.d_local, cfg.n_dec_layers, cfg.local_heads,
-                               cfg.dec_ffn or _ffn(cfg.d_local, cfg.ffn_mult),
+                               cfg.dec_ffn or ffn_hidden(cfg.d_local, cfg.ffn_mult),
                                cross_attn_all_layers=cfg.dec_cross_all, **local),
         "global_config": part("blt_global_transformer", cfg.d_global, cfg.n_global_layers, cfg.global_heads,
-                              cfg.global_ffn or _ffn(cfg.d_global, cfg.ffn_mult), max_position_embeddings=cfg.max_bytes),
+                              cfg.global_ffn or ffn_hidden(cfg.d_global, cfg.ffn_mult), max_position_embeddings=cfg.max_bytes),
     }
-
-
-def _ffn(dim: int, mult: float) -> int:
-    from .layers import ffn_hidden
-
-    return ffn_hidden(dim, mult)
 
 
 # ---- weights --------------------------------------------------------------------------------
