@@ -104,10 +104,10 @@ class SeqState:
         self.starts = patch_starts(ent, ids, self.cfg.patch, forced=forced)[0]
 
     def _next(self, lo: int, hi: int) -> torch.Tensor:
-        """arch "hf": [hi - lo] long, 1 where byte t + 1 opens a patch by the entropy rule alone,
-        for t in [lo, hi). The decoder at t reads the patch before t + 1's; deciding it from the
-        entropies only (never from the max-length split) gives every position the logits it has
-        when it is the last one, which is what transformers' uncached generate computes."""
+        """arch "hf": [hi - lo] long, 1 where byte t + 1 is known to open a patch while t is the
+        newest byte (`opens_patch`), for t in [lo, hi). The decoder at t reads the patch before
+        t + 1's; deciding it as transformers' uncached generate does for its last position gives
+        every position the logits it had when it was the newest."""
         ent = torch.tensor(self.ent, device=self.dev)
         t = torch.arange(lo + 1, hi + 1, device=self.dev)
         return opens_patch(ent[t], ent[t - 1], t, self.cfg.patch).long()
