@@ -6,7 +6,7 @@
 #   PYTHONPATH=. OUT=benchmarks/gpu bash benchmarks/run_gpu.sh
 set -euo pipefail
 OUT=${OUT:-benchmarks/gpu}
-PY=${PYTHON:-python}
+PY=${PYTHON:-python3}
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/device.csv"
 $PY -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee "$OUT/versions.txt"
