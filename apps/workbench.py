@@ -113,7 +113,7 @@ class Workbench:
     def copy_gbps(self) -> float:
         """The device's copy bandwidth (GB/s, read + write), measured once: the roofline's peak."""
         if self._peak is None:
-            self._peak = copy_gbps(torch.device(self.device), (1 << 30) if self.device.startswith("cuda") else (1 << 26))
+            self._peak = copy_gbps(torch.device(self.device))
         return self._peak
 
     @property
