@@ -108,9 +108,9 @@ class SeqState:
         newest byte (`opens_patch`), for t in [lo, hi). The decoder at t reads the patch before
         t + 1's; deciding it as transformers' uncached generate does for its last position gives
         every position the logits it had when it was the newest."""
-        ent = torch.tensor(self.ent, device=self.dev)
+        h = torch.tensor(self.ent[lo:hi + 1], device=self.dev)  # H_lo .. H_hi (only what is needed)
         t = torch.arange(lo + 1, hi + 1, device=self.dev)
-        return opens_patch(ent[t], ent[t - 1], t, self.cfg.patch).long()
+        return opens_patch(h[1:], h[:-1], t, self.cfg.patch).long()
 
     def _known_starts(self) -> int:
         """Starts at positions < len, plus one at len if it is already decided (forced, or, for
