@@ -49,8 +49,9 @@ def _check(source: str, split: str | None) -> None:
 
 
 def stdlib_dir() -> Path:
-    """The running interpreter's standard library directory."""
-    return Path(sysconfig.get_paths()["stdlib"])
+    """The running interpreter's standard library directory, or `$BLTLAB_STDLIB` if set (a copy
+    of another interpreter's, so that a machine with another Python trains on the same code)."""
+    return Path(os.environ.get("BLTLAB_STDLIB") or sysconfig.get_paths()["stdlib"])
 
 
 def _load_code() -> list[Document]:

@@ -121,3 +121,18 @@ def test_corpus_stats_consistent():
         assert all(r["docs"] > 0 and r["mean_bytes"] == pytest.approx(r["bytes"] / r["docs"]) for r in mine)
     table = format_stats(rows)
     assert len(table.splitlines()) == len(rows) + 2 and "code" in table and "val" in table
+
+
+def test_stdlib_override(monkeypatch, tmp_path):
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "mod.py").write_bytes(b"x = 1\n")
+    (tmp_path / "test").mkdir()
+    (tmp_path / "test" / "skipped.py").write_bytes(b"y = 2\n")
+    monkeypatch.setenv("BLTLAB_STDLIB", str(tmp_path))
+    data._load.cache_clear()
+    try:
+        assert data.stdlib_dir() == tmp_path
+        assert [(d.name, d.text) for d in load_documents("code")] == [("pkg/mod.py", b"x = 1\n")]
+    finally:
+        monkeypatch.delenv("BLTLAB_STDLIB")
+        data._load.cache_clear()
