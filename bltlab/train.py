@@ -234,7 +234,7 @@ def _save(model: BLT, tc: TrainConfig, cfg: BLTConfig, opt, net, metrics: dict, 
     if tc.what == "entropy":
         # calibrate θ on training code so patches average `target_patch` bytes
         ids = validation_windows(load_documents("code", "train")[:200], min(256, cfg.entropy.max_len), 64)
-        ids = ids.to(next(model.parameters()).device)
+        ids = ids.to(next(model.entropy.parameters()).device)  # only the entropy model is on the device
         ent = model.entropy.entropies(ids)
         cfg.patch.threshold = calibrate_threshold(ent, ids, None, tc.target_patch, cfg.patch.rule,
                                                   cfg.patch.max_patch)
