@@ -42,18 +42,26 @@ def supports(model: BLT) -> bool:
     return model.cfg.arch == "bltlab"
 
 
-def _block(layer: Block, x, pos, kc, vc, at, mask, slots=None) -> torch.Tensor:
-    """One layer over one new position per row. x: [B, 1, D], pos/at: [B] (position, cache index),
-    kc/vc: [B, H, S, hd] static caches (written at `at`), mask: [B, 1, 1, S] bool."""
+def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """layers.rope with the angles' cos/sin looked up ([B, 1, 1, hd/2]) instead of recomputed."""
+    x1, x2 = x.float()[..., 0::2], x.float()[..., 1::2]
+    return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2).type_as(x)
+
+
+def _block(layer: Block, x, rot, kc, vc, at, mask, rows, slots=None) -> torch.Tensor:
+    """One layer over one new position per row. x: [B, 1, D], rot: RoPE (cos, sin) at the rows'
+    positions, kc/vc: [B, H, S, hd] static caches written at index `at` [B], mask: [B, 1, 1, S]."""
     B, _, D = x.shape
     if layer.cross is not None:
         x = x + layer.cross(layer.cross_norm(x), slots)
-    q, k, v = layer.attn.qkv(layer.attn_norm(x), pos[:, None])
-    rows = torch.arange(B, device=x.device)
+    a = layer.attn
+    xn = layer.attn_norm(x)
+    split = lambda t: t.view(B, 1, a.heads, D // a.heads).transpose(1, 2)  # [B, H, 1, hd]
+    q, k, v = _rope(split(a.wq(xn)), *rot), _rope(split(a.wk(xn)), *rot), split(a.wv(xn))
     kc[rows, :, at] = k[:, :, 0]
     vc[rows, :, at] = v[:, :, 0]
     o = F.scaled_dot_product_attention(q, kc, vc, attn_mask=mask)
-    x, hn = layer.ffn_norm(x, layer.attn.wo(o.transpose(1, 2).reshape(B, 1, D)))
+    x, hn = layer.ffn_norm(x, a.wo(o.transpose(1, 2).reshape(B, 1, D)))
     return x + layer.ffn(hn)
 
 
@@ -92,7 +100,22 @@ class StaticState:
         self.kpos = torch.arange(T, device=dev)
         self.lmax = self.cfg.patch.max_patch or self.cfg.max_bytes  # longest possible patch
         self.ws = torch.tensor(list(WHITESPACE), device=dev) + OFFSET
+        self.rows = torch.arange(B, device=dev)
         self.graphs: dict[bool, torch.cuda.CUDAGraph] = {}
+        self._rot: dict = {}
+
+    def rot(self, layers, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """RoPE cos/sin of `layers` at positions pos [B] -> 2 x [B, 1, 1, hd/2], from a table
+        computed once exactly as layers.rope computes the angles."""
+        a = layers[0].attn
+        hd = a.wq.out_features // a.heads
+        key = (a.theta, hd)
+        if key not in self._rot:
+            inv = 1.0 / a.theta ** (torch.arange(0, hd, 2, device=self.dev, dtype=torch.float32) / hd)
+            ang = torch.arange(self.T, device=self.dev).float()[:, None] * inv  # [T, hd/2]
+            self._rot[key] = (ang.cos(), ang.sin())
+        cos, sin = self._rot[key]
+        return cos[pos][:, None, None], sin[pos][:, None, None]
 
     # ---- load the prefilled states -----------------------------------------------------------
     @torch.no_grad()
@@ -115,12 +138,12 @@ class StaticState:
             self.t[b], self.ncomp[b] = n, c
             self.cur[b] = int(st.starts.nonzero()[-1, 0])
         self._decide()
-        self.signal.copy_(torch.stack((self.ids[torch.arange(self.B, device=self.dev), self.t], self.opens.long()), 1))
+        self.signal.copy_(torch.stack((self.ids[self.rows, self.t], self.opens.long()), 1))
 
     # ---- the step ------------------------------------------------------------------------------
     def _decide(self) -> None:
         """opens[b]: byte t opens a patch (patch_starts' rule, one position at a time)."""
-        b, t, pc = torch.arange(self.B, device=self.dev), self.t, self.cfg.patch
+        b, t, pc = self.rows, self.t, self.cfg.patch
         if pc.rule == "global":
             nat = self.ent[b, t] > pc.threshold
         elif pc.rule == "relative":
@@ -142,23 +165,25 @@ class StaticState:
 
     def step(self, with_global: bool = True) -> None:
         """Advance every row by one byte (in place; no host synchronisation)."""
-        m, cfg, B = self.m, self.cfg, self.B
-        b, t = torch.arange(B, device=self.dev), self.t
+        m, cfg = self.m, self.cfg
+        b, t = self.rows, self.t
         tok = self.ids[b, t]  # [B]
         self.olog[b, t] = self.opens
         # entropy model: H_{t+1}
         x = m.entropy.emb(tok[:, None])
         mask = self._mask(t, m.entropy.cfg.window)
+        rot = self.rot(m.entropy.layers, t)
         for layer, (kc, vc) in zip(m.entropy.layers, self.ent_kv):
-            x = _block(layer, x, t, kc, vc, t, mask)
+            x = _block(layer, x, rot, kc, vc, t, mask, b)
         self.ent[b, t + 1] = entropy_of_logits(m.entropy.head(m.entropy.norm(x)))[:, 0].float()
         # local encoder: h_t
         ctx = t[:, None] + torch.arange(-HASH_CONTEXT, 1, device=self.dev)  # [B, 9]
         full = torch.where(ctx >= 0, self.ids.gather(1, ctx.clamp(min=0)), PAD)
         x = m.embed(full[:, -1:], full[:, :-1])
         mask = self._mask(t, cfg.local_window)
+        rot = self.rot(m.enc_layers, t)  # the decoder's too (same shapes and base)
         for layer, (kc, vc) in zip(m.enc_layers, self.enc_kv):
-            x = _block(layer, x, t, kc, vc, t, mask)
+            x = _block(layer, x, rot, kc, vc, t, mask, b)
         self.h[b, t] = x[:, 0]
         # global model on the patch that byte t closes (written for every row, kept where it opened)
         if with_global:
@@ -167,8 +192,9 @@ class StaticState:
             bytes_ = self.h[b[:, None], idx.clamp(max=self.T - 1)]  # [B, L, d]
             g = m.pool.from_layout(bytes_[:, None], valid[:, None])  # [B, 1, d_global]
             gmask = self._mask(self.ncomp, 0)
+            grot = self.rot(m.global_layers, self.ncomp)
             for layer, (kc, vc) in zip(m.global_layers, self.glob_kv):
-                g = _block(layer, g, self.ncomp, kc, vc, self.ncomp, gmask)
+                g = _block(layer, g, grot, kc, vc, self.ncomp, gmask, b)
             self.table[b, self.ncomp + 1] = m.slot_rows(m.global_norm(g))[:, 0]
             self.ncomp += self.opens
             self.cur.copy_(torch.where(self.opens, t, self.cur))
@@ -176,7 +202,7 @@ class StaticState:
         slots = self.table[b, self.ncomp][:, None]  # [B, 1, k, d]
         x = self.h[b, t][:, None]
         for layer, (kc, vc) in zip(m.dec_layers, self.dec_kv):
-            x = _block(layer, x, t, kc, vc, t, mask, slots)
+            x = _block(layer, x, rot, kc, vc, t, mask, b, slots)
         self.logits.copy_(m.head(m.dec_norm(x))[:, 0])
         self.ids[b, t + 1] = allowed(self.logits.float()).argmax(-1)
         self.t += 1
