@@ -47,6 +47,12 @@ def patch_layout(h: torch.Tensor, pids: torch.Tensor, n_patches: int):
     return h.gather(1, where.view(B, -1, 1).expand(-1, -1, d)).view(B, n_patches, L, d), valid
 
 
+def layout_max(bytes_: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Max over each patch's gathered bytes ([B, P, L, d], valid [B, P, L]) -> [B, P, d]; empty 0."""
+    pooled = bytes_.masked_fill(~valid[..., None], float("-inf")).amax(2)
+    return pooled.masked_fill(~valid[:, :, :1], 0.0)
+
+
 class PatchPooling(nn.Module):
     """Max-pool each patch's byte states into a query, split it into k slots, and let the
     slots cross-attend to the bytes of their own patch only."""
@@ -64,10 +70,17 @@ class PatchPooling(nn.Module):
 
     def forward(self, h: torch.Tensor, pids: torch.Tensor, n_patches: int) -> torch.Tensor:
         """h: [B, T, d]; pids: [B, T] (-1 = ignore) -> [B, P, d_global]."""
-        B, T, d = h.shape
         bytes_, valid = patch_layout(h, pids, n_patches)  # [B, P, L, d], [B, P, L]
-        L = bytes_.shape[2]
         pooled = kernels.patch_max(h, pids, n_patches, (bytes_, valid))  # [B, P, d]; empty patches 0
+        return self.attend(pooled, bytes_, valid)
+
+    def from_layout(self, bytes_: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """forward on an already gathered layout (static shapes, no host synchronisation)."""
+        return self.attend(layout_max(bytes_, valid), bytes_, valid)
+
+    def attend(self, pooled: torch.Tensor, bytes_: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """Slots seeded by `pooled` [B, P, d] attend to their patch's bytes -> [B, P, d_global]."""
+        B, n_patches, L, d = bytes_.shape
         q0 = self.q_proj(pooled).view(B, n_patches, self.k, d)  # [B, P, k, d]
         kv = self.kv_norm(bytes_)
         hd = d // self.heads

@@ -46,6 +46,6 @@ def test_cli_speed(tiny_dir, tmp_path, capsys):
           "--batch", "1", "--json", str(tmp_path / "s.json")])
     res = json.loads((tmp_path / "s.json").read_text())
     assert [r["mode"] for r in res["rows"]] == ["blt"] and "hf" not in res
-    assert "| blt | 1 |" in capsys.readouterr().out
+    assert "| blt | eager | 1 |" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="batch"):
         main(["speed", "--model", str(tiny_dir), "--prompts", str(prompts), "--batch", "0"])

@@ -6,6 +6,10 @@ entropy bound γ), `blt-dv4` / `blt-dv8` / `blt-dv16` (one-step diffusion draft 
 verification), `blt-h` (hybrid: entropy rule with knob η picks autoregressive or diffusion
 steps). `generate_batch` runs `blt` and `blt-d*` on several ragged prompts at once.
 `generate_reference` is the no-cache oracle the tests compare against.
+
+Greedy `blt` has a second engine, static.py: static KV caches and CUDA-graph-captured steps,
+the same bytes as the eager decoder. `engine="auto"` takes it on a GPU (when no streaming
+hooks are given), "eager" and "static" force one.
 """
 from __future__ import annotations
 
@@ -19,6 +23,9 @@ from .diffusion import generate_diffusion
 from .hybrid import generate_hybrid
 from .reference import generate_reference
 from .speculative import generate_speculative
+from .static import generate_static, supports
+
+ENGINES = ("auto", "eager", "static")
 
 MODES = ("blt", "blt-s8", "blt-s16", "blt-d4", "blt-d8", "blt-d16", "blt-dv4", "blt-dv8", "blt-dv16", "blt-h")
 HF_MODES = ("blt", "blt-s8", "blt-s16")  # what needs no extra training: for weights from transformers
@@ -27,12 +34,13 @@ HF_MODES = ("blt", "blt-s8", "blt-s16")  # what needs no extra training: for wei
 def generate(model: BLT, prompt: str | bytes, mode: str = "blt", max_bytes: int = 64,
              stop: str | bytes | None = None, temperature: float = 0.0, top_p: float = 1.0,
              seed: int | None = None, alpha: float | None = None, gamma: float | None = None,
-             eta: float = 1.0, block: int = 8, hooks: Hooks | None = None) -> Generation:
+             eta: float = 1.0, block: int = 8, hooks: Hooks | None = None, engine: str = "auto") -> Generation:
     """Generate up to `max_bytes` bytes after `prompt` with decoding `mode`.
 
     alpha / gamma: unmasking rule of the diffusion modes (blt-d*, blt-h); eta and block: the
     hybrid's switch threshold (nats) and block size. Knobs a mode does not use are ignored.
-    hooks: stream trace events as they happen and/or cancel from outside (see `Hooks`)."""
+    hooks: stream trace events as they happen and/or cancel from outside (see `Hooks`).
+    engine: "eager", "static" (greedy `blt` only) or "auto" (static on a GPU when it applies)."""
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
     if model.cfg.arch == "hf" and mode not in HF_MODES:
@@ -40,7 +48,9 @@ def generate(model: BLT, prompt: str | bytes, mode: str = "blt", max_bytes: int 
                          f"layout support the training-free modes {', '.join(HF_MODES)}")
     sampler = Sampler(temperature, top_p, seed)
     t0 = time.perf_counter()
-    if mode == "blt":
+    if use_static(model, mode, temperature, engine, hooks):
+        g = generate_static(model, prompt, max_bytes, stop)
+    elif mode == "blt":
         g = generate_blt(model, prompt, max_bytes, stop, sampler, hooks)
     elif mode.startswith("blt-s"):
         g = generate_speculative(model, prompt, max_bytes, stop, sampler, int(mode[5:]), "self", mode, hooks)
@@ -54,4 +64,14 @@ def generate(model: BLT, prompt: str | bytes, mode: str = "blt", max_bytes: int 
     return g
 
 
-__all__ = ["HF_MODES", "MODES", "Generation", "Hooks", "Sampler", "generate", "generate_batch", "generate_reference"]
+def use_static(model: BLT, mode: str, temperature: float, engine: str, hooks: Hooks | None = None) -> bool:
+    """Whether a request goes to the static engine; refuses "static" where it does not apply."""
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
+    fits = mode == "blt" and temperature == 0 and supports(model) and hooks is None
+    if engine == "static" and not fits:
+        raise ValueError("engine 'static' runs greedy 'blt' (temperature 0, no hooks) on bltlab-layout models only")
+    return engine == "static" or (engine == "auto" and fits and next(model.parameters()).is_cuda)
+
+
+__all__ = ["ENGINES", "HF_MODES", "MODES", "Generation", "Hooks", "Sampler", "generate", "generate_batch", "generate_reference"]

@@ -16,6 +16,7 @@ from ..tokens import MASK, ids_to_bytes
 from .common import Generation, Sampler, Stopper, check_request, new_counters
 from .diffusion import check_knobs, choose_unmask
 from .state import HASH_CONTEXT, SeqState
+from .static import generate_static_batch
 
 
 def _pad(ts: list[torch.Tensor], S: int) -> torch.Tensor:
@@ -92,15 +93,21 @@ def block_rows(m: BLT, rows: list[SeqState], noisy: list[list[int]]) -> torch.Te
 
 def generate_batch(model: BLT, prompts: list[str | bytes], mode: str = "blt", max_bytes: int = 64,
                    stop: str | bytes | None = None, temperature: float = 0.0, top_p: float = 1.0,
-                   seed: int | None = None, alpha: float | None = None, gamma: float | None = None) -> list[Generation]:
+                   seed: int | None = None, alpha: float | None = None, gamma: float | None = None,
+                   engine: str = "auto") -> list[Generation]:
     """Generate for several prompts at once with `blt` or `blt-d4/8/16`; one Generation per prompt
-    (each carries the batch's shared pass counters)."""
+    (each carries the batch's shared pass counters). `engine` as in `generate`: greedy `blt` on a
+    GPU replays one CUDA graph per byte for all rows (static.py)."""
     if mode not in ("blt", "blt-d4", "blt-d8", "blt-d16"):
         raise ValueError(f"batched generation supports blt and blt-d4/8/16, got {mode!r}")
     if not prompts:
         raise ValueError("no prompts given")
     if model.cfg.arch != "bltlab":
         raise ValueError("batched generation supports bltlab-layout models only; generate one prompt at a time")
+    from . import use_static
+
+    if use_static(model, mode, temperature, engine):
+        return generate_static_batch(model, prompts, max_bytes, stop)
     sampler = Sampler(temperature, top_p, seed)
     if mode != "blt":
         alpha, gamma = check_knobs(alpha, gamma)

@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..model import patch_bounds, patch_layout
+from ..model import layout_max, patch_bounds, patch_layout
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
@@ -22,9 +22,7 @@ INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
 # ---- reference -------------------------------------------------------------------------------
 def patch_max_reference(h, pids, n_patches: int, gathered=None):
     """h: [B, T, d] -> [B, P, d] max over each patch's bytes (0 for empty patches)."""
-    bytes_, valid = gathered if gathered is not None else patch_layout(h, pids, n_patches)
-    pooled = bytes_.masked_fill(~valid[..., None], float("-inf")).amax(2)
-    return pooled.masked_fill(~valid[:, :, :1], 0.0)  # empty (padding) patches
+    return layout_max(*(gathered if gathered is not None else patch_layout(h, pids, n_patches)))
 
 
 # ---- kernels ---------------------------------------------------------------------------------
