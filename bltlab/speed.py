@@ -83,6 +83,27 @@ def add_roofline(row: dict, params: dict, d_local: int, dtype_bytes: int, peak_g
     row["roofline_pct"] = 100 * row["bytes_per_s"] / row["roofline_bytes_per_s"] if per_byte else 0.0
 
 
+def static_steps(model: BLT, batches: list[int], prompt: bytes, steps: int = 64) -> list[dict]:
+    """Steady-state cost of one static-engine step (a CUDA-graph replay on a GPU), with and
+    without the global step, after a prefill: the engine's ceiling without per-request work."""
+    from .decode.static import _prefill, static_state
+    from .tokens import encode
+
+    device = next(model.parameters()).device
+    ids = encode(prompt)[: model.cfg.max_bytes - steps - 1]
+    out = []
+    for B in batches:
+        s = static_state(model, B)
+        for with_global in (True, False):
+            _prefill(s, [ids] * B)
+            s.run(with_global)  # capture outside the timing
+            _prefill(s, [ids] * B)
+            _, dt = _timed(lambda: [s.run(with_global) for _ in range(steps)], device)
+            out.append({"batch": B, "with_global": with_global, "us_per_step": 1e6 * dt / steps,
+                        "bytes_per_s": B * steps / dt})
+    return out
+
+
 # ---- transformers baselines ------------------------------------------------------------------------
 def hf_blt_config(cfg) -> dict:
     """transformers' BltConfig dict with our shapes (a shipped bltlab model has arch "bltlab": its
@@ -154,9 +175,10 @@ def run_speed(model: BLT, prompts: list[bytes], modes: list[str] | None = None, 
         row = time_mode(model, group, mode, max_bytes, b, device, engine)
         add_roofline(row, params, model.cfg.d_local, dtype_bytes, peak)
         rows.append(row)
+    static = static_steps(model, sizes, prompts[0]) if use_static(model, "blt", 0.0, "auto") else []
     res = {"model": model.cfg.name, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
            "torch": torch.__version__, "dtype": str(next(model.parameters()).dtype), "max_bytes": max_bytes,
-           "copy_GBps": peak, "params": params, "rows": rows}
+           "copy_GBps": peak, "params": params, "rows": rows, "static_steps": static}
     if hf:
         res["hf"] = hf_baselines(model.cfg, prompts[0], hf_bytes, device)
         for row in rows:
@@ -178,6 +200,11 @@ def format_table(res: dict) -> str:
         if hf:
             line += f" {r['x_hf_blt']:.1f} | {r['x_hf_llama']:.2f} |"
         lines.append(line)
+    if res.get("static_steps"):
+        lines += ["", "static engine, one step after a prefill (no per-request work):", "",
+                  "| batch | global step | µs per step | bytes/s |", "|---|---|---|---|"]
+        lines += [f"| {r['batch']} | {'yes' if r['with_global'] else 'no'} | {r['us_per_step']:.1f} | "
+                  f"{r['bytes_per_s']:.0f} |" for r in res["static_steps"]]
     if hf:
         h = res["hf"]
         lines += ["", f"transformers {h['transformers']}, {h['hf_bytes']} bytes greedy: BltForCausalLM "

@@ -5,7 +5,7 @@ import pytest
 
 from bltlab.checkpoint import load_model
 from bltlab.cli import main
-from bltlab.speed import format_table, hf_blt_config, run_speed
+from bltlab.speed import format_table, hf_blt_config, run_speed, static_steps
 
 PROMPTS = [b"EN: Save\nFR:", b"def f(x):", b"import os"]
 
@@ -30,6 +30,16 @@ def test_rows_roofline_and_hf_baselines(tiny):
     assert batch2["counters"]["n_dec"] < batch1["counters"]["n_dec"]  # one batched pass serves both rows
     assert res["hf"]["hf_blt"]["use_cache"] is False and res["hf"]["hf_blt"]["params"] > 0
     assert "× HF BLT" in format_table(res)
+
+
+def test_static_steps_rows(tiny):
+    rows = static_steps(tiny, [1, 2], b"abc", steps=3)  # eager steps on a CPU, graph replays on a GPU
+    assert [(r["batch"], r["with_global"]) for r in rows] == [(1, True), (1, False), (2, True), (2, False)]
+    assert all(r["us_per_step"] > 0 and r["bytes_per_s"] == pytest.approx(r["batch"] * 1e6 / r["us_per_step"])
+               for r in rows)
+    table = format_table({"model": "tiny", "device": "cpu", "dtype": "float32", "copy_GBps": 1.0, "rows": [],
+                          "static_steps": rows})
+    assert "| 2 | no |" in table
 
 
 def test_hf_config_has_our_shapes(tiny):

@@ -9,7 +9,7 @@ from bltlab import decode
 from bltlab.config import PatchConfig, get_config
 from bltlab.decode import generate, generate_batch
 from bltlab.decode.state import SeqState
-from bltlab.decode.static import StaticState, static_state
+from bltlab.decode.static import StaticState, _prefill, static_state
 from bltlab.model import BLT
 from bltlab.tokens import OFFSET, encode
 from test_decode import PROMPTS
@@ -76,15 +76,15 @@ def test_logits_entropies_and_patches_step_by_step(model):
     st = SeqState(model)
     st.push(ids)
     s = StaticState(model, 1)
-    s.load([st])
+    _prefill(s, [ids])
     for _ in range(40):
+        assert torch.allclose(s.logits[0], st.last_logits, atol=1e-5, rtol=1e-5)
         tok = int(s.ids[0, len(st)])
         s.run()
         st.push([tok])
-        assert torch.allclose(s.logits[0], st.last_logits, atol=1e-5, rtol=1e-5)
         n = len(st)
         assert torch.allclose(s.ent[0, :n + 1], torch.tensor(st.ent), atol=1e-5)
-        assert s.olog[0, n - 1] == st.starts[n - 1]
+        assert s.olog[0, :n].tolist() == st.starts.tolist()
         assert int(s.ncomp[0]) == st.complete
         assert int(s.cur[0]) == int(st.starts.nonzero()[-1, 0])
 

@@ -17,9 +17,10 @@ Rows that did not open a patch write the global step's cache entry and table row
 next free index, which nothing reads until a real patch overwrites them, so the global step
 needs no branch: at batch B it runs for every row in one graph. At batch 1 it is worth
 skipping, so two graphs exist (with and without it) and the host reads one flag per byte
-(with the new byte, which it needs anyway to stop). Prefill is one exact eager pass
-(`SeqState.push`) whose caches are copied in. Tests check the bytes, the logits and the
-trace against `generate_blt` / `generate_batch`.
+(with the new byte, which it needs anyway to stop). The prompt goes through the same step,
+one byte per replay, with the next id taken from the prompt instead of the prediction, so a
+request costs no eager pass at all. Tests check the bytes, the logits and the trace against
+`generate_blt` / `generate_batch`.
 """
 from __future__ import annotations
 
@@ -33,8 +34,8 @@ from ..layers import Block
 from ..model import BLT
 from ..patching import WHITESPACE
 from ..tokens import OFFSET, PAD, ids_to_bytes
-from .common import Generation, Stopper, allowed, begin, check_request, finish, new_counters
-from .state import HASH_CONTEXT, SeqState
+from .common import Generation, Stopper, allowed, check_request, finish, new_counters
+from .state import HASH_CONTEXT
 
 
 def supports(model: BLT) -> bool:
@@ -83,6 +84,8 @@ class StaticState:
         dev, T = p.device, model.cfg.max_bytes + 1  # ids[t + 1] is written at the last position
         self.dev, self.T = dev, T
         self.ids = torch.full((B, T), PAD, dtype=torch.long, device=dev)
+        self.given = torch.full((B, T), PAD, dtype=torch.long, device=dev)  # the prompts
+        self.plen = torch.ones(B, dtype=torch.long, device=dev)  # prompt lengths (BOS included)
         self.ent = torch.zeros(B, T + 1, device=dev)  # ent[b, t] = H_t, float32 as SeqState.ent
         self.t = torch.zeros(B, dtype=torch.long, device=dev)  # position of the byte the next step takes
         self.cur = torch.zeros(B, dtype=torch.long, device=dev)  # first byte of the open patch
@@ -117,26 +120,19 @@ class StaticState:
         cos, sin = self._rot[key]
         return cos[pos][:, None, None], sin[pos][:, None, None]
 
-    # ---- load the prefilled states -----------------------------------------------------------
+    # ---- a new request --------------------------------------------------------------------------
     @torch.no_grad()
-    def load(self, rows: list[SeqState]) -> None:
-        """Copy B prefilled eager states in; byte t of each row is its greedy next byte."""
-        for kv in (*self.ent_kv, *self.enc_kv, *self.glob_kv, *self.dec_kv):
-            kv[0].zero_(), kv[1].zero_()  # stale entries are masked, but must stay finite
-        for b, st in enumerate(rows):
-            n, c = len(st), st.complete
-            self.ids[b].fill_(PAD)
-            self.ids[b, :n] = torch.tensor(st.ids, device=self.dev)
-            self.ids[b, n] = allowed(st.last_logits.float()).argmax()
-            self.ent[b, :n + 1] = torch.tensor(st.ent[:n + 1], device=self.dev)
-            self.h[b, :n] = st.h[0]
-            self.table[b, :c + 1] = st.table[0]
-            for mine, theirs in ((self.ent_kv, st.ent_cache), (self.enc_kv, st.enc_cache),
-                                 (self.glob_kv, st.glob_cache), (self.dec_kv, st.dec_cache)):
-                for (k, v), (k0, v0) in zip(mine, theirs):
-                    k[b, :, :k0.shape[2]], v[b, :, :v0.shape[2]] = k0[0], v0[0]
-            self.t[b], self.ncomp[b] = n, c
-            self.cur[b] = int(st.starts.nonzero()[-1, 0])
+    def reset(self, prompts: list[list[int]]) -> None:
+        """Start B sequences (prompt ids, BOS first) at position 0. Cache entries from an earlier
+        request stay but lie past t, so they are masked (and finite: buffers start at zero)."""
+        self.given.fill_(PAD)
+        for b, ids in enumerate(prompts):
+            self.given[b, :len(ids)] = torch.tensor(ids, device=self.dev)
+            self.plen[b] = len(ids)
+        self.ids.copy_(self.given)
+        for x in (self.ent, self.t, self.cur, self.ncomp):
+            x.zero_()
+        self.table[:, 0] = self.m.start_slots.to(self.table.dtype)
         self._decide()
         self.signal.copy_(torch.stack((self.ids[self.rows, self.t], self.opens.long()), 1))
 
@@ -196,7 +192,7 @@ class StaticState:
             for layer, (kc, vc) in zip(m.global_layers, self.glob_kv):
                 g = _block(layer, g, grot, kc, vc, self.ncomp, gmask, b)
             self.table[b, self.ncomp + 1] = m.slot_rows(m.global_norm(g))[:, 0]
-            self.ncomp += self.opens
+            self.ncomp += self.opens & (t > 0)  # BOS opens patch 0 but closes none
             self.cur.copy_(torch.where(self.opens, t, self.cur))
         # decoder at t: table row p(t) = ncomp
         slots = self.table[b, self.ncomp][:, None]  # [B, 1, k, d]
@@ -204,7 +200,8 @@ class StaticState:
         for layer, (kc, vc) in zip(m.dec_layers, self.dec_kv):
             x = _block(layer, x, rot, kc, vc, t, mask, b, slots)
         self.logits.copy_(m.head(m.dec_norm(x))[:, 0])
-        self.ids[b, t + 1] = allowed(self.logits.float()).argmax(-1)
+        nxt = allowed(self.logits.float()).argmax(-1)
+        self.ids[b, t + 1] = torch.where(t + 1 < self.plen, self.given[b, t + 1], nxt)  # prompt first
         self.t += 1
         self._decide()
         self.signal.copy_(torch.stack((self.ids[b, self.t], self.opens.long()), 1))
@@ -254,19 +251,33 @@ def _push_stats(cfg, stats: dict, t: int, ncomp: int, opened: bool, n_tables: in
         stats["kv_read"] += 2 * cfg.n_global_layers * ncomp * cfg.d_global
 
 
+def _prefill(s: StaticState, prompts: list[list[int]]) -> None:
+    """Run the prompts through the step (the global step included: patches are not read here)."""
+    s.reset(prompts)
+    for _ in range(max(len(p) for p in prompts)):
+        s.run()
+
+
 @torch.no_grad()
 def generate_static(model: BLT, prompt: str | bytes, max_bytes: int = 64, stop: str | bytes | None = None) -> Generation:
     """Greedy `blt` for one prompt: the same bytes, counters and trace as `generate_blt`."""
-    ids, counters, st, trace, stopper = begin(model, prompt, max_bytes, stop, None)
-    stats, cfg = dict(st.stats), model.cfg
+    ids = check_request(prompt, max_bytes, model.cfg.max_bytes)
+    cfg, n_tables = model.cfg, len(model.embed.tables)
     s = static_state(model, 1)
-    s.load([st])
-    n, ncomp = len(ids), st.complete
+    _prefill(s, [ids])
+    n = len(ids)
+    starts = s.olog[0, :n].tolist()
+    ncomp = sum(starts) - 1
+    # what one eager prefill pass counts (SeqState.push over the prompt)
+    counters = {"n_dec": 1, "n_enc": int(ncomp > 0), "n_ent": 1}
+    stats = {"n_loc": 1, "kv_read": 0, "hash_rows": n * (1 + n_tables)}
+    prefill = {**counters, **stats}
+    stopper = Stopper(max_bytes, stop)
     tok, opens = s.signal[0].tolist()
     events = []  # (position, byte, opened, counters) per pushed byte
     while not stopper.push(tok):
-        s.run(with_global=opens)
-        _push_stats(cfg, stats, n, ncomp, opens, len(model.embed.tables))
+        s.run(with_global=bool(opens))
+        _push_stats(cfg, stats, n, ncomp, opens, n_tables)
         counters["n_ent"] += 1
         counters["n_dec"] += 1
         counters["n_enc"] += opens
@@ -275,6 +286,8 @@ def generate_static(model: BLT, prompt: str | bytes, max_bytes: int = 64, stop: 
         n += 1
         tok, opens = s.signal[0].tolist()
     ent = s.ent[0, :n + 1].tolist()
+    trace = [{"type": "prefill", "bytes": len(ids) - 1, "patch_starts": [i for i, x in enumerate(starts) if x],
+              "entropy": [round(h, 4) for h in ent[:len(ids)]], "counters": prefill}]
     for pos, byte, opened, snap in events:
         trace.append({"type": "byte", "pos": pos, "byte": byte - OFFSET, "entropy": round(ent[pos], 4),
                       "patch_start": opened, "counters": snap})
@@ -287,29 +300,28 @@ def generate_static(model: BLT, prompt: str | bytes, max_bytes: int = 64, stop: 
 @torch.no_grad()
 def generate_static_batch(model: BLT, prompts: list[str | bytes], max_bytes: int = 64,
                           stop: str | bytes | None = None, check_every: int = 8) -> list[Generation]:
-    """Greedy `blt` for several prompts at once, one graph replay per byte for all rows: the
-    same bytes and pass counters as `generate_batch`. The host reads the new bytes every
-    `check_every` steps to stop early; bytes past a row's end are computed and dropped."""
+    """Greedy `blt` for several prompts at once, one graph replay per byte for all rows (in
+    lockstep from BOS, each row leaving its prompt when it ends): the same bytes and pass
+    counters as `generate_batch`. The host reads the new bytes every `check_every` steps to
+    stop early; bytes past a row's end are computed and dropped."""
     if not prompts:
         raise ValueError("no prompts given")
     prompt_ids = [check_request(p, max_bytes, model.cfg.max_bytes) for p in prompts]
-    rows = [SeqState(model) for _ in prompts]
-    for st, ids in zip(rows, prompt_ids):
-        st.push(ids)
     s = static_state(model, len(prompts))
-    s.load(rows)
+    _prefill(s, prompt_ids)
+    n0 = [len(i) for i in prompt_ids]
     stoppers = [Stopper(max_bytes, stop) for _ in prompts]
     fed = [0] * len(prompts)  # bytes of each row given to its stopper
-    steps = 0
+    steps = max(n0)  # replays so far: byte t - 1 of every row is in ids
     while True:
         new = s.ids.tolist()
         for b, stp in enumerate(stoppers):
-            while not stp.reason and fed[b] <= steps:
-                stp.push(new[b][len(prompt_ids[b]) + fed[b]])
+            while not stp.reason and n0[b] + fed[b] <= steps:
+                stp.push(new[b][n0[b] + fed[b]])
                 fed[b] += 1
         if all(stp.reason for stp in stoppers):
             break
-        for _ in range(min(check_every, max_bytes - 1 - steps)):
+        for _ in range(min(check_every, max(n0) + max_bytes - 1 - steps)):  # never past the last byte needed
             s.run()
             steps += 1
     # row b was pushed at steps 0 .. fed[b] - 2 (its last byte ended it); count passes as generate_batch
@@ -320,7 +332,7 @@ def generate_static_batch(model: BLT, prompts: list[str | bytes], max_bytes: int
         pushed = [b for b in range(len(prompts)) if fed[b] - 1 > j]
         counters["n_dec"] += 1
         counters["n_ent"] += 1
-        counters["n_enc"] += any(olog[b][len(prompt_ids[b]) + j] for b in pushed)
+        counters["n_enc"] += any(olog[b][n0[b] + j] for b in pushed)
     return [Generation("blt", ids_to_bytes(ids), bytes(stp.out), stp.reason,
                        {**counters, "batch": len(prompts), "bytes": len(stp.out)}, [])
             for ids, stp in zip(prompt_ids, stoppers)]
