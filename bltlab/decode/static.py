@@ -49,16 +49,23 @@ def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor
     return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2).type_as(x)
 
 
-def _block(layer: Block, x, rot, kc, vc, at, mask, rows, slots=None) -> torch.Tensor:
-    """One layer over one new position per row. x: [B, 1, D], rot: RoPE (cos, sin) at the rows'
-    positions, kc/vc: [B, H, S, hd] static caches written at index `at` [B], mask: [B, 1, 1, S]."""
+def _fused_qkv(layer: Block) -> torch.Tensor:
+    """[3D, D]: the query, key and value projections as one matrix (one GEMV instead of three)."""
+    a = layer.attn
+    return torch.cat((a.wq.weight, a.wk.weight, a.wv.weight)).detach()
+
+
+def _block(layer: Block, wqkv, x, rot, kc, vc, at, mask, rows, slots=None) -> torch.Tensor:
+    """One layer over one new position per row. x: [B, 1, D], wqkv: `_fused_qkv(layer)`, rot: RoPE
+    (cos, sin) at the rows' positions, kc/vc: [B, H, S, hd] static caches written at index `at`
+    [B], mask: [B, 1, 1, S]."""
     B, _, D = x.shape
     if layer.cross is not None:
         x = x + layer.cross(layer.cross_norm(x), slots)
     a = layer.attn
-    xn = layer.attn_norm(x)
-    split = lambda t: t.view(B, 1, a.heads, D // a.heads).transpose(1, 2)  # [B, H, 1, hd]
-    q, k, v = _rope(split(a.wq(xn)), *rot), _rope(split(a.wk(xn)), *rot), split(a.wv(xn))
+    qkv = F.linear(layer.attn_norm(x), wqkv).view(B, 3, a.heads, 1, D // a.heads).transpose(0, 1)
+    qk = _rope(qkv[:2], *rot)  # [2, B, H, 1, hd]: queries and keys in one pass
+    q, k, v = qk[0], qk[1], qkv[2]
     kc[rows, :, at] = k[:, :, 0]
     vc[rows, :, at] = v[:, :, 0]
     o = F.scaled_dot_product_attention(q, kc, vc, attn_mask=mask)
@@ -106,6 +113,8 @@ class StaticState:
         self.rows = torch.arange(B, device=dev)
         self.graphs: dict[bool, torch.cuda.CUDAGraph] = {}
         self._rot: dict = {}
+        blocks = [*model.entropy.layers, *model.enc_layers, *model.global_layers, *model.dec_layers]
+        self.wqkv = {id(layer): _fused_qkv(layer) for layer in blocks}
 
     def rot(self, layers, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """RoPE cos/sin of `layers` at positions pos [B] -> 2 x [B, 1, 1, hd/2], from a table
@@ -133,6 +142,8 @@ class StaticState:
         for x in (self.ent, self.t, self.cur, self.ncomp):
             x.zero_()
         self.table[:, 0] = self.m.start_slots.to(self.table.dtype)
+        for layer in (*self.m.entropy.layers, *self.m.enc_layers, *self.m.global_layers, *self.m.dec_layers):
+            self.wqkv[id(layer)].copy_(_fused_qkv(layer))  # the weights may have changed since
         self._decide()
         self.signal.copy_(torch.stack((self.ids[self.rows, self.t], self.opens.long()), 1))
 
@@ -170,7 +181,7 @@ class StaticState:
         mask = self._mask(t, m.entropy.cfg.window)
         rot = self.rot(m.entropy.layers, t)
         for layer, (kc, vc) in zip(m.entropy.layers, self.ent_kv):
-            x = _block(layer, x, rot, kc, vc, t, mask, b)
+            x = _block(layer, self.wqkv[id(layer)], x, rot, kc, vc, t, mask, b)
         self.ent[b, t + 1] = entropy_of_logits(m.entropy.head(m.entropy.norm(x)))[:, 0].float()
         # local encoder: h_t
         ctx = t[:, None] + torch.arange(-HASH_CONTEXT, 1, device=self.dev)  # [B, 9]
@@ -179,7 +190,7 @@ class StaticState:
         mask = self._mask(t, cfg.local_window)
         rot = self.rot(m.enc_layers, t)  # the decoder's too (same shapes and base)
         for layer, (kc, vc) in zip(m.enc_layers, self.enc_kv):
-            x = _block(layer, x, rot, kc, vc, t, mask, b)
+            x = _block(layer, self.wqkv[id(layer)], x, rot, kc, vc, t, mask, b)
         self.h[b, t] = x[:, 0]
         # global model on the patch that byte t closes (written for every row, kept where it opened)
         if with_global:
@@ -190,7 +201,7 @@ class StaticState:
             gmask = self._mask(self.ncomp, 0)
             grot = self.rot(m.global_layers, self.ncomp)
             for layer, (kc, vc) in zip(m.global_layers, self.glob_kv):
-                g = _block(layer, g, grot, kc, vc, self.ncomp, gmask, b)
+                g = _block(layer, self.wqkv[id(layer)], g, grot, kc, vc, self.ncomp, gmask, b)
             self.table[b, self.ncomp + 1] = m.slot_rows(m.global_norm(g))[:, 0]
             self.ncomp += self.opens & (t > 0)  # BOS opens patch 0 but closes none
             self.cur.copy_(torch.where(self.opens, t, self.cur))
@@ -198,7 +209,7 @@ class StaticState:
         slots = self.table[b, self.ncomp][:, None]  # [B, 1, k, d]
         x = self.h[b, t][:, None]
         for layer, (kc, vc) in zip(m.dec_layers, self.dec_kv):
-            x = _block(layer, x, rot, kc, vc, t, mask, b, slots)
+            x = _block(layer, self.wqkv[id(layer)], x, rot, kc, vc, t, mask, b, slots)
         self.logits.copy_(m.head(m.dec_norm(x))[:, 0])
         nxt = allowed(self.logits.float()).argmax(-1)
         self.ids[b, t + 1] = torch.where(t + 1 < self.plen, self.given[b, t + 1], nxt)  # prompt first
@@ -252,10 +263,13 @@ def _push_stats(cfg, stats: dict, t: int, ncomp: int, opened: bool, n_tables: in
 
 
 def _prefill(s: StaticState, prompts: list[list[int]]) -> None:
-    """Run the prompts through the step (the global step included: patches are not read here)."""
+    """Run the prompts through the step; at batch 1 the global step only where a patch opens."""
     s.reset(prompts)
+    opens = True
     for _ in range(max(len(p) for p in prompts)):
-        s.run()
+        s.run(with_global=opens)
+        if s.B == 1:
+            opens = bool(s.signal[0, 1])
 
 
 @torch.no_grad()
