@@ -83,7 +83,7 @@ def cmd_generate(args) -> None:
     try:
         g = generate(model, prompt, args.mode, max_bytes=args.max_bytes, stop=args.stop,
                      temperature=args.temperature, top_p=args.top_p, seed=args.seed, alpha=args.alpha,
-                     gamma=args.gamma, eta=args.eta, block=args.block)
+                     gamma=args.gamma, eta=args.eta, block=args.block, engine=args.engine)
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
     if args.json:
@@ -241,6 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="blt-d*/blt-h: entropy-bounded unmasking with budget γ nats instead of α (0: one per pass)")
     s.add_argument("--eta", type=float, default=1.0, help="blt-h: diffuse when the next-byte entropy <= η nats")
     s.add_argument("--block", type=int, default=8, choices=[4, 8, 16], help="blt-h: diffusion block size")
+    s.add_argument("--engine", default="auto", choices=["auto", "eager", "static"],
+                   help="greedy blt: 'static' = static KV caches + CUDA graphs on a GPU (the default there), "
+                        "'eager' = the reference decoder (default: auto)")
     s.add_argument("--json", action="store_true", help="print the whole Generation (counters, trace) as JSON")
     model_args(s)
     s.set_defaults(fn=cmd_generate)
