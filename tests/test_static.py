@@ -100,6 +100,10 @@ def test_batch_equals_eager_batch(model):
 
 def test_state_is_reused_and_reloaded(model):
     assert static_state(model, 2) is static_state(model, 2)
+    m = tiny().double()
+    assert static_state(m, 1).h.dtype == torch.float64
+    m.float()  # moved or cast: a new state with buffers to match
+    assert static_state(m, 1).h.dtype == torch.float32
     first = generate(model, "abc", "blt", max_bytes=30, engine="static")
     generate(model, "something else entirely", "blt", max_bytes=50, engine="static")
     assert generate(model, "abc", "blt", max_bytes=30, engine="static").output == first.output

@@ -240,15 +240,17 @@ class StaticState:
         g.replay()
 
 
-_STATES: "weakref.WeakKeyDictionary[BLT, dict[int, StaticState]]" = weakref.WeakKeyDictionary()
+_STATES: "weakref.WeakKeyDictionary[BLT, dict]" = weakref.WeakKeyDictionary()
 
 
 def static_state(model: BLT, B: int) -> StaticState:
-    """The model's StaticState for batch B, built once (its graphs are captured once too)."""
-    per = _STATES.setdefault(model, {})
-    if B not in per:
-        per[B] = StaticState(model, B)
-    return per[B]
+    """The model's StaticState for batch B on its current device and dtype, built once (its
+    graphs are captured once too)."""
+    p = next(model.parameters())
+    per, key = _STATES.setdefault(model, {}), (B, p.device, p.dtype)
+    if key not in per:
+        per[key] = StaticState(model, B)
+    return per[key]
 
 
 def _push_stats(cfg, stats: dict, t: int, ncomp: int, opened: bool, n_tables: int) -> None:
