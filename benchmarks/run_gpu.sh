@@ -14,7 +14,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT
 $PY -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee "$OUT/versions.txt"
 if [ "${KERNELS:-1}" = 1 ]; then
     $PY -m pytest -q -p no:cacheprovider tests/test_kernels.py 2>&1 | tail -5 | tee "$OUT/kernel_tests.txt"
-    $PY -m bltlab bench-kernels --json "$OUT/kernels.json" | tee "$OUT/kernels.md"
+    $PY -m bltlab bench-kernels --train-steps 10 --json "$OUT/kernels.json" | tee "$OUT/kernels.md"
 fi
 $PY -m pytest -q -p no:cacheprovider tests/test_static.py 2>&1 | tail -5 | tee "$OUT/static_tests.txt"
 $PY -m bltlab speed --device cuda --batch 16 --hf ${MODEL:+--model "$MODEL"} --json "$OUT/speed.json" 2>&1 | grep -v "%|" | tee "$OUT/speed.md"

@@ -109,6 +109,19 @@ def diffusion_loss(logits: torch.Tensor, clean: torch.Tensor, masked: torch.Tens
     return (ce * w).sum() / denom
 
 
+def blt_loss(net, model: BLT, ids: torch.Tensor, objective: str, block_size: int, gen: torch.Generator):
+    """One batch's BLT training loss: next-byte CE ("ar"), plus the masked-block diffusion loss on
+    blocks of `block_size` ("hybrid"). `net` is the model or its DDP wrapper. Returns (loss, parts)."""
+    starts = model.patch(ids)
+    if objective == "ar":
+        loss = next_byte_loss(net(ids, starts), ids)
+        return loss, {"ce": loss.detach()}
+    bst, noisy, clean, masked, t = sample_blocks(ids, starts, block_size, max(1, ids.shape[1] // (2 * block_size)), gen)
+    lc, ln = net(ids, starts, bst, noisy)
+    ce, dl = next_byte_loss(lc, ids), diffusion_loss(ln, clean, masked, t, bst >= 0)
+    return ce + dl, {"ce": ce.detach(), "diff": dl.detach()}
+
+
 @torch.no_grad()
 def evaluate_bpb(model, windows: torch.Tensor, batch_size: int = 8, entropy_only: bool = False) -> float:
     """Bits per byte of next-byte prediction over [N, T] windows (byte targets only)."""
@@ -197,20 +210,11 @@ def train(tc: TrainConfig) -> dict:
         with amp:
             if tc.what == "entropy":
                 loss = next_byte_loss(ddp(ids), ids)
-                parts = {"ce": float(loss.detach())}
+                parts = {"ce": loss.detach()}
             else:
-                starts = model.patch(ids)
-                if tc.objective == "ar":
-                    loss = next_byte_loss(ddp(ids, starts), ids)
-                    parts = {"ce": float(loss.detach())}
-                else:
-                    bs = tc.block_sizes[int(torch.randint(len(tc.block_sizes), (1,), generator=gen, device=device))]
-                    bst, noisy, clean, masked, t = sample_blocks(ids, starts, bs, max(1, seq_len // (2 * bs)), gen)
-                    lc, ln = ddp(ids, starts, bst, noisy)
-                    ce = next_byte_loss(lc, ids)
-                    dl = diffusion_loss(ln, clean, masked, t, bst >= 0)
-                    loss = ce + dl
-                    parts = {"ce": float(ce.detach()), "diff": float(dl.detach())}
+                bs = tc.block_sizes[int(torch.randint(len(tc.block_sizes), (1,), generator=gen, device=device))]
+                loss, parts = blt_loss(ddp, model, ids, tc.objective, bs, gen)
+            parts = {k: float(v) for k, v in parts.items()}
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)

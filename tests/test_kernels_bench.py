@@ -39,11 +39,34 @@ def test_bench_kernels_cli_writes_wellformed_json(tmp_path):
     assert "copy bandwidth" in r.stdout and "hash_embed" in r.stdout  # the table
 
 
+@needs_kernels
+def test_training_step_timed_on_both_backends():
+    from bltlab.config import get_config
+    from bltlab.kernels.bench import format_table, train_steps
+    from bltlab.model import BLT
+    from bltlab.tokens import BOS, OFFSET
+
+    torch.manual_seed(0)
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    model = BLT(get_config("tiny")).to(dev)
+    ids = torch.randint(OFFSET, 260, (2, 20), device=dev)
+    ids[:, 0] = BOS
+    before = model.enc_layers[0].ffn.w1.weight.clone()
+    rows = train_steps(model, ids, steps=1, block_size=4)
+    assert [r["backend"] for r in rows] == ["reference", "triton"] and all(r["ms"] > 0 for r in rows)
+    assert rows[1]["speedup"] == pytest.approx(rows[0]["ms"] / rows[1]["ms"], rel=1e-3)
+    assert not torch.equal(before, model.enc_layers[0].ffn.w1.weight)  # real optimizer steps ran
+    assert not model.entropy.head.weight.requires_grad  # frozen, as in training
+    res = {"device": "x", "torch": "t", "triton": "t", "dtype": "fp32", "copy_GBps": 1.0, "rows": [],
+           "train": {"shape": "tiny", "steps": 1, "rows": rows}}
+    assert "training step (tiny)" in format_table(res)
+
+
 def test_bench_kernels_help_explains_every_flag():
     r = subprocess.run([sys.executable, "-m", "bltlab", "bench-kernels", "--help"], capture_output=True, text=True,
                        timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
-    for flag in ("--device", "--shapes", "--tiny", "--dtype", "--repeats", "--kernels", "--json"):
+    for flag in ("--device", "--shapes", "--tiny", "--dtype", "--repeats", "--kernels", "--train-steps", "--json"):
         assert flag in r.stdout
 
 

@@ -47,6 +47,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeats", type=int, default=20, help="timed runs per measurement, median kept (default: 20)")
     p.add_argument("--kernels", default="all", help="comma-separated subset of: " + ", ".join(KERNELS)
                    + " (default: all)")
+    p.add_argument("--train-steps", type=int, default=0, help="also time this many hybrid training steps of the "
+                   "shipped model (forward, backward, AdamW; batch 64 x 512 bytes, bf16 autocast on a GPU) with "
+                   "the kernels and with the references (default: 0 = skip)")
     p.add_argument("--json", default=None, help="also write the results as JSON to this file")
 
 
@@ -205,6 +208,30 @@ def run(device: str = "auto", shapes: tuple = ("small", "large"), dtype: str = "
             "copy_bytes": copy_bytes, "shapes": {k: SHAPES[k] for k in shapes}, "rows": rows}
 
 
+def train_steps(model, ids: torch.Tensor, steps: int, block_size: int = 8) -> list[dict]:
+    """Median ms of one hybrid training step (the loss of bltlab.train, backward, AdamW) on `ids`
+    with each kernel backend, same model and inputs; the entropy model stays frozen, as in training."""
+    from . import backend
+    from ..train import blt_loss
+
+    device = ids.device.type
+    model.train().entropy.requires_grad_(False)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+    amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device == "cuda")
+    rows = []
+    for name in ("reference", "triton"):
+        def step():
+            with amp:
+                loss, _ = blt_loss(model, model, ids, "hybrid", block_size, torch.Generator(device).manual_seed(0))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        with backend(name):
+            rows.append({"backend": name, "ms": round(timeit(step, device, steps), 3)})
+    rows[1]["speedup"] = float(f"{rows[0]['ms'] / rows[1]['ms']:.4g}")
+    return rows
+
+
 def format_table(res: dict) -> str:
     head = f"{'kernel':<11} {'shapes':<6} {'pass':<8} {'triton ms':>10} {'torch ms':>10} {'speedup':>8} " \
            f"{'GB/s':>8} {'% copy':>7}"
@@ -215,6 +242,10 @@ def format_table(res: dict) -> str:
         sp = f"{r['speedup']:>7.2f}x" if r["speedup"] is not None else f"{'':>8}"
         lines.append(f"{r['kernel']:<11} {r['shapes']:<6} {r['pass']:<8} {r['triton_ms']:>10.3f} "
                      f"{r['reference_ms']:>10.3f} {sp} {gbs}")
+    if res.get("train"):
+        t = res["train"]
+        lines += ["", f"training step ({t['shape']}): reference {t['rows'][0]['ms']:.1f} ms, "
+                  f"triton {t['rows'][1]['ms']:.1f} ms, speed-up {t['rows'][1]['speedup']:.2f}x"]
     return "\n".join(lines)
 
 
@@ -223,6 +254,17 @@ def main_args(args, progress=None) -> dict:
     shapes = ("tiny",) if args.tiny else tuple(s.strip() for s in args.shapes.split(",") if s.strip())
     names = tuple(KERNELS) if args.kernels == "all" else tuple(k.strip() for k in args.kernels.split(",") if k.strip())
     res = run(args.device, shapes, args.dtype, 1 if args.tiny else args.repeats, names, progress)
+    if args.train_steps > 0:
+        from ..checkpoint import load_model
+        from ..data import load_documents, validation_windows
+
+        device = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device
+        device = "cpu" if device == "auto" else device
+        model = load_model(device=device)[0]
+        B, T = (2, 24) if args.tiny else (64, 512)
+        ids = validation_windows(load_documents("code", "val"), T, B)  # real text: real patches
+        res["train"] = {"shape": f"shipped model, batch {B} x {T}", "steps": args.train_steps,
+                        "rows": train_steps(model, ids.to(device), args.train_steps)}
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
