@@ -89,6 +89,26 @@ def test_logits_entropies_and_patches_step_by_step(model):
         assert int(s.cur[0]) == int(st.starts.nonzero()[-1, 0])
 
 
+@pytest.mark.parametrize("patch", [PatchConfig(threshold=0.0, max_patch=3), PatchConfig(rule="space", max_patch=0),
+                                   PatchConfig(rule="relative", threshold=0.05, max_patch=4)])
+def test_one_pass_equals_pieces(patch):
+    m = tiny(patch)
+    texts = ["def add(a, b):\n    return a + b  # the sum of a and b\n", "EN: Save the file as\nFR: Enregistrer le"]
+    prompts = [encode(x)[:40] for x in texts]  # two rows, one length: one lockstep pass
+    whole, parts = StaticState(m, 2), StaticState(m, 2)
+    whole.reset(prompts), parts.reset(prompts)
+    whole.advance(40)
+    for L in (1, 5, 2, 9, 1, 22):  # 40 in pieces, patches closing inside and across them
+        parts.advance(L)
+    assert int(whole.ncomp.min()) >= 8  # many patches closed within one pass
+    for name in ("ent", "olog", "ncomp", "cur", "ids", "logits", "h"):
+        a, b = getattr(whole, name), getattr(parts, name)
+        assert torch.allclose(a.float(), b.float(), atol=1e-5), name
+    for r in range(2):
+        n = int(whole.ncomp[r]) + 1
+        assert torch.allclose(whole.table[r, :n], parts.table[r, :n], atol=1e-5)
+
+
 def test_batch_equals_eager_batch(model):
     prompts = PROMPTS[:9]
     for kw in ({"max_bytes": 20}, {"max_bytes": 33, "stop": "e"}, {"max_bytes": 1}):

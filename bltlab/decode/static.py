@@ -17,10 +17,11 @@ Rows that did not open a patch write the global step's cache entry and table row
 next free index, which nothing reads until a real patch overwrites them, so the global step
 needs no branch: at batch B it runs for every row in one graph. At batch 1 it is worth
 skipping, so two graphs exist (with and without it) and the host reads one flag per byte
-(with the new byte, which it needs anyway to stop). The prompt goes through the same step,
-one byte per replay, with the next id taken from the prompt instead of the prediction, so a
-request costs no eager pass at all. Tests check the bytes, the logits and the trace against
-`generate_blt` / `generate_batch`.
+(with the new byte, which it needs anyway to stop). The same code takes L bytes in one pass
+(`advance(L)`: patches that close inside the pass are compacted into one global pass over L
+slots), which is how a prompt is read: one eager pass, its next byte taken from the prompt
+instead of the prediction. Tests check the bytes, the logits and the trace against
+`generate_blt` / `generate_batch`, and one pass against the same bytes in pieces.
 """
 from __future__ import annotations
 
@@ -44,7 +45,7 @@ def supports(model: BLT) -> bool:
 
 
 def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """layers.rope with the angles' cos/sin looked up ([B, 1, 1, hd/2]) instead of recomputed."""
+    """layers.rope with the angles' cos/sin looked up ([B, 1, L, hd/2]) instead of recomputed."""
     x1, x2 = x.float()[..., 0::2], x.float()[..., 1::2]
     return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2).type_as(x)
 
@@ -56,20 +57,20 @@ def _fused_qkv(layer: Block) -> torch.Tensor:
 
 
 def _block(layer: Block, wqkv, x, rot, kc, vc, at, mask, rows, slots=None) -> torch.Tensor:
-    """One layer over one new position per row. x: [B, 1, D], wqkv: `_fused_qkv(layer)`, rot: RoPE
-    (cos, sin) at the rows' positions, kc/vc: [B, H, S, hd] static caches written at index `at`
-    [B], mask: [B, 1, 1, S]."""
-    B, _, D = x.shape
+    """One layer over L new positions per row. x: [B, L, D], wqkv: `_fused_qkv(layer)`, rot: RoPE
+    (cos, sin) at the positions, kc/vc: [B, H, S, hd] static caches written at indices `at`
+    [B, L], mask: [B, 1, L, S], slots: [B, L, k, D] for a cross-attending layer."""
+    B, L, D = x.shape
     if layer.cross is not None:
         x = x + layer.cross(layer.cross_norm(x), slots)
     a = layer.attn
-    qkv = F.linear(layer.attn_norm(x), wqkv).view(B, 3, a.heads, 1, D // a.heads).transpose(0, 1)
-    qk = _rope(qkv[:2], *rot)  # [2, B, H, 1, hd]: queries and keys in one pass
+    qkv = F.linear(layer.attn_norm(x), wqkv).view(B, L, 3, a.heads, D // a.heads).permute(2, 0, 3, 1, 4)
+    qk = _rope(qkv[:2], *rot)  # [2, B, H, L, hd]: queries and keys in one pass
     q, k, v = qk[0], qk[1], qkv[2]
-    kc[rows, :, at] = k[:, :, 0]
-    vc[rows, :, at] = v[:, :, 0]
+    kc[rows[:, None], :, at] = k.transpose(1, 2)
+    vc[rows[:, None], :, at] = v.transpose(1, 2)
     o = F.scaled_dot_product_attention(q, kc, vc, attn_mask=mask)
-    x, hn = layer.ffn_norm(x, a.wo(o.transpose(1, 2).reshape(B, 1, D)))
+    x, hn = layer.ffn_norm(x, a.wo(o.transpose(1, 2).reshape(B, L, D)))
     return x + layer.ffn(hn)
 
 
@@ -117,7 +118,7 @@ class StaticState:
         self.wqkv = {id(layer): _fused_qkv(layer) for layer in blocks}
 
     def rot(self, layers, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """RoPE cos/sin of `layers` at positions pos [B] -> 2 x [B, 1, 1, hd/2], from a table
+        """RoPE cos/sin of `layers` at positions pos [B, L] -> 2 x [B, 1, L, hd/2], from a table
         computed once exactly as layers.rope computes the angles."""
         a = layers[0].attn
         hd = a.wq.out_features // a.heads
@@ -127,7 +128,7 @@ class StaticState:
             ang = torch.arange(self.T, device=self.dev).float()[:, None] * inv  # [T, hd/2]
             self._rot[key] = (ang.cos(), ang.sin())
         cos, sin = self._rot[key]
-        return cos[pos][:, None, None], sin[pos][:, None, None]
+        return cos[pos][:, None], sin[pos][:, None]
 
     # ---- a new request --------------------------------------------------------------------------
     @torch.no_grad()
@@ -144,85 +145,95 @@ class StaticState:
         self.table[:, 0] = self.m.start_slots.to(self.table.dtype)
         for layer in (*self.m.entropy.layers, *self.m.enc_layers, *self.m.global_layers, *self.m.dec_layers):
             self.wqkv[id(layer)].copy_(_fused_qkv(layer))  # the weights may have changed since
-        self._decide()
-        self.signal.copy_(torch.stack((self.ids[self.rows, self.t], self.opens.long()), 1))
+        self._signal()
 
     # ---- the step ------------------------------------------------------------------------------
-    def _decide(self) -> None:
-        """opens[b]: byte t opens a patch (patch_starts' rule, one position at a time)."""
-        b, t, pc = self.rows, self.t, self.cfg.patch
+    def _opens(self, pos: torch.Tensor) -> torch.Tensor:
+        """[B, L] bool: byte u (pos [B, L], consecutive from t) opens a patch: patch_starts' rule
+        and its closed form for the max length, counted from the open patch's start `cur`."""
+        b, pc = self.rows[:, None], self.cfg.patch
+        prev = (pos - 1).clamp(min=0)
         if pc.rule == "global":
-            nat = self.ent[b, t] > pc.threshold
+            nat = self.ent[b, pos] > pc.threshold
         elif pc.rule == "relative":
-            nat = (self.ent[b, t] - self.ent[b, t - 1]) > pc.threshold
+            nat = (self.ent[b, pos] - self.ent[b, prev]) > pc.threshold
         elif pc.rule == "fixed":
-            nat = (t - 1) % pc.stride == 0
+            nat = (pos - 1) % pc.stride == 0
         else:
-            nat = torch.isin(self.ids[b, t - 1], self.ws) & ~torch.isin(self.ids[b, t], self.ws)
-        nat = nat | (t <= 1)
-        if pc.max_patch > 0:  # patch_starts' closed form, counted from the open patch's start
-            nat = nat | (t - self.cur >= pc.max_patch)
-        self.opens.copy_(nat)
+            nat = torch.isin(self.ids[b, prev], self.ws) & ~torch.isin(self.ids[b, pos], self.ws)
+        nat = nat | (pos <= 1)
+        if pc.max_patch > 0:  # forced starts lie every max_patch bytes after the last natural one
+            last = torch.where(nat, pos, self.cur[:, None]).cummax(1).values
+            nat = nat | ((pos > last) & ((pos - last) % pc.max_patch == 0))
+        return nat
 
-    def _mask(self, limit: torch.Tensor, window: int) -> torch.Tensor:
-        m = self.kpos[None] <= limit[:, None]
-        if window > 0:
-            m = m & (limit[:, None] - self.kpos[None] < window)
-        return m[:, None, None]  # [B, 1, 1, S]
+    def _mask(self, qpos: torch.Tensor, window: int) -> torch.Tensor:
+        """[B, 1, L, S]: key position <= query position (and within `window` if > 0)."""
+        d = qpos[:, None, :, None] - self.kpos
+        return (d >= 0) & (d < window) if window > 0 else d >= 0
 
-    def step(self, with_global: bool = True) -> None:
-        """Advance every row by one byte (in place; no host synchronisation)."""
-        m, cfg = self.m, self.cfg
-        b, t = self.rows, self.t
-        tok = self.ids[b, t]  # [B]
-        self.olog[b, t] = self.opens
-        # entropy model: H_{t+1}
-        x = m.entropy.emb(tok[:, None])
-        mask = self._mask(t, m.entropy.cfg.window)
-        rot = self.rot(m.entropy.layers, t)
+    def advance(self, L: int = 1, with_global: bool = True) -> None:
+        """Take bytes t .. t + L - 1 of every row (already in `ids`) in one pass, in place and
+        without host synchronisation; then ids[t + L] is the prompt's next byte or the greedy one.
+        with_global=False skips the global step (only right when no byte of the pass opens a patch)."""
+        m, cfg, b, t = self.m, self.cfg, self.rows, self.t
+        pos = t[:, None] + self.kpos[:L]  # [B, L]
+        # entropy model: H_{u + 1} for every u, which the patch decisions after byte t need
+        x = m.entropy.emb(self.ids.gather(1, pos))
+        mask, rot = self._mask(pos, m.entropy.cfg.window), self.rot(m.entropy.layers, pos)
         for layer, (kc, vc) in zip(m.entropy.layers, self.ent_kv):
-            x = _block(layer, self.wqkv[id(layer)], x, rot, kc, vc, t, mask, b)
-        self.ent[b, t + 1] = entropy_of_logits(m.entropy.head(m.entropy.norm(x)))[:, 0].float()
-        # local encoder: h_t
-        ctx = t[:, None] + torch.arange(-HASH_CONTEXT, 1, device=self.dev)  # [B, 9]
+            x = _block(layer, self.wqkv[id(layer)], x, rot, kc, vc, pos, mask, b)
+        self.ent.scatter_(1, pos + 1, entropy_of_logits(m.entropy.head(m.entropy.norm(x))).float())
+        opens = self._opens(pos)
+        self.olog.scatter_(1, pos, opens)
+        # local encoder (hash n-grams reach HASH_CONTEXT ids back)
+        ctx = t[:, None] + torch.arange(-HASH_CONTEXT, L, device=self.dev)
         full = torch.where(ctx >= 0, self.ids.gather(1, ctx.clamp(min=0)), PAD)
-        x = m.embed(full[:, -1:], full[:, :-1])
-        mask = self._mask(t, cfg.local_window)
-        rot = self.rot(m.enc_layers, t)  # the decoder's too (same shapes and base)
+        x = m.embed(full[:, HASH_CONTEXT:], full[:, :HASH_CONTEXT])
+        mask, rot = self._mask(pos, cfg.local_window), self.rot(m.enc_layers, pos)  # the decoder's too
         for layer, (kc, vc) in zip(m.enc_layers, self.enc_kv):
-            x = _block(layer, self.wqkv[id(layer)], x, rot, kc, vc, t, mask, b)
-        self.h[b, t] = x[:, 0]
-        # global model on the patch that byte t closes (written for every row, kept where it opened)
+            x = _block(layer, self.wqkv[id(layer)], x, rot, kc, vc, pos, mask, b)
+        self.h[b[:, None], pos] = x
+        rows = self.ncomp[:, None].expand(-1, L)  # table row each byte's decoder reads: p(u)
         if with_global:
-            idx = self.cur[:, None] + torch.arange(self.lmax, device=self.dev)  # [B, L]
-            valid = idx < t[:, None]
-            bytes_ = self.h[b[:, None], idx.clamp(max=self.T - 1)]  # [B, L, d]
-            g = m.pool.from_layout(bytes_[:, None], valid[:, None])  # [B, 1, d_global]
-            gmask = self._mask(self.ncomp, 0)
-            grot = self.rot(m.global_layers, self.ncomp)
+            # byte u > 0 that opens a patch closes [last start before u, u); closed patches first
+            incl = torch.where(opens, pos, self.cur[:, None]).cummax(1).values  # last start <= u
+            first = torch.cat((self.cur[:, None], incl[:, :-1]), 1)  # last start < u
+            closes = opens & (pos > 0)
+            order = torch.argsort((~closes).to(torch.uint8), dim=1, stable=True)
+            end, start = pos.gather(1, order), first.gather(1, order)  # patch j = [start, end) if j < closed
+            idx = start[..., None] + self.kpos[:self.lmax]  # [B, L, lmax]
+            g = m.pool.from_layout(self.h[b[:, None, None], idx.clamp(max=self.T - 1)], idx < end[..., None])
+            gpos = self.ncomp[:, None] + self.kpos[:L]  # the closed ones' patch indices (the rest: unread)
+            gmask, grot = self._mask(gpos, 0), self.rot(m.global_layers, gpos)
             for layer, (kc, vc) in zip(m.global_layers, self.glob_kv):
-                g = _block(layer, self.wqkv[id(layer)], g, grot, kc, vc, self.ncomp, gmask, b)
-            self.table[b, self.ncomp + 1] = m.slot_rows(m.global_norm(g))[:, 0]
-            self.ncomp += self.opens & (t > 0)  # BOS opens patch 0 but closes none
-            self.cur.copy_(torch.where(self.opens, t, self.cur))
-        # decoder at t: table row p(t) = ncomp
-        slots = self.table[b, self.ncomp][:, None]  # [B, 1, k, d]
-        x = self.h[b, t][:, None]
+                g = _block(layer, self.wqkv[id(layer)], g, grot, kc, vc, gpos, gmask, b)
+            self.table[b[:, None], gpos + 1] = m.slot_rows(m.global_norm(g))
+            rows = rows + closes.long().cumsum(1)
+            self.ncomp += closes.sum(1)
+            self.cur.copy_(incl[:, -1])
+        # decoder
+        x = self.h[b[:, None], pos]
         for layer, (kc, vc) in zip(m.dec_layers, self.dec_kv):
-            x = _block(layer, self.wqkv[id(layer)], x, rot, kc, vc, t, mask, b, slots)
-        self.logits.copy_(m.head(m.dec_norm(x))[:, 0])
+            x = _block(layer, self.wqkv[id(layer)], x, rot, kc, vc, pos, mask, b, self.table[b[:, None], rows])
+        self.logits.copy_(m.head(m.dec_norm(x[:, -1])))
         nxt = allowed(self.logits.float()).argmax(-1)
-        self.ids[b, t + 1] = torch.where(t + 1 < self.plen, self.given[b, t + 1], nxt)  # prompt first
-        self.t += 1
-        self._decide()
-        self.signal.copy_(torch.stack((self.ids[b, self.t], self.opens.long()), 1))
+        t1 = t + L
+        self.ids[b, t1] = torch.where(t1 < self.plen, self.given[b, t1], nxt)  # the prompt first
+        self.t += L
+        self._signal()
+
+    def _signal(self) -> None:
+        """opens for the new byte t, and (byte t, opens): the two numbers the host reads."""
+        self.opens.copy_(self._opens(self.t[:, None])[:, 0])
+        self.signal.copy_(torch.stack((self.ids[self.rows, self.t], self.opens.long()), 1))
 
     # ---- CUDA graphs -------------------------------------------------------------------------
     @torch.no_grad()
     def run(self, with_global: bool = True) -> None:
-        """One step: replays its CUDA graph on a GPU (captured on first use), eager elsewhere."""
+        """advance by one byte: replays its CUDA graph on a GPU (captured on first use), eager elsewhere."""
         if self.dev.type != "cuda":
-            return self.step(with_global)
+            return self.advance(1, with_global)
         g = self.graphs.get(with_global)
         if g is None:
             live = (self.ids, self.ent, self.t, self.cur, self.ncomp, self.opens, self.signal)
@@ -230,11 +241,11 @@ class StaticState:
             s = torch.cuda.Stream(self.dev)
             s.wait_stream(torch.cuda.current_stream(self.dev))
             with torch.cuda.stream(s):  # warm-up: compiles the Triton kernels outside the capture
-                self.step(with_global)
+                self.advance(1, with_global)
             torch.cuda.current_stream(self.dev).wait_stream(s)
             g = self.graphs[with_global] = torch.cuda.CUDAGraph()
             with torch.cuda.graph(g):
-                self.step(with_global)
+                self.advance(1, with_global)
             for x, y in zip(live, saved):
                 x.copy_(y)  # neither pass counts: what else they wrote lies past t (unread, rewritten)
         g.replay()
@@ -265,13 +276,12 @@ def _push_stats(cfg, stats: dict, t: int, ncomp: int, opened: bool, n_tables: in
 
 
 def _prefill(s: StaticState, prompts: list[list[int]]) -> None:
-    """Run the prompts through the step; at batch 1 the global step only where a patch opens."""
+    """The prompts' bytes: the common length in one pass, the rest of the longer ones one by one."""
     s.reset(prompts)
-    opens = True
-    for _ in range(max(len(p) for p in prompts)):
-        s.run(with_global=opens)
-        if s.B == 1:
-            opens = bool(s.signal[0, 1])
+    lens = [len(p) for p in prompts]
+    s.advance(min(lens))
+    for _ in range(max(lens) - min(lens)):
+        s.run()
 
 
 @torch.no_grad()
