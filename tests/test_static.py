@@ -89,6 +89,26 @@ def test_logits_entropies_and_patches_step_by_step(model):
         assert int(s.cur[0]) == int(st.starts.nonzero()[-1, 0])
 
 
+@pytest.mark.parametrize("mode", ["blt-s8", "blt-s16"])
+def test_self_speculation_equals_eager(model, mode):
+    for i, p in enumerate(PROMPTS[:24]):
+        n = 90 if i % 6 == 0 else 30
+        eager = generate(model, p, mode, max_bytes=n, engine="eager")
+        static = generate(model, p, mode, max_bytes=n, engine="static")
+        assert static.output == generate(model, p, "blt", max_bytes=n, engine="static").output
+        same_generation(eager, static)
+
+
+@pytest.mark.parametrize("patch", [PatchConfig(rule="relative", threshold=0.01, max_patch=5),
+                                   PatchConfig(rule="space", max_patch=0), PatchConfig(threshold=0.0, max_patch=3)])
+def test_self_speculation_under_other_rules(patch):
+    m = tiny(patch)
+    for p in PROMPTS[:8]:
+        for stop in (None, "e"):
+            same_generation(generate(m, p, "blt-s8", max_bytes=40, stop=stop, engine="eager"),
+                            generate(m, p, "blt-s8", max_bytes=40, stop=stop, engine="static"))
+
+
 @pytest.mark.parametrize("patch", [PatchConfig(threshold=0.0, max_patch=3), PatchConfig(rule="space", max_patch=0),
                                    PatchConfig(rule="relative", threshold=0.05, max_patch=4)])
 def test_one_pass_equals_pieces(patch):
@@ -132,7 +152,7 @@ def test_state_is_reused_and_reloaded(model):
 def test_engine_choice_and_refusals(model, monkeypatch):
     with pytest.raises(ValueError, match="unknown engine"):
         generate(model, "a", "blt", engine="fast")
-    for kw in ({"mode": "blt-s8"}, {"temperature": 0.5}, {"hooks": decode.Hooks()}):
+    for kw in ({"mode": "blt-d4"}, {"mode": "blt-dv8"}, {"temperature": 0.5}, {"hooks": decode.Hooks()}):
         with pytest.raises(ValueError, match="engine 'static'"):
             generate(model, "a", **{"mode": "blt", **kw}, engine="static")
     hf = tiny(PatchConfig(max_patch=0), arch="hf")
@@ -148,8 +168,9 @@ def test_cuda_graphs_equal_eager(model):
     m.load_state_dict(model.state_dict())
     m.cuda()
     for p in PROMPTS[:12]:
-        same_generation(generate(m, p, "blt", max_bytes=60, engine="eager"),
-                        generate(m, p, "blt", max_bytes=60, engine="static"))
+        for mode in ("blt", "blt-s16"):
+            same_generation(generate(m, p, mode, max_bytes=60, engine="eager"),
+                            generate(m, p, mode, max_bytes=60, engine="static"))
     eager = generate_batch(m, PROMPTS[:16], "blt", max_bytes=40, engine="eager")
     for a, b in zip(eager, generate_batch(m, PROMPTS[:16], "blt", max_bytes=40)):
         assert a.output == b.output

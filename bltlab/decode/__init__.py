@@ -7,8 +7,8 @@ verification), `blt-h` (hybrid: entropy rule with knob η picks autoregressive o
 steps). `generate_batch` runs `blt` and `blt-d*` on several ragged prompts at once.
 `generate_reference` is the no-cache oracle the tests compare against.
 
-Greedy `blt` has a second engine, static.py: static KV caches and CUDA-graph-captured steps,
-the same bytes as the eager decoder. `engine="auto"` takes it on a GPU (when no streaming
+Greedy `blt` and `blt-s8/16` have a second engine, static.py: static KV caches and
+CUDA-graph-captured steps, the same bytes as the eager decoders. `engine="auto"` takes it on a GPU (when no streaming
 hooks are given), "eager" and "static" force one.
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ from .diffusion import generate_diffusion
 from .hybrid import generate_hybrid
 from .reference import generate_reference
 from .speculative import generate_speculative
-from .static import generate_static, supports
+from .static import generate_static, generate_static_speculative, supports
 
 ENGINES = ("auto", "eager", "static")
 
@@ -40,7 +40,7 @@ def generate(model: BLT, prompt: str | bytes, mode: str = "blt", max_bytes: int 
     alpha / gamma: unmasking rule of the diffusion modes (blt-d*, blt-h); eta and block: the
     hybrid's switch threshold (nats) and block size. Knobs a mode does not use are ignored.
     hooks: stream trace events as they happen and/or cancel from outside (see `Hooks`).
-    engine: "eager", "static" (greedy `blt` only) or "auto" (static on a GPU when it applies)."""
+    engine: "eager", "static" (greedy `blt`, `blt-s8/16`) or "auto" (static on a GPU when it applies)."""
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
     if model.cfg.arch == "hf" and mode not in HF_MODES:
@@ -49,7 +49,8 @@ def generate(model: BLT, prompt: str | bytes, mode: str = "blt", max_bytes: int 
     sampler = Sampler(temperature, top_p, seed)
     t0 = time.perf_counter()
     if use_static(model, mode, temperature, engine, hooks):
-        g = generate_static(model, prompt, max_bytes, stop)
+        g = generate_static(model, prompt, max_bytes, stop) if mode == "blt" else \
+            generate_static_speculative(model, prompt, max_bytes, stop, int(mode[5:]))
     elif mode == "blt":
         g = generate_blt(model, prompt, max_bytes, stop, sampler, hooks)
     elif mode.startswith("blt-s"):
@@ -68,9 +69,10 @@ def use_static(model: BLT, mode: str, temperature: float, engine: str, hooks: Ho
     """Whether a request goes to the static engine; refuses "static" where it does not apply."""
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
-    fits = mode == "blt" and temperature == 0 and supports(model) and hooks is None
+    fits = mode in ("blt", "blt-s8", "blt-s16") and temperature == 0 and supports(model) and hooks is None
     if engine == "static" and not fits:
-        raise ValueError("engine 'static' runs greedy 'blt' (temperature 0, no hooks) on bltlab-layout models only")
+        raise ValueError("engine 'static' runs greedy 'blt' and 'blt-s8/16' (temperature 0, no hooks) on "
+                         "bltlab-layout models only")
     return engine == "static" or (engine == "auto" and fits and next(model.parameters()).is_cuda)
 
 

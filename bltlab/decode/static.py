@@ -34,7 +34,7 @@ from ..entropy import entropy_of_logits
 from ..layers import Block
 from ..model import BLT
 from ..patching import WHITESPACE
-from ..tokens import OFFSET, PAD, ids_to_bytes
+from ..tokens import EOS, OFFSET, PAD, ids_to_bytes
 from .common import Generation, Stopper, allowed, check_request, finish, new_counters
 from .state import HASH_CONTEXT
 
@@ -101,6 +101,8 @@ class StaticState:
         self.opens = torch.zeros(B, dtype=torch.bool, device=dev)  # does byte t open a patch?
         self.olog = torch.zeros(B, T, dtype=torch.bool, device=dev)  # opens of every byte stepped over
         self.signal = torch.zeros(B, 2, dtype=torch.long, device=dev)  # (byte t, opens): what the host reads
+        self.pred = torch.zeros(B, T, dtype=torch.long, device=dev)  # pred[b, u]: greedy byte after u
+        self.dt = torch.zeros(B, dtype=torch.long, device=dev)  # the draft step's position
         self.logits = torch.zeros(B, 260, dtype=p.dtype, device=dev)  # prediction of byte t
         self.h = p.new_zeros(B, T, self.cfg.d_local)
         self.table = p.new_zeros(B, T + 1, self.cfg.cross_k, self.cfg.d_local)  # row r: patch r - 1
@@ -112,7 +114,7 @@ class StaticState:
         self.lmax = self.cfg.patch.max_patch or self.cfg.max_bytes  # longest possible patch
         self.ws = torch.tensor(list(WHITESPACE), device=dev) + OFFSET
         self.rows = torch.arange(B, device=dev)
-        self.graphs: dict[bool, torch.cuda.CUDAGraph] = {}
+        self.graphs: dict = {}  # CUDA graphs: advance(1) with / without the global step, draft
         self._rot: dict = {}
         blocks = [*model.entropy.layers, *model.enc_layers, *model.global_layers, *model.dec_layers]
         self.wqkv = {id(layer): _fused_qkv(layer) for layer in blocks}
@@ -176,7 +178,7 @@ class StaticState:
         """Take bytes t .. t + L - 1 of every row (already in `ids`) in one pass, in place and
         without host synchronisation; then ids[t + L] is the prompt's next byte or the greedy one.
         with_global=False skips the global step (only right when no byte of the pass opens a patch)."""
-        m, cfg, b, t = self.m, self.cfg, self.rows, self.t
+        m, b, t = self.m, self.rows, self.t
         pos = t[:, None] + self.kpos[:L]  # [B, L]
         # entropy model: H_{u + 1} for every u, which the patch decisions after byte t need
         x = m.entropy.emb(self.ids.gather(1, pos))
@@ -186,14 +188,7 @@ class StaticState:
         self.ent.scatter_(1, pos + 1, entropy_of_logits(m.entropy.head(m.entropy.norm(x))).float())
         opens = self._opens(pos)
         self.olog.scatter_(1, pos, opens)
-        # local encoder (hash n-grams reach HASH_CONTEXT ids back)
-        ctx = t[:, None] + torch.arange(-HASH_CONTEXT, L, device=self.dev)
-        full = torch.where(ctx >= 0, self.ids.gather(1, ctx.clamp(min=0)), PAD)
-        x = m.embed(full[:, HASH_CONTEXT:], full[:, :HASH_CONTEXT])
-        mask, rot = self._mask(pos, cfg.local_window), self.rot(m.enc_layers, pos)  # the decoder's too
-        for layer, (kc, vc) in zip(m.enc_layers, self.enc_kv):
-            x = _block(layer, self.wqkv[id(layer)], x, rot, kc, vc, pos, mask, b)
-        self.h[b[:, None], pos] = x
+        self._encode(pos)
         rows = self.ncomp[:, None].expand(-1, L)  # table row each byte's decoder reads: p(u)
         if with_global:
             # byte u > 0 that opens a patch closes [last start before u, u); closed patches first
@@ -212,15 +207,52 @@ class StaticState:
             rows = rows + closes.long().cumsum(1)
             self.ncomp += closes.sum(1)
             self.cur.copy_(incl[:, -1])
-        # decoder
-        x = self.h[b[:, None], pos]
-        for layer, (kc, vc) in zip(m.dec_layers, self.dec_kv):
-            x = _block(layer, self.wqkv[id(layer)], x, rot, kc, vc, pos, mask, b, self.table[b[:, None], rows])
-        self.logits.copy_(m.head(m.dec_norm(x[:, -1])))
-        nxt = allowed(self.logits.float()).argmax(-1)
+        nxt = self._decode(pos, rows)
         t1 = t + L
         self.ids[b, t1] = torch.where(t1 < self.plen, self.given[b, t1], nxt)  # the prompt first
         self.t += L
+        self._signal()
+
+    def _encode(self, pos: torch.Tensor) -> None:
+        """Local encoder over positions pos [B, L] (hash n-grams reach HASH_CONTEXT ids back) -> h."""
+        m, b = self.m, self.rows
+        ctx = pos[:, :1] + torch.arange(-HASH_CONTEXT, pos.shape[1], device=self.dev)
+        full = torch.where(ctx >= 0, self.ids.gather(1, ctx.clamp(min=0)), PAD)
+        x = m.embed(full[:, HASH_CONTEXT:], full[:, :HASH_CONTEXT])
+        mask, rot = self._mask(pos, self.cfg.local_window), self.rot(m.enc_layers, pos)
+        for layer, (kc, vc) in zip(m.enc_layers, self.enc_kv):
+            x = _block(layer, self.wqkv[id(layer)], x, rot, kc, vc, pos, mask, b)
+        self.h[b[:, None], pos] = x
+
+    def _decode(self, pos: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """Decoder over pos [B, L], byte u reading table row rows[:, u]; keeps the greedy byte after
+        each position in `pred` and the last logits; returns the greedy byte after the last one."""
+        m, b = self.m, self.rows
+        mask, rot = self._mask(pos, self.cfg.local_window), self.rot(m.enc_layers, pos)  # same shapes as the encoder
+        x = self.h[b[:, None], pos]
+        for layer, (kc, vc) in zip(m.dec_layers, self.dec_kv):
+            x = _block(layer, self.wqkv[id(layer)], x, rot, kc, vc, pos, mask, b, self.table[b[:, None], rows])
+        logits = m.head(m.dec_norm(x))  # [B, L, 260]
+        self.logits.copy_(logits[:, -1])
+        self.pred[b[:, None], pos] = allowed(logits.float()).argmax(-1)
+        return self.pred[b, pos[:, -1]]
+
+    def draft(self) -> None:
+        """Self-speculation's draft step at position dt: encoder and decoder only, reading the
+        newest global output (table row ncomp); writes the greedy byte to ids[dt + 1]. Its cache
+        entries lie past t: the verifying `advance` rewrites them."""
+        pos = self.dt[:, None]
+        self._encode(pos)
+        self.ids[self.rows, self.dt + 1] = self._decode(pos, self.ncomp[:, None])
+        self.dt += 1
+
+    def rollback(self, n: int, byte: int) -> None:
+        """Back to the first n bytes (rejected drafts), with `byte` as byte n (batch 1)."""
+        self.t.fill_(n)
+        starts = self.olog & (self.kpos < n)
+        self.ncomp.copy_(starts.sum(1) - 1)
+        self.cur.copy_(torch.where(starts, self.kpos, 0).amax(1))
+        self.ids[:, n] = byte
         self._signal()
 
     def _signal(self) -> None:
@@ -231,21 +263,29 @@ class StaticState:
     # ---- CUDA graphs -------------------------------------------------------------------------
     @torch.no_grad()
     def run(self, with_global: bool = True) -> None:
-        """advance by one byte: replays its CUDA graph on a GPU (captured on first use), eager elsewhere."""
+        """advance(1, with_global): a CUDA-graph replay on a GPU, eager elsewhere."""
+        self._replay(with_global, lambda: self.advance(1, with_global))
+
+    @torch.no_grad()
+    def run_draft(self) -> None:
+        """draft(): a CUDA-graph replay on a GPU, eager elsewhere."""
+        self._replay("draft", self.draft)
+
+    def _replay(self, key, step) -> None:
         if self.dev.type != "cuda":
-            return self.advance(1, with_global)
-        g = self.graphs.get(with_global)
-        if g is None:
-            live = (self.ids, self.ent, self.t, self.cur, self.ncomp, self.opens, self.signal)
+            return step()
+        g = self.graphs.get(key)
+        if g is None:  # capture on first use, after a warm-up that compiles the Triton kernels
+            live = (self.ids, self.ent, self.t, self.cur, self.ncomp, self.opens, self.signal, self.dt)
             saved = [x.clone() for x in live]
             s = torch.cuda.Stream(self.dev)
             s.wait_stream(torch.cuda.current_stream(self.dev))
-            with torch.cuda.stream(s):  # warm-up: compiles the Triton kernels outside the capture
-                self.advance(1, with_global)
+            with torch.cuda.stream(s):
+                step()
             torch.cuda.current_stream(self.dev).wait_stream(s)
-            g = self.graphs[with_global] = torch.cuda.CUDAGraph()
+            g = self.graphs[key] = torch.cuda.CUDAGraph()
             with torch.cuda.graph(g):
-                self.advance(1, with_global)
+                step()
             for x, y in zip(live, saved):
                 x.copy_(y)  # neither pass counts: what else they wrote lies past t (unread, rewritten)
         g.replay()
@@ -264,14 +304,18 @@ def static_state(model: BLT, B: int) -> StaticState:
     return per[key]
 
 
-def _push_stats(cfg, stats: dict, t: int, ncomp: int, opened: bool, n_tables: int) -> None:
-    """SeqState.push's cost counters for one byte at position t (see state.py)."""
-    dl, w = cfg.d_local, cfg.local_window
-    stats["kv_read"] += 2 * cfg.entropy.n_layers * t * cfg.entropy.dim
+def _local_stats(cfg, stats: dict, t: int, L: int, n_tables: int) -> None:
+    """Cost counters of one encoder + decoder pass over L bytes from position t (state.py's)."""
     stats["n_loc"] += 1
-    stats["hash_rows"] += 1 + n_tables
-    stats["kv_read"] += 2 * (cfg.n_enc_layers + cfg.n_dec_layers) * min(t, w) * dl
-    if opened:
+    stats["hash_rows"] += L * (1 + n_tables)
+    stats["kv_read"] += 2 * (cfg.n_enc_layers + cfg.n_dec_layers) * min(t, cfg.local_window) * cfg.d_local
+
+
+def _push_stats(cfg, stats: dict, t: int, ncomp: int, closed: bool, n_tables: int, L: int = 1) -> None:
+    """SeqState.push's cost counters for L bytes from position t (see state.py)."""
+    stats["kv_read"] += 2 * cfg.entropy.n_layers * t * cfg.entropy.dim
+    _local_stats(cfg, stats, t, L, n_tables)
+    if closed:
         stats["kv_read"] += 2 * cfg.n_global_layers * ncomp * cfg.d_global
 
 
@@ -284,21 +328,27 @@ def _prefill(s: StaticState, prompts: list[list[int]]) -> None:
         s.run()
 
 
-@torch.no_grad()
-def generate_static(model: BLT, prompt: str | bytes, max_bytes: int = 64, stop: str | bytes | None = None) -> Generation:
-    """Greedy `blt` for one prompt: the same bytes, counters and trace as `generate_blt`."""
+def _begin(model: BLT, prompt: str | bytes, max_bytes: int, stop: str | bytes | None):
+    """Validate and read one prompt; the counters and prefill event of one eager prefill pass.
+    Returns (prompt ids, state, counters, stats, trace, stopper, complete patches)."""
     ids = check_request(prompt, max_bytes, model.cfg.max_bytes)
-    cfg, n_tables = model.cfg, len(model.embed.tables)
     s = static_state(model, 1)
     _prefill(s, [ids])
     n = len(ids)
-    starts = s.olog[0, :n].tolist()
+    starts, ent = s.olog[0, :n].tolist(), s.ent[0, :n].tolist()
     ncomp = sum(starts) - 1
-    # what one eager prefill pass counts (SeqState.push over the prompt)
     counters = {"n_dec": 1, "n_enc": int(ncomp > 0), "n_ent": 1}
-    stats = {"n_loc": 1, "kv_read": 0, "hash_rows": n * (1 + n_tables)}
-    prefill = {**counters, **stats}
-    stopper = Stopper(max_bytes, stop)
+    stats = {"n_loc": 1, "kv_read": 0, "hash_rows": n * (1 + len(model.embed.tables))}
+    trace = [{"type": "prefill", "bytes": n - 1, "patch_starts": [i for i, x in enumerate(starts) if x],
+              "entropy": [round(h, 4) for h in ent], "counters": {**counters, **stats}}]
+    return ids, s, counters, stats, trace, Stopper(max_bytes, stop), ncomp
+
+
+@torch.no_grad()
+def generate_static(model: BLT, prompt: str | bytes, max_bytes: int = 64, stop: str | bytes | None = None) -> Generation:
+    """Greedy `blt` for one prompt: the same bytes, counters and trace as `generate_blt`."""
+    ids, s, counters, stats, trace, stopper, ncomp = _begin(model, prompt, max_bytes, stop)
+    cfg, n_tables, n = model.cfg, len(model.embed.tables), len(ids)
     tok, opens = s.signal[0].tolist()
     events = []  # (position, byte, opened, counters) per pushed byte
     while not stopper.push(tok):
@@ -312,8 +362,6 @@ def generate_static(model: BLT, prompt: str | bytes, max_bytes: int = 64, stop: 
         n += 1
         tok, opens = s.signal[0].tolist()
     ent = s.ent[0, :n + 1].tolist()
-    trace = [{"type": "prefill", "bytes": len(ids) - 1, "patch_starts": [i for i, x in enumerate(starts) if x],
-              "entropy": [round(h, 4) for h in ent[:len(ids)]], "counters": prefill}]
     for pos, byte, opened, snap in events:
         trace.append({"type": "byte", "pos": pos, "byte": byte - OFFSET, "entropy": round(ent[pos], 4),
                       "patch_start": opened, "counters": snap})
@@ -321,6 +369,54 @@ def generate_static(model: BLT, prompt: str | bytes, max_bytes: int = 64, stop: 
         trace.append({"type": "byte", "pos": n, "byte": tok - OFFSET, "entropy": round(ent[n], 4),
                       "patch_start": None, "counters": {**counters, **stats}})
     return finish("blt", ids, stopper, counters, trace, stats)
+
+
+@torch.no_grad()
+def generate_static_speculative(model: BLT, prompt: str | bytes, max_bytes: int = 64,
+                                stop: str | bytes | None = None, k: int = 16) -> Generation:
+    """Greedy `blt-s{k}` for one prompt: the same bytes, counters and trace as
+    `generate_speculative(draft="self")`. Draft steps replay one graph without host reads (the
+    draft is read once, cut at EOS); the verification is one `advance` over the draft."""
+    ids, s, counters, stats, trace, stopper, ncomp = _begin(model, prompt, max_bytes, stop)
+    cfg, n_tables, n = model.cfg, len(model.embed.tables), len(ids)
+    while True:
+        room = min(k, max_bytes - len(stopper.out))
+        s.dt.fill_(n)
+        for _ in range(room - 1):
+            s.run_draft()
+        d = s.ids[0, n:n + room].tolist()  # d[0]: the byte the last verification settled
+        d = d[:d.index(EOS) + 1] if EOS in d else d
+        for u in range(n, n + len(d) - 1):  # what the eager drafts count (a fork shares the stats)
+            _local_stats(cfg, stats, u, 1, n_tables)
+        counters["n_dec"] += len(d) - 1
+        body = d[:-1] if d[-1] == EOS else d
+        preds, starts = [], []
+        if body:
+            s.advance(len(body))
+            preds, starts = torch.cat((s.pred[0, n:n + len(body)], s.olog[0, n:n + len(body)].long())).view(2, -1).tolist()
+            closed = sum(starts)  # every start after BOS closes a patch
+            _push_stats(cfg, stats, n, ncomp, closed > 0, n_tables, len(body))
+            counters["n_ent"] += 1
+            counters["n_dec"] += 1
+            counters["n_enc"] += closed > 0
+        accepted, rejected, correction = 1, None, None
+        for i in range(1, len(d)):  # preds[i - 1] is the exact greedy byte at n + i
+            if d[i] == preds[i - 1]:
+                accepted += 1
+                continue
+            rejected, correction = d[i], preds[i - 1]
+            s.rollback(n + i, correction)
+            break
+        kept = starts[:accepted] if rejected is not None else starts
+        ncomp += sum(kept)
+        trace.append({"type": "verify", "pos": n - 1, "draft": [t - OFFSET for t in d], "accepted": accepted,
+                      "rejected": None if rejected is None else rejected - OFFSET,
+                      "correction": None if correction is None else correction - OFFSET,
+                      "patch_starts": [n + j for j, x in enumerate(kept) if x], "counters": {**counters, **stats}})
+        if any(stopper.push(t) for t in d[:accepted]):
+            break
+        n += accepted if rejected is not None else len(body)
+    return finish(f"blt-s{k}", ids, stopper, counters, trace, stats)
 
 
 @torch.no_grad()
