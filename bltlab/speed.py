@@ -167,8 +167,8 @@ def run_speed(model: BLT, prompts: list[bytes], modes: list[str] | None = None, 
     peak = copy_gbps(device)
     sizes = [1] + [batch] * (batch > 1 and model.cfg.arch == "bltlab")
     jobs = [(m, b, "auto") for b in sizes for m in modes if b == 1 or m in BATCH_MODES]
-    if use_static(model, "blt", 0.0, "auto"):  # the eager engine beside the static one
-        jobs += [(m, b, "eager") for m, b, _ in jobs if m in ("blt", "blt-s8", "blt-s16")]
+    if use_static(model, "blt", 0.0, "auto"):  # both engines where both exist
+        jobs += [(m, b, "eager" if m == "blt" else "static") for m, b, _ in jobs if m in ("blt", "blt-s8", "blt-s16")]
     rows = []
     for mode, b, engine in tqdm(jobs, desc="speed", disable=not progress):
         group = prompts if b == 1 or len(prompts) >= b else (prompts * b)[:b]

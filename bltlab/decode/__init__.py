@@ -8,8 +8,8 @@ steps). `generate_batch` runs `blt` and `blt-d*` on several ragged prompts at on
 `generate_reference` is the no-cache oracle the tests compare against.
 
 Greedy `blt` and `blt-s8/16` have a second engine, static.py: static KV caches and
-CUDA-graph-captured steps, the same bytes as the eager decoders. `engine="auto"` takes it on a GPU (when no streaming
-hooks are given), "eager" and "static" force one.
+CUDA-graph-captured steps, the same bytes as the eager decoders. `engine="auto"` takes it
+for `blt` on a GPU (when no streaming hooks are given); "eager" and "static" force one.
 """
 from __future__ import annotations
 
@@ -73,7 +73,8 @@ def use_static(model: BLT, mode: str, temperature: float, engine: str, hooks: Ho
     if engine == "static" and not fits:
         raise ValueError("engine 'static' runs greedy 'blt' and 'blt-s8/16' (temperature 0, no hooks) on "
                          "bltlab-layout models only")
-    return engine == "static" or (engine == "auto" and fits and next(model.parameters()).is_cuda)
+    # auto: only what has been checked on a GPU (static blt-s* has not run on one yet: ask for it)
+    return engine == "static" or (engine == "auto" and fits and mode == "blt" and next(model.parameters()).is_cuda)
 
 
 __all__ = ["ENGINES", "HF_MODES", "MODES", "Generation", "Hooks", "Sampler", "generate", "generate_batch", "generate_reference"]
