@@ -48,7 +48,11 @@ def rope(x: torch.Tensor, pos: torch.Tensor, theta: float) -> torch.Tensor:
     hd = x.shape[-1]
     inv = 1.0 / theta ** (torch.arange(0, hd, 2, device=x.device, dtype=torch.float32) / hd)
     ang = pos.float()[:, None, :, None] * inv  # [B, 1, L, hd/2]
-    cos, sin = ang.cos(), ang.sin()
+    return rotate(x, ang.cos(), ang.sin())
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """RoPE's rotation of x [..., hd] by angles given as cos/sin [..., hd/2] (broadcast)."""
     x1, x2 = x.float()[..., 0::2], x.float()[..., 1::2]
     out = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)
     return out.type_as(x)

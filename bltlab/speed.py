@@ -27,7 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .cost import bandwidth, part_params
-from .decode import HF_MODES, MODES, generate, generate_batch, use_static
+from .decode import HF_MODES, MODES, STATIC_MODES, generate, generate_batch, use_static
 from .kernels.bench import copy_bandwidth
 from .model import BLT
 from .tokens import encode
@@ -88,7 +88,6 @@ def static_steps(model: BLT, batches: list[int], prompt: bytes, steps: int = 64)
     """Steady-state cost of one static-engine step (a CUDA-graph replay on a GPU), with and
     without the global step, after a prefill: the engine's ceiling without per-request work."""
     from .decode.static import _prefill, static_state
-    from .tokens import encode
 
     device = next(model.parameters()).device
     ids = encode(prompt)[: model.cfg.max_bytes - steps - 1]
@@ -168,7 +167,7 @@ def run_speed(model: BLT, prompts: list[bytes], modes: list[str] | None = None, 
     sizes = [1] + [batch] * (batch > 1 and model.cfg.arch == "bltlab")
     jobs = [(m, b, "auto") for b in sizes for m in modes if b == 1 or m in BATCH_MODES]
     if use_static(model, "blt", 0.0, "auto"):  # both engines where both exist
-        jobs += [(m, b, "eager" if m == "blt" else "static") for m, b, _ in jobs if m in ("blt", "blt-s8", "blt-s16")]
+        jobs += [(m, b, "eager" if m == "blt" else "static") for m, b, _ in jobs if m in STATIC_MODES]
     rows = []
     for mode, b, engine in tqdm(jobs, desc="speed", disable=not progress):
         group = prompts if b == 1 or len(prompts) >= b else (prompts * b)[:b]

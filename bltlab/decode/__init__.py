@@ -23,7 +23,7 @@ from .diffusion import generate_diffusion
 from .hybrid import generate_hybrid
 from .reference import generate_reference
 from .speculative import generate_speculative
-from .static import generate_static, generate_static_speculative, supports
+from .static import MODES as STATIC_MODES, generate_static, generate_static_speculative, supports
 
 ENGINES = ("auto", "eager", "static")
 
@@ -69,7 +69,7 @@ def use_static(model: BLT, mode: str, temperature: float, engine: str, hooks: Ho
     """Whether a request goes to the static engine; refuses "static" where it does not apply."""
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
-    fits = mode in ("blt", "blt-s8", "blt-s16") and temperature == 0 and supports(model) and hooks is None
+    fits = mode in STATIC_MODES and temperature == 0 and supports(model) and hooks is None
     if engine == "static" and not fits:
         raise ValueError("engine 'static' runs greedy 'blt' and 'blt-s8/16' (temperature 0, no hooks) on "
                          "bltlab-layout models only")
@@ -77,4 +77,4 @@ def use_static(model: BLT, mode: str, temperature: float, engine: str, hooks: Ho
     return engine == "static" or (engine == "auto" and fits and mode == "blt" and next(model.parameters()).is_cuda)
 
 
-__all__ = ["ENGINES", "HF_MODES", "MODES", "Generation", "Hooks", "Sampler", "generate", "generate_batch", "generate_reference"]
+__all__ = ["ENGINES", "HF_MODES", "MODES", "STATIC_MODES", "Generation", "Hooks", "Sampler", "generate", "generate_batch", "generate_reference"]

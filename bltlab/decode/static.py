@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from ..entropy import entropy_of_logits
-from ..layers import Block
+from ..layers import Block, causal_mask, rotate
 from ..model import BLT
 from ..patching import WHITESPACE
 from ..tokens import EOS, OFFSET, PAD, ids_to_bytes
@@ -39,15 +39,12 @@ from .common import Generation, Stopper, allowed, check_request, finish, new_cou
 from .state import HASH_CONTEXT
 
 
+MODES = ("blt", "blt-s8", "blt-s16")  # what this engine decodes (greedy only)
+
+
 def supports(model: BLT) -> bool:
     """Whether `model` can use this path (bltlab layout: the hf layout's pending rows are not here)."""
     return model.cfg.arch == "bltlab"
-
-
-def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """layers.rope with the angles' cos/sin looked up ([B, 1, L, hd/2]) instead of recomputed."""
-    x1, x2 = x.float()[..., 0::2], x.float()[..., 1::2]
-    return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2).type_as(x)
 
 
 def _fused_qkv(layer: Block) -> torch.Tensor:
@@ -65,7 +62,7 @@ def _block(layer: Block, wqkv, x, rot, kc, vc, at, mask, rows, slots=None) -> to
         x = x + layer.cross(layer.cross_norm(x), slots)
     a = layer.attn
     qkv = F.linear(layer.attn_norm(x), wqkv).view(B, L, 3, a.heads, D // a.heads).permute(2, 0, 3, 1, 4)
-    qk = _rope(qkv[:2], *rot)  # [2, B, H, L, hd]: queries and keys in one pass
+    qk = rotate(qkv[:2], *rot)  # [2, B, H, L, hd]: queries and keys in one pass
     q, k, v = qk[0], qk[1], qkv[2]
     kc[rows[:, None], :, at] = k.transpose(1, 2)
     vc[rows[:, None], :, at] = v.transpose(1, 2)
@@ -116,8 +113,8 @@ class StaticState:
         self.rows = torch.arange(B, device=dev)
         self.graphs: dict = {}  # CUDA graphs: advance(1) with / without the global step, draft
         self._rot: dict = {}
-        blocks = [*model.entropy.layers, *model.enc_layers, *model.global_layers, *model.dec_layers]
-        self.wqkv = {id(layer): _fused_qkv(layer) for layer in blocks}
+        self.blocks = [*model.entropy.layers, *model.enc_layers, *model.global_layers, *model.dec_layers]
+        self.wqkv = {id(layer): _fused_qkv(layer) for layer in self.blocks}
 
     def rot(self, layers, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """RoPE cos/sin of `layers` at positions pos [B, L] -> 2 x [B, 1, L, hd/2], from a table
@@ -145,7 +142,7 @@ class StaticState:
         for x in (self.ent, self.t, self.cur, self.ncomp):
             x.zero_()
         self.table[:, 0] = self.m.start_slots.to(self.table.dtype)
-        for layer in (*self.m.entropy.layers, *self.m.enc_layers, *self.m.global_layers, *self.m.dec_layers):
+        for layer in self.blocks:
             self.wqkv[id(layer)].copy_(_fused_qkv(layer))  # the weights may have changed since
         self._signal()
 
@@ -170,9 +167,12 @@ class StaticState:
         return nat
 
     def _mask(self, qpos: torch.Tensor, window: int) -> torch.Tensor:
-        """[B, 1, L, S]: key position <= query position (and within `window` if > 0)."""
-        d = qpos[:, None, :, None] - self.kpos
-        return (d >= 0) & (d < window) if window > 0 else d >= 0
+        """[B, 1, L, S] over the whole static cache."""
+        return causal_mask(qpos, self.kpos[None], window)
+
+    def _local(self, pos: torch.Tensor):
+        """The local encoder's and decoder's mask and RoPE angles at pos (same shapes and base)."""
+        return self._mask(pos, self.cfg.local_window), self.rot(self.m.enc_layers, pos)
 
     def advance(self, L: int = 1, with_global: bool = True) -> None:
         """Take bytes t .. t + L - 1 of every row (already in `ids`) in one pass, in place and
@@ -188,7 +188,8 @@ class StaticState:
         self.ent.scatter_(1, pos + 1, entropy_of_logits(m.entropy.head(m.entropy.norm(x))).float())
         opens = self._opens(pos)
         self.olog.scatter_(1, pos, opens)
-        self._encode(pos)
+        local = self._local(pos)
+        self._encode(pos, local)
         rows = self.ncomp[:, None].expand(-1, L)  # table row each byte's decoder reads: p(u)
         if with_global:
             # byte u > 0 that opens a patch closes [last start before u, u); closed patches first
@@ -207,28 +208,29 @@ class StaticState:
             rows = rows + closes.long().cumsum(1)
             self.ncomp += closes.sum(1)
             self.cur.copy_(incl[:, -1])
-        nxt = self._decode(pos, rows)
+        nxt = self._decode(pos, rows, local)
         t1 = t + L
         self.ids[b, t1] = torch.where(t1 < self.plen, self.given[b, t1], nxt)  # the prompt first
         self.t += L
         self._signal()
 
-    def _encode(self, pos: torch.Tensor) -> None:
-        """Local encoder over positions pos [B, L] (hash n-grams reach HASH_CONTEXT ids back) -> h."""
+    def _encode(self, pos: torch.Tensor, local) -> None:
+        """Local encoder over positions pos [B, L] (hash n-grams reach HASH_CONTEXT ids back) -> h;
+        local: `_local(pos)`."""
         m, b = self.m, self.rows
         ctx = pos[:, :1] + torch.arange(-HASH_CONTEXT, pos.shape[1], device=self.dev)
         full = torch.where(ctx >= 0, self.ids.gather(1, ctx.clamp(min=0)), PAD)
         x = m.embed(full[:, HASH_CONTEXT:], full[:, :HASH_CONTEXT])
-        mask, rot = self._mask(pos, self.cfg.local_window), self.rot(m.enc_layers, pos)
+        mask, rot = local
         for layer, (kc, vc) in zip(m.enc_layers, self.enc_kv):
             x = _block(layer, self.wqkv[id(layer)], x, rot, kc, vc, pos, mask, b)
         self.h[b[:, None], pos] = x
 
-    def _decode(self, pos: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    def _decode(self, pos: torch.Tensor, rows: torch.Tensor, local) -> torch.Tensor:
         """Decoder over pos [B, L], byte u reading table row rows[:, u]; keeps the greedy byte after
         each position in `pred` and the last logits; returns the greedy byte after the last one."""
         m, b = self.m, self.rows
-        mask, rot = self._mask(pos, self.cfg.local_window), self.rot(m.enc_layers, pos)  # same shapes as the encoder
+        mask, rot = local
         x = self.h[b[:, None], pos]
         for layer, (kc, vc) in zip(m.dec_layers, self.dec_kv):
             x = _block(layer, self.wqkv[id(layer)], x, rot, kc, vc, pos, mask, b, self.table[b[:, None], rows])
@@ -242,8 +244,9 @@ class StaticState:
         newest global output (table row ncomp); writes the greedy byte to ids[dt + 1]. Its cache
         entries lie past t: the verifying `advance` rewrites them."""
         pos = self.dt[:, None]
-        self._encode(pos)
-        self.ids[self.rows, self.dt + 1] = self._decode(pos, self.ncomp[:, None])
+        local = self._local(pos)
+        self._encode(pos, local)
+        self.ids[self.rows, self.dt + 1] = self._decode(pos, self.ncomp[:, None], local)
         self.dt += 1
 
     def rollback(self, n: int, byte: int) -> None:
