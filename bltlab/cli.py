@@ -242,8 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--eta", type=float, default=1.0, help="blt-h: diffuse when the next-byte entropy <= η nats")
     s.add_argument("--block", type=int, default=8, choices=[4, 8, 16], help="blt-h: diffusion block size")
     s.add_argument("--engine", default="auto", choices=["auto", "eager", "static"],
-                   help="greedy blt and blt-s8/16: 'static' = static KV caches + CUDA graphs on a GPU (the "
-                        "default there), 'eager' = the reference decoders (default: auto)")
+                   help="greedy decoding: 'static' = static KV caches + CUDA graphs on a GPU (any mode), "
+                        "'eager' = the reference decoders; 'auto' (default) takes static for blt on a GPU")
     s.add_argument("--json", action="store_true", help="print the whole Generation (counters, trace) as JSON")
     model_args(s)
     s.set_defaults(fn=cmd_generate)

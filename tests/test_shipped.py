@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from bltlab.checkpoint import SHIPPED, load_model
-from bltlab.decode import generate, generate_reference
+from bltlab.decode import MODES, generate, generate_reference
 
 ROOT = Path(__file__).resolve().parent.parent
 REPORT = ROOT / "docs" / "results" / "report_small.json"
@@ -50,3 +50,15 @@ def test_fast_decoders_keep_their_contract_on_real_weights(shipped):
         ref = generate(model, p, "blt", max_bytes=40).output
         assert generate(model, p, "blt-s16", max_bytes=40).output == ref
         assert generate(model, p, "blt-s8", max_bytes=40).output == ref
+
+
+def test_static_engine_equals_eager_on_real_weights(shipped):
+    from test_static import same_generation
+
+    model, _ = shipped
+    ties = []
+    for mode in MODES:
+        for p in PROMPTS[::3]:
+            same_generation(generate(model, p, mode, max_bytes=40, engine="eager"),
+                            generate(model, p, mode, max_bytes=40, engine="static"), ties)
+    assert not ties, ties

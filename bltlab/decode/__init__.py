@@ -7,9 +7,10 @@ verification), `blt-h` (hybrid: entropy rule with knob η picks autoregressive o
 steps). `generate_batch` runs `blt` and `blt-d*` on several ragged prompts at once.
 `generate_reference` is the no-cache oracle the tests compare against.
 
-Greedy `blt` and `blt-s8/16` have a second engine, static.py: static KV caches and
-CUDA-graph-captured steps, the same bytes as the eager decoders. `engine="auto"` takes it
-for `blt` on a GPU (when no streaming hooks are given); "eager" and "static" force one.
+Every greedy mode has a second engine, static.py + static_modes.py: static KV caches and
+CUDA-graph-captured steps, the same bytes, counters and trace as the eager decoders.
+`engine="auto"` takes it for `blt` on a GPU (when no streaming hooks are given); "eager"
+and "static" force one.
 """
 from __future__ import annotations
 
@@ -18,16 +19,16 @@ import time
 from ..model import BLT
 from .autoregressive import generate_blt
 from .batch import generate_batch
-from .common import Generation, Hooks, Sampler
+from .common import MODES, Generation, Hooks, Sampler
 from .diffusion import generate_diffusion
 from .hybrid import generate_hybrid
 from .reference import generate_reference
 from .speculative import generate_speculative
-from .static import MODES as STATIC_MODES, generate_static, generate_static_speculative, supports
+from .static import supports
+from .static_modes import generate_static
 
 ENGINES = ("auto", "eager", "static")
 
-MODES = ("blt", "blt-s8", "blt-s16", "blt-d4", "blt-d8", "blt-d16", "blt-dv4", "blt-dv8", "blt-dv16", "blt-h")
 HF_MODES = ("blt", "blt-s8", "blt-s16")  # what needs no extra training: for weights from transformers
 
 
@@ -40,7 +41,7 @@ def generate(model: BLT, prompt: str | bytes, mode: str = "blt", max_bytes: int 
     alpha / gamma: unmasking rule of the diffusion modes (blt-d*, blt-h); eta and block: the
     hybrid's switch threshold (nats) and block size. Knobs a mode does not use are ignored.
     hooks: stream trace events as they happen and/or cancel from outside (see `Hooks`).
-    engine: "eager", "static" (greedy `blt`, `blt-s8/16`) or "auto" (static on a GPU when it applies)."""
+    engine: "eager", "static" (any greedy mode) or "auto" (static for `blt` on a GPU)."""
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
     if model.cfg.arch == "hf" and mode not in HF_MODES:
@@ -49,8 +50,7 @@ def generate(model: BLT, prompt: str | bytes, mode: str = "blt", max_bytes: int 
     sampler = Sampler(temperature, top_p, seed)
     t0 = time.perf_counter()
     if use_static(model, mode, temperature, engine, hooks):
-        g = generate_static(model, prompt, max_bytes, stop) if mode == "blt" else \
-            generate_static_speculative(model, prompt, max_bytes, stop, int(mode[5:]))
+        g = generate_static(model, prompt, mode, max_bytes, stop, alpha, gamma, eta, block)
     elif mode == "blt":
         g = generate_blt(model, prompt, max_bytes, stop, sampler, hooks)
     elif mode.startswith("blt-s"):
@@ -65,16 +65,18 @@ def generate(model: BLT, prompt: str | bytes, mode: str = "blt", max_bytes: int 
     return g
 
 
-def use_static(model: BLT, mode: str, temperature: float, engine: str, hooks: Hooks | None = None) -> bool:
-    """Whether a request goes to the static engine; refuses "static" where it does not apply."""
+def use_static(model: BLT, mode: str, temperature: float, engine: str, hooks: Hooks | None = None,
+               batch: bool = False) -> bool:
+    """Whether a request goes to the static engine; refuses "static" where it does not apply
+    (batch: for `generate_batch`, where it runs `blt` only)."""
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
-    fits = mode in STATIC_MODES and temperature == 0 and supports(model) and hooks is None
+    fits = (mode == "blt" or not batch) and temperature == 0 and supports(model) and hooks is None
     if engine == "static" and not fits:
-        raise ValueError("engine 'static' runs greedy 'blt' and 'blt-s8/16' (temperature 0, no hooks) on "
-                         "bltlab-layout models only")
-    # auto: only what has been checked on a GPU (static blt-s* has not run on one yet: ask for it)
+        raise ValueError("engine 'static' runs greedy decoding (temperature 0, no hooks; batched: 'blt' only) "
+                         "on bltlab-layout models only")
+    # auto: only what has been checked on a GPU (the other modes have not run on one yet: ask for them)
     return engine == "static" or (engine == "auto" and fits and mode == "blt" and next(model.parameters()).is_cuda)
 
 
-__all__ = ["ENGINES", "HF_MODES", "MODES", "STATIC_MODES", "Generation", "Hooks", "Sampler", "generate", "generate_batch", "generate_reference"]
+__all__ = ["ENGINES", "HF_MODES", "MODES", "Generation", "Hooks", "Sampler", "generate", "generate_batch", "generate_reference"]

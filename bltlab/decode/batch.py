@@ -16,7 +16,7 @@ from ..tokens import MASK, ids_to_bytes
 from .common import Generation, Sampler, Stopper, check_request, new_counters
 from .diffusion import check_knobs, choose_unmask
 from .state import HASH_CONTEXT, SeqState
-from .static import generate_static_batch
+from .static_modes import generate_static_batch
 
 
 def _pad(ts: list[torch.Tensor], S: int) -> torch.Tensor:
@@ -97,7 +97,7 @@ def generate_batch(model: BLT, prompts: list[str | bytes], mode: str = "blt", ma
                    engine: str = "auto") -> list[Generation]:
     """Generate for several prompts at once with `blt` or `blt-d4/8/16`; one Generation per prompt
     (each carries the batch's shared pass counters). `engine` as in `generate`: greedy `blt` on a
-    GPU replays one CUDA graph per byte for all rows (static.py)."""
+    GPU replays one CUDA graph per byte for all rows (static_modes.py)."""
     if mode not in ("blt", "blt-d4", "blt-d8", "blt-d16"):
         raise ValueError(f"batched generation supports blt and blt-d4/8/16, got {mode!r}")
     if not prompts:
@@ -106,7 +106,7 @@ def generate_batch(model: BLT, prompts: list[str | bytes], mode: str = "blt", ma
         raise ValueError("batched generation supports bltlab-layout models only; generate one prompt at a time")
     from . import use_static
 
-    if use_static(model, mode, temperature, engine):
+    if use_static(model, mode, temperature, engine, batch=True):
         return generate_static_batch(model, prompts, max_bytes, stop)
     sampler = Sampler(temperature, top_p, seed)
     if mode != "blt":

@@ -20,7 +20,7 @@ def choose_unmask(logits: torch.Tensor, masked: list[int], alpha: float | None, 
     """Which masked slots to fill in this pass. logits: [B, 260] over the block."""
     ent, conf, _ = kernels.confidence(allowed(logits[masked].float()))  # one pass over the rows
     if gamma is not None:
-        order = ent.argsort()
+        order = ent.argsort(stable=True)  # ties in slot order (as the static engine's)
         before = torch.cumsum(ent[order], 0) - ent[order]  # entropy of the prefix less its largest term
         n = max(1, int((before < gamma).sum())) if gamma > 0 else 1
         return [masked[i] for i in order[:n].tolist()]

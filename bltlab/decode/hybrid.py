@@ -14,15 +14,20 @@ from .common import Generation, Hooks, Sampler, begin, finish
 from .diffusion import check_knobs, denoise_block
 
 
+def check_hybrid(eta: float, block: int) -> None:
+    """The hybrid's own knobs: η in [0, 10] nats, a trained block size."""
+    if not 0.0 <= eta <= 10.0:
+        raise ValueError(f"eta must be in [0, 10] nats, got {eta}")
+    if block not in (4, 8, 16):
+        raise ValueError(f"block must be 4, 8 or 16 (the trained sizes), got {block}")
+
+
 def generate_hybrid(model: BLT, prompt: str | bytes, max_bytes: int = 64, stop: str | bytes | None = None,
                     sampler: Sampler | None = None, eta: float = 1.0, block: int = 8,
                     alpha: float | None = None, gamma: float | None = None, hooks: Hooks | None = None) -> Generation:
     sampler = sampler or Sampler()
     alpha, gamma = check_knobs(alpha, gamma)
-    if not 0.0 <= eta <= 10.0:
-        raise ValueError(f"eta must be in [0, 10] nats, got {eta}")
-    if block not in (4, 8, 16):
-        raise ValueError(f"block must be 4, 8 or 16 (the trained sizes), got {block}")
+    check_hybrid(eta, block)
     ids, counters, st, trace, stopper = begin(model, prompt, max_bytes, stop, hooks)
     current = None
     while True:

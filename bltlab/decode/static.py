@@ -30,16 +30,16 @@ import weakref
 import torch
 import torch.nn.functional as F
 
+from .. import kernels
 from ..entropy import entropy_of_logits
 from ..layers import Block, causal_mask, rotate
 from ..model import BLT
 from ..patching import WHITESPACE
-from ..tokens import EOS, OFFSET, PAD, ids_to_bytes
-from .common import Generation, Stopper, allowed, check_request, finish, new_counters
+from ..tokens import MASK, OFFSET, PAD
+from .common import allowed
 from .state import HASH_CONTEXT
 
-
-MODES = ("blt", "blt-s8", "blt-s16")  # what this engine decodes (greedy only)
+MAX_BLOCK = 16  # the longest denoised block (blt-d16, blt-dv16)
 
 
 def supports(model: BLT) -> bool:
@@ -71,6 +71,27 @@ def _block(layer: Block, wqkv, x, rot, kc, vc, at, mask, rows, slots=None) -> to
     return x + layer.ffn(hn)
 
 
+def unmask_rule(logits: torch.Tensor, masked: torch.Tensor, knob: torch.Tensor,
+                by_entropy: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """`choose_unmask` for a batch, on the device. logits: [B, L, 260] (allowed, float32), masked:
+    [B, L] bool, knob: [B] float64 (α, or γ with by_entropy). Returns the chosen slots [B, L] bool
+    and each slot's order [B, L] in the eager rule's list (by entropy for γ, else by slot)."""
+    ent, conf, _ = kernels.confidence(logits)
+    slot = torch.arange(masked.shape[1], device=masked.device).expand_as(masked)
+    if by_entropy:  # the longest prefix by entropy whose sum less its largest term stays below γ
+        e = ent.masked_fill(~masked, float("inf"))
+        order = e.argsort(dim=1, stable=True)
+        se = e.gather(1, order)
+        fits = ((se.cumsum(1) - se) < knob[:, None].float()) & (slot < masked.sum(1, keepdim=True))
+        n = torch.where(knob > 0, fits.sum(1).clamp(min=1), 1)
+        rank = torch.empty_like(order).scatter_(1, order, slot)
+        return masked & (rank < n[:, None]), rank
+    # every slot with confidence above α (compared in float64, as Python compares), at least the best
+    chosen = masked & (conf.double() > knob[:, None])
+    best = conf.masked_fill(~masked, float("-inf")).argmax(1, keepdim=True)
+    return chosen | (masked & (slot == best) & ~chosen.any(1, keepdim=True)), slot
+
+
 def _caches(layers, B: int, S: int, like: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
     out = []
     for layer in layers:
@@ -100,6 +121,15 @@ class StaticState:
         self.signal = torch.zeros(B, 2, dtype=torch.long, device=dev)  # (byte t, opens): what the host reads
         self.pred = torch.zeros(B, T, dtype=torch.long, device=dev)  # pred[b, u]: greedy byte after u
         self.dt = torch.zeros(B, dtype=torch.long, device=dev)  # the draft step's position
+        self.forced = torch.zeros(B, T, dtype=torch.bool, device=dev)  # starts a diffusion block imposed
+        # the denoised block at t: its ids, and per slot the step that filled it, its order in that
+        # step, and the confidence and entropy it was filled with (what the trace shows)
+        self.noisy = torch.full((B, MAX_BLOCK), MASK, dtype=torch.long, device=dev)
+        self.filled = torch.zeros(B, 2, MAX_BLOCK, dtype=torch.long, device=dev)  # (step, order)
+        self.scores = torch.zeros(B, 2, MAX_BLOCK, device=dev)  # (confidence, entropy), float32
+        self.nstep = torch.zeros(B, dtype=torch.long, device=dev)
+        self.left = torch.zeros(B, dtype=torch.long, device=dev)  # masked slots left: what the host reads
+        self.knob = torch.zeros(B, dtype=torch.float64, device=dev)  # α or γ (a tensor: one graph for all)
         self.logits = torch.zeros(B, 260, dtype=p.dtype, device=dev)  # prediction of byte t
         self.h = p.new_zeros(B, T, self.cfg.d_local)
         self.table = p.new_zeros(B, T + 1, self.cfg.cross_k, self.cfg.d_local)  # row r: patch r - 1
@@ -111,7 +141,9 @@ class StaticState:
         self.lmax = self.cfg.patch.max_patch or self.cfg.max_bytes  # longest possible patch
         self.ws = torch.tensor(list(WHITESPACE), device=dev) + OFFSET
         self.rows = torch.arange(B, device=dev)
-        self.graphs: dict = {}  # CUDA graphs: advance(1) with / without the global step, draft
+        self.graphs: dict = {}  # CUDA graphs, one per step kind and length
+        self.live = (self.ids, self.ent, self.t, self.cur, self.ncomp, self.opens, self.signal, self.dt,
+                     self.forced, self.noisy, self.filled, self.scores, self.nstep, self.left)  # what steps update
         self._rot: dict = {}
         self.blocks = [*model.entropy.layers, *model.enc_layers, *model.global_layers, *model.dec_layers]
         self.wqkv = {id(layer): _fused_qkv(layer) for layer in self.blocks}
@@ -139,12 +171,20 @@ class StaticState:
             self.given[b, :len(ids)] = torch.tensor(ids, device=self.dev)
             self.plen[b] = len(ids)
         self.ids.copy_(self.given)
-        for x in (self.ent, self.t, self.cur, self.ncomp):
+        for x in (self.ent, self.t, self.cur, self.ncomp, self.forced):
             x.zero_()
         self.table[:, 0] = self.m.start_slots.to(self.table.dtype)
         for layer in self.blocks:
             self.wqkv[id(layer)].copy_(_fused_qkv(layer))  # the weights may have changed since
         self._signal()
+
+    def prefill(self, prompts: list[list[int]]) -> None:
+        """reset, then the prompts' bytes: the common length in one pass, the rest one by one."""
+        self.reset(prompts)
+        lens = [len(p) for p in prompts]
+        self.advance(min(lens))
+        for _ in range(max(lens) - min(lens)):
+            self.run()
 
     # ---- the step ------------------------------------------------------------------------------
     def _opens(self, pos: torch.Tensor) -> torch.Tensor:
@@ -160,7 +200,7 @@ class StaticState:
             nat = (pos - 1) % pc.stride == 0
         else:
             nat = torch.isin(self.ids[b, prev], self.ws) & ~torch.isin(self.ids[b, pos], self.ws)
-        nat = nat | (pos <= 1)
+        nat = nat | (pos <= 1) | self.forced[b, pos]
         if pc.max_patch > 0:  # forced starts lie every max_patch bytes after the last natural one
             last = torch.where(nat, pos, self.cur[:, None]).cummax(1).values
             nat = nat | ((pos > last) & ((pos - last) % pc.max_patch == 0))
@@ -192,19 +232,13 @@ class StaticState:
         self._encode(pos, local)
         rows = self.ncomp[:, None].expand(-1, L)  # table row each byte's decoder reads: p(u)
         if with_global:
-            # byte u > 0 that opens a patch closes [last start before u, u); closed patches first
+            # byte u that opens a patch closes [last start before u, u) unless empty (a forced start
+            # whose patch `close` ended already); closed patches first
             incl = torch.where(opens, pos, self.cur[:, None]).cummax(1).values  # last start <= u
             first = torch.cat((self.cur[:, None], incl[:, :-1]), 1)  # last start < u
-            closes = opens & (pos > 0)
+            closes = opens & (pos > first)
             order = torch.argsort((~closes).to(torch.uint8), dim=1, stable=True)
-            end, start = pos.gather(1, order), first.gather(1, order)  # patch j = [start, end) if j < closed
-            idx = start[..., None] + self.kpos[:self.lmax]  # [B, L, lmax]
-            g = m.pool.from_layout(self.h[b[:, None, None], idx.clamp(max=self.T - 1)], idx < end[..., None])
-            gpos = self.ncomp[:, None] + self.kpos[:L]  # the closed ones' patch indices (the rest: unread)
-            gmask, grot = self._mask(gpos, 0), self.rot(m.global_layers, gpos)
-            for layer, (kc, vc) in zip(m.global_layers, self.glob_kv):
-                g = _block(layer, self.wqkv[id(layer)], g, grot, kc, vc, gpos, gmask, b)
-            self.table[b[:, None], gpos + 1] = m.slot_rows(m.global_norm(g))
+            self._global(first.gather(1, order), pos.gather(1, order))  # patch j = [start, end) if j < closed
             rows = rows + closes.long().cumsum(1)
             self.ncomp += closes.sum(1)
             self.cur.copy_(incl[:, -1])
@@ -213,6 +247,66 @@ class StaticState:
         self.ids[b, t1] = torch.where(t1 < self.plen, self.given[b, t1], nxt)  # the prompt first
         self.t += L
         self._signal()
+
+    def _global(self, start: torch.Tensor, end: torch.Tensor) -> None:
+        """Global model on the patches [start, end) ([B, P] each) as patches ncomp .. ncomp + P - 1;
+        their slots go to table rows ncomp + 1 ... Rows past the patches really closed are written
+        but unread until a real patch overwrites them."""
+        m, b, P = self.m, self.rows, start.shape[1]
+        idx = start[..., None] + self.kpos[:self.lmax]  # [B, P, lmax]
+        g = m.pool.from_layout(self.h[b[:, None, None], idx.clamp(max=self.T - 1)], idx < end[..., None])
+        gpos = self.ncomp[:, None] + self.kpos[:P]
+        gmask, grot = self._mask(gpos, 0), self.rot(m.global_layers, gpos)
+        for layer, (kc, vc) in zip(m.global_layers, self.glob_kv):
+            g = _block(layer, self.wqkv[id(layer)], g, grot, kc, vc, gpos, gmask, b)
+        self.table[b[:, None], gpos + 1] = m.slot_rows(m.global_norm(g))
+
+    def close(self) -> None:
+        """Force a patch start at t (a diffusion block starts a patch) and run the global model on
+        the patch that ends there, [cur, t), so that the block reads its output (SeqState.close_patch)."""
+        t = self.t
+        self.forced[self.rows, t] = True
+        self._global(self.cur[:, None], t[:, None])
+        self.ncomp += (self.cur < t).long()
+        self.cur.copy_(t)
+        self._signal()
+
+    def begin_block(self, keep_first: bool, knob: float) -> None:
+        """A block of MASKs at t (slot 0 = byte t with keep_first), unmasked by α or γ = knob."""
+        self.noisy.fill_(MASK)
+        if keep_first:
+            self.noisy[:, 0] = self.ids[self.rows, self.t]
+        self.filled.fill_(-1)
+        self.nstep.zero_()
+        self.knob.fill_(knob)
+
+    def denoise(self, size: int, by_entropy: bool) -> None:
+        """One denoising pass over the block's first `size` slots (SeqState.block_logits: the clean
+        decoder cache before t in the window, the block both ways, the newest global output), then
+        `choose_unmask` on the device: fills the chosen slots in `noisy` and `ids`, logs them, and
+        sets `left`. by_entropy: the γ rule, else α (α < 0 fills every slot: BLT-DV's one pass)."""
+        m, b, t = self.m, self.rows, self.t
+        pos = t[:, None] + self.kpos[:size]  # [B, size]
+        noisy = self.noisy[:, :size]
+        k, t3 = self.kpos[None, None], t[:, None, None]
+        clean = (k < t3) & (pos[..., None] - k < self.cfg.local_window)
+        mask = (clean | ((k >= t3) & (k < t3 + size)))[:, None]  # [B, 1, size, S]
+        rot, x = self.rot(m.dec_layers, pos), m.noisy_embed(noisy)
+        slots = self.table[b, self.ncomp][:, None].expand(-1, size, -1, -1)
+        for layer, (kc, vc) in zip(m.dec_layers, self.dec_kv):
+            x = _block(layer, self.wqkv[id(layer)], x, rot, kc, vc, pos, mask, b, slots)
+        logits = allowed(m.head(m.dec_norm(x)).float())  # [B, size, 260]
+        masked = noisy == MASK
+        chosen, rank = unmask_rule(logits, masked, self.knob, by_entropy)
+        pick = logits.argmax(-1)
+        self.ids[b[:, None], pos] = torch.where(chosen, pick, self.ids[b[:, None], pos])
+        noisy.copy_(torch.where(chosen, pick, noisy))
+        log = torch.stack((self.nstep[:, None].expand(-1, size), rank), 1)
+        self.filled[..., :size] = torch.where(chosen[:, None], log, self.filled[..., :size])
+        score = torch.stack((logits.softmax(-1).amax(-1), entropy_of_logits(logits)), 1)
+        self.scores[..., :size] = torch.where(chosen[:, None], score, self.scores[..., :size])
+        self.nstep += masked.any(1).long()
+        self.left.copy_((noisy == MASK).sum(1))
 
     def _encode(self, pos: torch.Tensor, local) -> None:
         """Local encoder over positions pos [B, L] (hash n-grams reach HASH_CONTEXT ids back) -> h;
@@ -252,6 +346,7 @@ class StaticState:
     def rollback(self, n: int, byte: int) -> None:
         """Back to the first n bytes (rejected drafts), with `byte` as byte n (batch 1)."""
         self.t.fill_(n)
+        self.forced &= self.kpos <= n
         starts = self.olog & (self.kpos < n)
         self.ncomp.copy_(starts.sum(1) - 1)
         self.cur.copy_(torch.where(starts, self.kpos, 0).amax(1))
@@ -264,23 +359,33 @@ class StaticState:
         self.signal.copy_(torch.stack((self.ids[self.rows, self.t], self.opens.long()), 1))
 
     # ---- CUDA graphs -------------------------------------------------------------------------
+    # Each run_* is its step as a CUDA-graph replay on a GPU (captured on first use), eager elsewhere.
     @torch.no_grad()
-    def run(self, with_global: bool = True) -> None:
-        """advance(1, with_global): a CUDA-graph replay on a GPU, eager elsewhere."""
-        self._replay(with_global, lambda: self.advance(1, with_global))
+    def run(self, L: int = 1, with_global: bool = True) -> None:
+        """advance(L, with_global)."""
+        self._replay(("advance", L, with_global), lambda: self.advance(L, with_global))
 
     @torch.no_grad()
     def run_draft(self) -> None:
-        """draft(): a CUDA-graph replay on a GPU, eager elsewhere."""
+        """draft()."""
         self._replay("draft", self.draft)
+
+    @torch.no_grad()
+    def run_close(self) -> None:
+        """close()."""
+        self._replay("close", self.close)
+
+    @torch.no_grad()
+    def run_denoise(self, size: int, by_entropy: bool) -> None:
+        """denoise(size, by_entropy)."""
+        self._replay(("denoise", size, by_entropy), lambda: self.denoise(size, by_entropy))
 
     def _replay(self, key, step) -> None:
         if self.dev.type != "cuda":
             return step()
         g = self.graphs.get(key)
         if g is None:  # capture on first use, after a warm-up that compiles the Triton kernels
-            live = (self.ids, self.ent, self.t, self.cur, self.ncomp, self.opens, self.signal, self.dt)
-            saved = [x.clone() for x in live]
+            saved = [x.clone() for x in self.live]
             s = torch.cuda.Stream(self.dev)
             s.wait_stream(torch.cuda.current_stream(self.dev))
             with torch.cuda.stream(s):
@@ -289,7 +394,7 @@ class StaticState:
             g = self.graphs[key] = torch.cuda.CUDAGraph()
             with torch.cuda.graph(g):
                 step()
-            for x, y in zip(live, saved):
+            for x, y in zip(self.live, saved):
                 x.copy_(y)  # neither pass counts: what else they wrote lies past t (unread, rewritten)
         g.replay()
 
@@ -305,159 +410,3 @@ def static_state(model: BLT, B: int) -> StaticState:
     if key not in per:
         per[key] = StaticState(model, B)
     return per[key]
-
-
-def _local_stats(cfg, stats: dict, t: int, L: int, n_tables: int) -> None:
-    """Cost counters of one encoder + decoder pass over L bytes from position t (state.py's)."""
-    stats["n_loc"] += 1
-    stats["hash_rows"] += L * (1 + n_tables)
-    stats["kv_read"] += 2 * (cfg.n_enc_layers + cfg.n_dec_layers) * min(t, cfg.local_window) * cfg.d_local
-
-
-def _push_stats(cfg, stats: dict, t: int, ncomp: int, closed: bool, n_tables: int, L: int = 1) -> None:
-    """SeqState.push's cost counters for L bytes from position t (see state.py)."""
-    stats["kv_read"] += 2 * cfg.entropy.n_layers * t * cfg.entropy.dim
-    _local_stats(cfg, stats, t, L, n_tables)
-    if closed:
-        stats["kv_read"] += 2 * cfg.n_global_layers * ncomp * cfg.d_global
-
-
-def _prefill(s: StaticState, prompts: list[list[int]]) -> None:
-    """The prompts' bytes: the common length in one pass, the rest of the longer ones one by one."""
-    s.reset(prompts)
-    lens = [len(p) for p in prompts]
-    s.advance(min(lens))
-    for _ in range(max(lens) - min(lens)):
-        s.run()
-
-
-def _begin(model: BLT, prompt: str | bytes, max_bytes: int, stop: str | bytes | None):
-    """Validate and read one prompt; the counters and prefill event of one eager prefill pass.
-    Returns (prompt ids, state, counters, stats, trace, stopper, complete patches)."""
-    ids = check_request(prompt, max_bytes, model.cfg.max_bytes)
-    s = static_state(model, 1)
-    _prefill(s, [ids])
-    n = len(ids)
-    starts, ent = s.olog[0, :n].tolist(), s.ent[0, :n].tolist()
-    ncomp = sum(starts) - 1
-    counters = {"n_dec": 1, "n_enc": int(ncomp > 0), "n_ent": 1}
-    stats = {"n_loc": 1, "kv_read": 0, "hash_rows": n * (1 + len(model.embed.tables))}
-    trace = [{"type": "prefill", "bytes": n - 1, "patch_starts": [i for i, x in enumerate(starts) if x],
-              "entropy": [round(h, 4) for h in ent], "counters": {**counters, **stats}}]
-    return ids, s, counters, stats, trace, Stopper(max_bytes, stop), ncomp
-
-
-@torch.no_grad()
-def generate_static(model: BLT, prompt: str | bytes, max_bytes: int = 64, stop: str | bytes | None = None) -> Generation:
-    """Greedy `blt` for one prompt: the same bytes, counters and trace as `generate_blt`."""
-    ids, s, counters, stats, trace, stopper, ncomp = _begin(model, prompt, max_bytes, stop)
-    cfg, n_tables, n = model.cfg, len(model.embed.tables), len(ids)
-    tok, opens = s.signal[0].tolist()
-    events = []  # (position, byte, opened, counters) per pushed byte
-    while not stopper.push(tok):
-        s.run(with_global=bool(opens))
-        _push_stats(cfg, stats, n, ncomp, opens, n_tables)
-        counters["n_ent"] += 1
-        counters["n_dec"] += 1
-        counters["n_enc"] += opens
-        ncomp += opens
-        events.append((n, tok, bool(opens), {**counters, **stats}))
-        n += 1
-        tok, opens = s.signal[0].tolist()
-    ent = s.ent[0, :n + 1].tolist()
-    for pos, byte, opened, snap in events:
-        trace.append({"type": "byte", "pos": pos, "byte": byte - OFFSET, "entropy": round(ent[pos], 4),
-                      "patch_start": opened, "counters": snap})
-    if stopper.reason in ("max_bytes", "stop"):
-        trace.append({"type": "byte", "pos": n, "byte": tok - OFFSET, "entropy": round(ent[n], 4),
-                      "patch_start": None, "counters": {**counters, **stats}})
-    return finish("blt", ids, stopper, counters, trace, stats)
-
-
-@torch.no_grad()
-def generate_static_speculative(model: BLT, prompt: str | bytes, max_bytes: int = 64,
-                                stop: str | bytes | None = None, k: int = 16) -> Generation:
-    """Greedy `blt-s{k}` for one prompt: the same bytes, counters and trace as
-    `generate_speculative(draft="self")`. Draft steps replay one graph without host reads (the
-    draft is read once, cut at EOS); the verification is one `advance` over the draft."""
-    ids, s, counters, stats, trace, stopper, ncomp = _begin(model, prompt, max_bytes, stop)
-    cfg, n_tables, n = model.cfg, len(model.embed.tables), len(ids)
-    while True:
-        room = min(k, max_bytes - len(stopper.out))
-        s.dt.fill_(n)
-        for _ in range(room - 1):
-            s.run_draft()
-        d = s.ids[0, n:n + room].tolist()  # d[0]: the byte the last verification settled
-        d = d[:d.index(EOS) + 1] if EOS in d else d
-        for u in range(n, n + len(d) - 1):  # what the eager drafts count (a fork shares the stats)
-            _local_stats(cfg, stats, u, 1, n_tables)
-        counters["n_dec"] += len(d) - 1
-        body = d[:-1] if d[-1] == EOS else d
-        preds, starts = [], []
-        if body:
-            s.advance(len(body))
-            preds, starts = torch.cat((s.pred[0, n:n + len(body)], s.olog[0, n:n + len(body)].long())).view(2, -1).tolist()
-            closed = sum(starts)  # every start after BOS closes a patch
-            _push_stats(cfg, stats, n, ncomp, closed > 0, n_tables, len(body))
-            counters["n_ent"] += 1
-            counters["n_dec"] += 1
-            counters["n_enc"] += closed > 0
-        accepted, rejected, correction = 1, None, None
-        for i in range(1, len(d)):  # preds[i - 1] is the exact greedy byte at n + i
-            if d[i] == preds[i - 1]:
-                accepted += 1
-                continue
-            rejected, correction = d[i], preds[i - 1]
-            s.rollback(n + i, correction)
-            break
-        kept = starts[:accepted] if rejected is not None else starts
-        ncomp += sum(kept)
-        trace.append({"type": "verify", "pos": n - 1, "draft": [t - OFFSET for t in d], "accepted": accepted,
-                      "rejected": None if rejected is None else rejected - OFFSET,
-                      "correction": None if correction is None else correction - OFFSET,
-                      "patch_starts": [n + j for j, x in enumerate(kept) if x], "counters": {**counters, **stats}})
-        if any(stopper.push(t) for t in d[:accepted]):
-            break
-        n += accepted if rejected is not None else len(body)
-    return finish(f"blt-s{k}", ids, stopper, counters, trace, stats)
-
-
-@torch.no_grad()
-def generate_static_batch(model: BLT, prompts: list[str | bytes], max_bytes: int = 64,
-                          stop: str | bytes | None = None, check_every: int = 8) -> list[Generation]:
-    """Greedy `blt` for several prompts at once, one graph replay per byte for all rows (in
-    lockstep from BOS, each row leaving its prompt when it ends): the same bytes and pass
-    counters as `generate_batch`. The host reads the new bytes every `check_every` steps to
-    stop early; bytes past a row's end are computed and dropped."""
-    if not prompts:
-        raise ValueError("no prompts given")
-    prompt_ids = [check_request(p, max_bytes, model.cfg.max_bytes) for p in prompts]
-    s = static_state(model, len(prompts))
-    _prefill(s, prompt_ids)
-    n0 = [len(i) for i in prompt_ids]
-    stoppers = [Stopper(max_bytes, stop) for _ in prompts]
-    fed = [0] * len(prompts)  # bytes of each row given to its stopper
-    steps = max(n0)  # replays so far: byte t - 1 of every row is in ids
-    while True:
-        new = s.ids.tolist()
-        for b, stp in enumerate(stoppers):
-            while not stp.reason and n0[b] + fed[b] <= steps:
-                stp.push(new[b][n0[b] + fed[b]])
-                fed[b] += 1
-        if all(stp.reason for stp in stoppers):
-            break
-        for _ in range(min(check_every, max(n0) + max_bytes - 1 - steps)):  # never past the last byte needed
-            s.run()
-            steps += 1
-    # row b was pushed at steps 0 .. fed[b] - 2 (its last byte ended it); count passes as generate_batch
-    olog = s.olog.tolist()
-    counters = new_counters()
-    counters.update(n_dec=1, n_ent=1, n_enc=1)
-    for j in range(max(fed) - 1):
-        pushed = [b for b in range(len(prompts)) if fed[b] - 1 > j]
-        counters["n_dec"] += 1
-        counters["n_ent"] += 1
-        counters["n_enc"] += any(olog[b][n0[b] + j] for b in pushed)
-    return [Generation("blt", ids_to_bytes(ids), bytes(stp.out), stp.reason,
-                       {**counters, "batch": len(prompts), "bytes": len(stp.out)}, [])
-            for ids, stp in zip(prompt_ids, stoppers)]

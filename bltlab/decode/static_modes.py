@@ -1,0 +1,287 @@
+"""Every greedy decoding mode on the static engine (static.py), one prompt at a time, plus
+greedy `blt` for a batch.
+
+The host keeps what the eager decoders keep (counters, cost stats, trace, stopper) and reads
+from the device only what decides the next step: the new byte and whether it opens a patch
+(`blt`), the draft (`blt-s*`, `blt-dv*`), the masked slots left (denoising), the verified
+predictions and patch starts (after each verification or block). Each function returns the
+same bytes, counters and trace as the eager decoder it mirrors (tests/test_static.py).
+"""
+from __future__ import annotations
+
+import torch
+
+from ..entropy import entropy_of_logits
+from ..model import BLT
+from ..tokens import EOS, OFFSET, ids_to_bytes
+from .common import MODES, Generation, Stopper, check_request, finish, new_counters
+from .diffusion import check_knobs
+from .hybrid import check_hybrid
+from .static import static_state
+
+
+class _Request:
+    """One prompt on the static engine (batch 1): prefilled in one pass, with the counters, cost
+    stats and trace that the eager decoders' SeqState would have."""
+
+    def __init__(self, model: BLT, prompt: str | bytes, max_bytes: int, stop: str | bytes | None):
+        self.cfg, self.n_tables = model.cfg, len(model.embed.tables)
+        self.ids = check_request(prompt, max_bytes, model.cfg.max_bytes)
+        self.s = s = static_state(model, 1)
+        s.prefill([self.ids])
+        self.n = n = len(self.ids)  # bytes taken: the state's t
+        starts, ent = s.olog[0, :n].tolist(), s.ent[0, :n].tolist()
+        self.ncomp = sum(starts) - 1  # patches in the slot table
+        self.counters = {"n_dec": 1, "n_enc": int(self.ncomp > 0), "n_ent": 1}
+        self.stats = {"n_loc": 1, "kv_read": 0, "hash_rows": n * (1 + self.n_tables)}
+        self.trace = [{"type": "prefill", "bytes": n - 1, "patch_starts": [i for i, x in enumerate(starts) if x],
+                       "entropy": [round(h, 4) for h in ent], "counters": self.snapshot()}]
+        self.stopper = Stopper(max_bytes, stop)
+
+    def snapshot(self) -> dict:
+        return {**self.counters, **self.stats}
+
+    # SeqState's cost counters (state.py), step by step
+    def _kv(self, layers: int, keys: int, dim: int) -> None:
+        self.stats["kv_read"] += 2 * layers * keys * dim
+
+    def count_local(self, t: int, L: int = 1) -> None:
+        """One encoder + decoder pass over L bytes from position t."""
+        c = self.cfg
+        self.stats["n_loc"] += 1
+        self.stats["hash_rows"] += L * (1 + self.n_tables)
+        self._kv(c.n_enc_layers + c.n_dec_layers, min(t, c.local_window), c.d_local)
+
+    def count_push(self, L: int, closed: int) -> None:
+        """SeqState.push of L bytes at n that closed `closed` patches."""
+        c = self.cfg
+        self._kv(c.entropy.n_layers, self.n, c.entropy.dim)
+        self.count_local(self.n, L)
+        if closed:
+            self._kv(c.n_global_layers, self.ncomp, c.d_global)
+        self.counters["n_ent"] += 1
+        self.counters["n_dec"] += 1
+        self.counters["n_enc"] += closed > 0
+
+    def push(self, L: int, with_global: bool = True) -> tuple[list[int], list[int]]:
+        """The L bytes at n (already in the state's ids) through every part, exactly. Returns the
+        greedy byte after each and 1 where each opened a patch."""
+        s, n = self.s, self.n
+        s.run(L, with_global)
+        out = torch.cat((s.pred[0, n:n + L], s.olog[0, n:n + L].long(), s.ncomp)).tolist()
+        self.count_push(L, out[-1] - self.ncomp)
+        self.n, self.ncomp = n + L, out[-1]
+        return out[:L], out[L:2 * L]
+
+    def rollback(self, n: int, byte: int) -> None:
+        """Back to the first n bytes, with `byte` as byte n."""
+        self.s.rollback(n, byte)
+        self.n, self.ncomp = n, int(self.s.ncomp[0])
+
+    def close(self) -> None:
+        """SeqState.close_patch: the patch before n ends, the global model runs on it."""
+        self.s.run_close()
+        self._kv(self.cfg.n_global_layers, self.ncomp, self.cfg.d_global)
+        self.counters["n_enc"] += 1
+        self.ncomp += 1
+
+    def count_block_pass(self) -> None:
+        """One denoising pass (SeqState.block_logits)."""
+        self.counters["n_dec"] += 1
+        self._kv(self.cfg.n_dec_layers, min(self.n, self.cfg.local_window), self.cfg.d_local)
+
+    def denoise(self, size: int, alpha: float | None, gamma: float | None, keep_first: bool = False):
+        """`denoise_block`: fill the block of `size` slots at n (slot 0 = byte n with keep_first).
+        Returns its ids and the trace's steps."""
+        s = self.s
+        s.begin_block(keep_first, alpha if gamma is None else gamma)
+        left = size - keep_first
+        while left:
+            s.run_denoise(size, gamma is not None)
+            self.count_block_pass()
+            left = int(s.left[0])
+        ids, (step, order), (conf, ent) = s.noisy[0, :size].tolist(), s.filled[0, :, :size].tolist(), \
+            s.scores[0, :, :size].tolist()
+        steps = []
+        for j in range(max(step) + 1):
+            chosen = sorted((i for i in range(size) if step[i] == j), key=lambda i: order[i])
+            steps.append({"unmasked": chosen, "bytes": [ids[i] - OFFSET for i in chosen],
+                          "confidence": [round(conf[i], 4) for i in chosen],
+                          "entropy": [round(ent[i], 4) for i in chosen]})
+        return ids, steps
+
+    def emit(self, out: list[int]) -> bool:
+        """Give bytes to the stopper; True when the generation ends."""
+        return any(self.stopper.push(t) for t in out)
+
+
+@torch.no_grad()
+def generate_static(model: BLT, prompt: str | bytes, mode: str = "blt", max_bytes: int = 64,
+                    stop: str | bytes | None = None, alpha: float | None = None, gamma: float | None = None,
+                    eta: float = 1.0, block: int = 8) -> Generation:
+    """Greedy `mode` for one prompt on the static engine: the same bytes, counters and trace as
+    the eager decoder (knobs as in `generate`)."""
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+    if mode.startswith("blt-d") or mode == "blt-h":
+        alpha, gamma = check_knobs(alpha, gamma)
+    if mode == "blt-h":
+        check_hybrid(eta, block)
+    r = _Request(model, prompt, max_bytes, stop)
+    if mode == "blt":
+        _autoregressive(r)
+    elif mode.startswith("blt-s") or mode.startswith("blt-dv"):
+        _speculative(r, int(mode.split("-")[1].lstrip("sdv")), mode.startswith("blt-s"))
+    elif mode.startswith("blt-d"):
+        _diffusion(r, int(mode[5:]), alpha, gamma)
+    else:
+        _hybrid(r, eta, block, alpha, gamma)
+    return finish(mode, r.ids, r.stopper, r.counters, r.trace, r.stats)
+
+
+def _autoregressive(r: _Request) -> None:
+    """`generate_blt`: one replay per byte, the global step only where the byte opens a patch;
+    the trace is written once at the end (the host reads two numbers per byte)."""
+    s, counters, stopper = r.s, r.counters, r.stopper
+    tok, opens = s.signal[0].tolist()
+    events = []  # (position, byte, opened, counters) per pushed byte
+    while not stopper.push(tok):
+        s.run(1, with_global=bool(opens))
+        r.count_push(1, opens)
+        r.ncomp += opens
+        events.append((r.n, tok, bool(opens), r.snapshot()))
+        r.n += 1
+        tok, opens = s.signal[0].tolist()
+    ent = s.ent[0, :r.n + 1].tolist()
+    for pos, byte, opened, snap in events:
+        r.trace.append({"type": "byte", "pos": pos, "byte": byte - OFFSET, "entropy": round(ent[pos], 4),
+                        "patch_start": opened, "counters": snap})
+    if stopper.reason in ("max_bytes", "stop"):
+        r.trace.append({"type": "byte", "pos": r.n, "byte": tok - OFFSET, "entropy": round(ent[r.n], 4),
+                        "patch_start": None, "counters": r.snapshot()})
+
+
+def _speculative(r: _Request, k: int, self_draft: bool) -> None:
+    """`generate_speculative`, greedy: self-drafting (`blt-s{k}`: decoder-only steps replayed
+    without host reads) or a one-pass diffusion draft (`blt-dv{k}`); the draft is read once, cut
+    at EOS, and verified by one pass."""
+    s = r.s
+    while True:
+        room, n = min(k, r.stopper.max_new - len(r.stopper.out)), r.n
+        if self_draft:
+            s.dt.fill_(n)
+            for _ in range(room - 1):
+                s.run_draft()
+        else:
+            r.close()
+            if room > 1:
+                s.begin_block(True, -1.0)  # α < 0: every slot in one pass
+                s.run_denoise(room, False)
+                r.count_block_pass()
+        d = s.ids[0, n:n + room].tolist()  # d[0]: the byte the last verification settled
+        d = d[:d.index(EOS) + 1] if EOS in d else d
+        if self_draft:  # what the eager drafts count (a fork shares the stats)
+            for u in range(n, n + len(d) - 1):
+                r.count_local(u)
+            r.counters["n_dec"] += len(d) - 1
+        body = d[:-1] if d[-1] == EOS else d
+        preds, starts = r.push(len(body)) if body else ([], [])
+        accepted, rejected, correction = 1, None, None
+        for i in range(1, len(d)):  # preds[i - 1] is the exact greedy byte at n + i
+            if d[i] == preds[i - 1]:
+                accepted += 1
+                continue
+            rejected, correction = d[i], preds[i - 1]
+            r.rollback(n + i, correction)
+            break
+        kept = starts[:accepted] if rejected is not None else starts
+        r.trace.append({"type": "verify", "pos": n - 1, "draft": [t - OFFSET for t in d], "accepted": accepted,
+                        "rejected": None if rejected is None else rejected - OFFSET,
+                        "correction": None if correction is None else correction - OFFSET,
+                        "patch_starts": [n + j for j, x in enumerate(kept) if x], "counters": r.snapshot()})
+        if r.emit(d[:accepted]):
+            return
+
+
+def _diffusion(r: _Request, block: int, alpha: float | None, gamma: float | None) -> None:
+    """`generate_diffusion`: a block of MASKs at each patch start, denoised in passes of one
+    replay each; a finished block goes through every part in one pass."""
+    while True:
+        r.close()
+        size, n = min(block, r.stopper.max_new - len(r.stopper.out)), r.n
+        out, steps = r.denoise(size, alpha, gamma)
+        event = {"type": "block", "pos": n, "size": size, "steps": steps, "bytes": [t - OFFSET for t in out]}
+        done = r.emit(out)
+        if not done:
+            event["patch_starts"] = [n + j for j, x in enumerate(r.push(size)[1]) if x]
+        r.trace.append(event | {"counters": r.snapshot()})
+        if done:
+            return
+
+
+def _hybrid(r: _Request, eta: float, block: int, alpha: float | None, gamma: float | None) -> None:
+    """`generate_hybrid`: per step, one autoregressive byte or a diffusion block opened by it,
+    chosen by the entropy of the exact next-byte distribution."""
+    s, current = r.s, None
+    while True:
+        h = float(entropy_of_logits(s.logits[0]))
+        first, opens = s.signal[0].tolist()
+        mode, n = "diffusion" if h <= eta else "ar", r.n
+        if mode != current:
+            r.trace.append({"type": "switch", "pos": n, "to": mode, "entropy": round(h, 4), "counters": r.snapshot()})
+            current = mode
+        size = min(block, r.stopper.max_new - len(r.stopper.out))
+        if mode == "ar" or size == 1:
+            out, event = [first], {"type": "ar", "pos": n, "byte": first - OFFSET}
+        else:
+            r.close()
+            out, steps = r.denoise(size, alpha, gamma, keep_first=True)
+            event = {"type": "block", "pos": n, "size": size, "steps": steps, "bytes": [t - OFFSET for t in out]}
+        done = r.emit(out)
+        if not done:
+            starts = r.push(len(out), with_global=len(out) > 1 or bool(opens))[1]
+            event["patch_starts"] = [n + j for j, x in enumerate(starts) if x]
+        r.trace.append(event | {"entropy": round(h, 4), "counters": r.snapshot()})
+        if done:
+            return
+
+
+@torch.no_grad()
+def generate_static_batch(model: BLT, prompts: list[str | bytes], max_bytes: int = 64,
+                          stop: str | bytes | None = None, check_every: int = 8) -> list[Generation]:
+    """Greedy `blt` for several prompts at once, one graph replay per byte for all rows (in
+    lockstep from BOS, each row leaving its prompt when it ends): the same bytes and pass
+    counters as `generate_batch`. The host reads the new bytes every `check_every` steps to
+    stop early; bytes past a row's end are computed and dropped."""
+    if not prompts:
+        raise ValueError("no prompts given")
+    prompt_ids = [check_request(p, max_bytes, model.cfg.max_bytes) for p in prompts]
+    s = static_state(model, len(prompts))
+    s.prefill(prompt_ids)
+    n0 = [len(i) for i in prompt_ids]
+    stoppers = [Stopper(max_bytes, stop) for _ in prompts]
+    fed = [0] * len(prompts)  # bytes of each row given to its stopper
+    steps = max(n0)  # replays so far: byte t - 1 of every row is in ids
+    while True:
+        new = s.ids.tolist()
+        for b, stp in enumerate(stoppers):
+            while not stp.reason and n0[b] + fed[b] <= steps:
+                stp.push(new[b][n0[b] + fed[b]])
+                fed[b] += 1
+        if all(stp.reason for stp in stoppers):
+            break
+        for _ in range(min(check_every, max(n0) + max_bytes - 1 - steps)):  # never past the last byte needed
+            s.run()
+            steps += 1
+    # row b was pushed at steps 0 .. fed[b] - 2 (its last byte ended it); count passes as generate_batch
+    olog = s.olog.tolist()
+    counters = new_counters()
+    counters.update(n_dec=1, n_ent=1, n_enc=1)
+    for j in range(max(fed) - 1):
+        pushed = [b for b in range(len(prompts)) if fed[b] - 1 > j]
+        counters["n_dec"] += 1
+        counters["n_ent"] += 1
+        counters["n_enc"] += any(olog[b][n0[b] + j] for b in pushed)
+    return [Generation("blt", ids_to_bytes(ids), bytes(stp.out), stp.reason,
+                       {**counters, "batch": len(prompts), "bytes": len(stp.out)}, [])
+            for ids, stp in zip(prompt_ids, stoppers)]
