@@ -254,6 +254,21 @@ def test_batch_equals_eager_batch(model):
             assert (a.output, a.stop_reason, a.counters) == (b.output, b.stop_reason, b.counters)
 
 
+@pytest.mark.parametrize("mode, kw", [("blt-d4", {"max_bytes": 30}), ("blt-d8", {"max_bytes": 41, "stop": None}),
+                                      ("blt-d16", {"max_bytes": 35, "gamma": 3.0}), ("blt-d8", {"max_bytes": 1}),
+                                      ("blt-d8", {"max_bytes": 90, "alpha": 0.2})])
+def test_batch_diffusion_equals_eager_batch(sharp, mode, kw):
+    prompts = PROMPTS[:7]  # ragged: rows wait at the end of their prompt while the others read theirs
+    if "stop" in kw:  # one that really occurs, in some rows only
+        kw["stop"] = generate_batch(sharp, prompts, mode, max_bytes=40, engine="eager")[0].output[6:8]
+    eager = generate_batch(sharp, prompts, mode, engine="eager", **kw)
+    static = generate_batch(sharp, prompts, mode, engine="static", **kw)
+    if "stop" in kw:  # rows stop at different times
+        assert len({len(g.output) for g in eager}) > 1
+    for a, b in zip(eager, static):
+        assert (a.output, a.stop_reason, a.counters) == (b.output, b.stop_reason, b.counters)
+
+
 def test_state_is_reused_and_reloaded(model):
     assert static_state(model, 2) is static_state(model, 2)
     m = tiny().double()
@@ -271,8 +286,6 @@ def test_engine_choice_and_refusals(model, monkeypatch):
     for kw in ({"mode": "blt-d4", "temperature": 0.5}, {"temperature": 0.5}, {"hooks": decode.Hooks()}):
         with pytest.raises(ValueError, match="engine 'static'"):
             generate(model, "a", **{"mode": "blt", **kw}, engine="static")
-    with pytest.raises(ValueError, match="engine 'static'"):
-        generate_batch(model, ["a", "b"], "blt-d4", engine="static")
     for bad in ({"alpha": 3.0}, {"alpha": 0.5, "gamma": 1.0}, {"eta": -1.0}, {"block": 5}):
         for engine in ("eager", "static"):  # the same refusals on both engines
             with pytest.raises(ValueError, match="alpha|gamma|eta|block"):
@@ -293,6 +306,7 @@ def test_cuda_graphs_equal_eager(model):
         for mode in ("blt", "blt-s16", "blt-d8", "blt-dv16", "blt-h"):
             same_generation(generate(m, p, mode, max_bytes=60, engine="eager"),
                             generate(m, p, mode, max_bytes=60, engine="static"))
-    eager = generate_batch(m, PROMPTS[:16], "blt", max_bytes=40, engine="eager")
-    for a, b in zip(eager, generate_batch(m, PROMPTS[:16], "blt", max_bytes=40)):
-        assert a.output == b.output
+    for mode in ("blt", "blt-d8"):
+        eager = generate_batch(m, PROMPTS[:16], mode, max_bytes=40, engine="eager")
+        for a, b in zip(eager, generate_batch(m, PROMPTS[:16], mode, max_bytes=40, engine="static")):
+            assert a.output == b.output

@@ -19,7 +19,7 @@ import time
 from ..model import BLT
 from .autoregressive import generate_blt
 from .batch import generate_batch
-from .common import MODES, Generation, Hooks, Sampler
+from .common import BATCH_MODES, MODES, Generation, Hooks, Sampler
 from .diffusion import generate_diffusion
 from .hybrid import generate_hybrid
 from .reference import generate_reference
@@ -65,18 +65,16 @@ def generate(model: BLT, prompt: str | bytes, mode: str = "blt", max_bytes: int 
     return g
 
 
-def use_static(model: BLT, mode: str, temperature: float, engine: str, hooks: Hooks | None = None,
-               batch: bool = False) -> bool:
-    """Whether a request goes to the static engine; refuses "static" where it does not apply
-    (batch: for `generate_batch`, where it runs `blt` only)."""
+def use_static(model: BLT, mode: str, temperature: float, engine: str, hooks: Hooks | None = None) -> bool:
+    """Whether a request goes to the static engine; refuses "static" where it does not apply."""
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
-    fits = (mode == "blt" or not batch) and temperature == 0 and supports(model) and hooks is None
+    fits = temperature == 0 and supports(model) and hooks is None
     if engine == "static" and not fits:
-        raise ValueError("engine 'static' runs greedy decoding (temperature 0, no hooks; batched: 'blt' only) "
-                         "on bltlab-layout models only")
+        raise ValueError("engine 'static' runs greedy decoding (temperature 0, no hooks) on bltlab-layout "
+                         "models only")
     # auto: only what has been checked on a GPU (the other modes have not run on one yet: ask for them)
     return engine == "static" or (engine == "auto" and fits and mode == "blt" and next(model.parameters()).is_cuda)
 
 
-__all__ = ["ENGINES", "HF_MODES", "MODES", "Generation", "Hooks", "Sampler", "generate", "generate_batch", "generate_reference"]
+__all__ = ["BATCH_MODES", "ENGINES", "HF_MODES", "MODES", "Generation", "Hooks", "Sampler", "generate", "generate_batch", "generate_reference"]

@@ -13,10 +13,10 @@ import torch.nn.functional as F
 from ..entropy import entropy_of_logits
 from ..model import BLT
 from ..tokens import MASK, ids_to_bytes
-from .common import Generation, Sampler, Stopper, check_request, new_counters
+from .common import BATCH_MODES, Generation, Sampler, Stopper, check_request, new_counters
 from .diffusion import check_knobs, choose_unmask
 from .state import HASH_CONTEXT, SeqState
-from .static_modes import generate_static_batch
+from .static_modes import generate_static_batch, generate_static_batch_diffusion
 
 
 def _pad(ts: list[torch.Tensor], S: int) -> torch.Tensor:
@@ -96,9 +96,9 @@ def generate_batch(model: BLT, prompts: list[str | bytes], mode: str = "blt", ma
                    seed: int | None = None, alpha: float | None = None, gamma: float | None = None,
                    engine: str = "auto") -> list[Generation]:
     """Generate for several prompts at once with `blt` or `blt-d4/8/16`; one Generation per prompt
-    (each carries the batch's shared pass counters). `engine` as in `generate`: greedy `blt` on a
-    GPU replays one CUDA graph per byte for all rows (static_modes.py)."""
-    if mode not in ("blt", "blt-d4", "blt-d8", "blt-d16"):
+    (each carries the batch's shared pass counters). `engine` as in `generate`: the static engine
+    replays one CUDA graph per step for all rows (static_modes.py)."""
+    if mode not in BATCH_MODES:
         raise ValueError(f"batched generation supports blt and blt-d4/8/16, got {mode!r}")
     if not prompts:
         raise ValueError("no prompts given")
@@ -106,11 +106,12 @@ def generate_batch(model: BLT, prompts: list[str | bytes], mode: str = "blt", ma
         raise ValueError("batched generation supports bltlab-layout models only; generate one prompt at a time")
     from . import use_static
 
-    if use_static(model, mode, temperature, engine, batch=True):
-        return generate_static_batch(model, prompts, max_bytes, stop)
-    sampler = Sampler(temperature, top_p, seed)
     if mode != "blt":
         alpha, gamma = check_knobs(alpha, gamma)
+    if use_static(model, mode, temperature, engine):
+        return generate_static_batch(model, prompts, max_bytes, stop) if mode == "blt" else \
+            generate_static_batch_diffusion(model, prompts, int(mode[5:]), max_bytes, stop, alpha, gamma)
+    sampler = Sampler(temperature, top_p, seed)
     prompt_ids = [check_request(p, max_bytes, model.cfg.max_bytes) for p in prompts]
     counters = new_counters()
     rows = [SeqState(model) for _ in prompts]

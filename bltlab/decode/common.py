@@ -9,6 +9,7 @@ import torch
 from ..tokens import EOS, N_IDS, OFFSET, encode, ids_to_bytes, to_bytes
 
 MODES = ("blt", "blt-s8", "blt-s16", "blt-d4", "blt-d8", "blt-d16", "blt-dv4", "blt-dv8", "blt-dv16", "blt-h")
+BATCH_MODES = ("blt", "blt-d4", "blt-d8", "blt-d16")  # what `generate_batch` runs
 
 
 @dataclass

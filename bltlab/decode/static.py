@@ -130,6 +130,7 @@ class StaticState:
         self.nstep = torch.zeros(B, dtype=torch.long, device=dev)
         self.left = torch.zeros(B, dtype=torch.long, device=dev)  # masked slots left: what the host reads
         self.knob = torch.zeros(B, dtype=torch.float64, device=dev)  # α or γ (a tensor: one graph for all)
+        self.move = torch.ones(B, dtype=torch.bool, device=dev)  # rows a step moves (the rest keep t, patches)
         self.logits = torch.zeros(B, 260, dtype=p.dtype, device=dev)  # prediction of byte t
         self.h = p.new_zeros(B, T, self.cfg.d_local)
         self.table = p.new_zeros(B, T + 1, self.cfg.cross_k, self.cfg.d_local)  # row r: patch r - 1
@@ -173,18 +174,23 @@ class StaticState:
         self.ids.copy_(self.given)
         for x in (self.ent, self.t, self.cur, self.ncomp, self.forced):
             x.zero_()
+        self.move.fill_(True)
         self.table[:, 0] = self.m.start_slots.to(self.table.dtype)
         for layer in self.blocks:
             self.wqkv[id(layer)].copy_(_fused_qkv(layer))  # the weights may have changed since
         self._signal()
 
-    def prefill(self, prompts: list[list[int]]) -> None:
-        """reset, then the prompts' bytes: the common length in one pass, the rest one by one."""
+    def prefill(self, prompts: list[list[int]], freeze: bool = False) -> None:
+        """reset, then the prompts' bytes: the common length in one pass, the rest one by one, where
+        a row whose prompt has ended goes on with its greedy bytes, or with `freeze` waits there."""
         self.reset(prompts)
         lens = [len(p) for p in prompts]
         self.advance(min(lens))
         for _ in range(max(lens) - min(lens)):
+            if freeze:
+                self.move.copy_(self.t < self.plen)
             self.run()
+        self.move.fill_(True)
 
     # ---- the step ------------------------------------------------------------------------------
     def _opens(self, pos: torch.Tensor) -> torch.Tensor:
@@ -217,7 +223,8 @@ class StaticState:
     def advance(self, L: int = 1, with_global: bool = True) -> None:
         """Take bytes t .. t + L - 1 of every row (already in `ids`) in one pass, in place and
         without host synchronisation; then ids[t + L] is the prompt's next byte or the greedy one.
-        with_global=False skips the global step (only right when no byte of the pass opens a patch)."""
+        with_global=False skips the global step (only right when no byte of the pass opens a patch).
+        Rows outside `move` keep their position and patches: what the pass wrote for them lies past t."""
         m, b, t = self.m, self.rows, self.t
         pos = t[:, None] + self.kpos[:L]  # [B, L]
         # entropy model: H_{u + 1} for every u, which the patch decisions after byte t need
@@ -240,12 +247,12 @@ class StaticState:
             order = torch.argsort((~closes).to(torch.uint8), dim=1, stable=True)
             self._global(first.gather(1, order), pos.gather(1, order))  # patch j = [start, end) if j < closed
             rows = rows + closes.long().cumsum(1)
-            self.ncomp += closes.sum(1)
-            self.cur.copy_(incl[:, -1])
+            self.ncomp += closes.sum(1) * self.move
+            self.cur.copy_(torch.where(self.move, incl[:, -1], self.cur))
         nxt = self._decode(pos, rows, local)
         t1 = t + L
         self.ids[b, t1] = torch.where(t1 < self.plen, self.given[b, t1], nxt)  # the prompt first
-        self.t += L
+        self.t += L * self.move
         self._signal()
 
     def _global(self, start: torch.Tensor, end: torch.Tensor) -> None:
@@ -264,11 +271,11 @@ class StaticState:
     def close(self) -> None:
         """Force a patch start at t (a diffusion block starts a patch) and run the global model on
         the patch that ends there, [cur, t), so that the block reads its output (SeqState.close_patch)."""
-        t = self.t
-        self.forced[self.rows, t] = True
+        t, move = self.t, self.move
+        self.forced[self.rows, t] |= move
         self._global(self.cur[:, None], t[:, None])
-        self.ncomp += (self.cur < t).long()
-        self.cur.copy_(t)
+        self.ncomp += (self.cur < t) & move
+        self.cur.copy_(torch.where(move, t, self.cur))
         self._signal()
 
     def begin_block(self, keep_first: bool, knob: float) -> None:
@@ -297,7 +304,7 @@ class StaticState:
             x = _block(layer, self.wqkv[id(layer)], x, rot, kc, vc, pos, mask, b, slots)
         logits = allowed(m.head(m.dec_norm(x)).float())  # [B, size, 260]
         masked = noisy == MASK
-        chosen, rank = unmask_rule(logits, masked, self.knob, by_entropy)
+        chosen, rank = unmask_rule(logits, masked & self.move[:, None], self.knob, by_entropy)
         pick = logits.argmax(-1)
         self.ids[b[:, None], pos] = torch.where(chosen, pick, self.ids[b[:, None], pos])
         noisy.copy_(torch.where(chosen, pick, noisy))

@@ -1,5 +1,5 @@
-"""Every greedy decoding mode on the static engine (static.py), one prompt at a time, plus
-greedy `blt` for a batch.
+"""Every greedy decoding mode on the static engine (static.py), one prompt at a time, and
+greedy `blt` and `blt-d*` for a batch.
 
 The host keeps what the eager decoders keep (counters, cost stats, trace, stopper) and reads
 from the device only what decides the next step: the new byte and whether it opens a patch
@@ -282,6 +282,50 @@ def generate_static_batch(model: BLT, prompts: list[str | bytes], max_bytes: int
         counters["n_dec"] += 1
         counters["n_ent"] += 1
         counters["n_enc"] += any(olog[b][n0[b] + j] for b in pushed)
-    return [Generation("blt", ids_to_bytes(ids), bytes(stp.out), stp.reason,
-                       {**counters, "batch": len(prompts), "bytes": len(stp.out)}, [])
+    return _batch_result("blt", prompt_ids, stoppers, counters)
+
+
+def _batch_result(mode: str, prompt_ids: list[list[int]], stoppers: list[Stopper], counters: dict) -> list[Generation]:
+    return [Generation(mode, ids_to_bytes(ids), bytes(stp.out), stp.reason,
+                       {**counters, "batch": len(prompt_ids), "bytes": len(stp.out)}, [])
             for ids, stp in zip(prompt_ids, stoppers)]
+
+
+@torch.no_grad()
+def generate_static_batch_diffusion(model: BLT, prompts: list[str | bytes], block: int = 8, max_bytes: int = 64,
+                                    stop: str | bytes | None = None, alpha: float | None = None,
+                                    gamma: float | None = None) -> list[Generation]:
+    """Greedy `blt-d{block}` for several prompts at once: the same bytes and pass counters as
+    `generate_batch`. Every row closes its patch in one replay, denoises in one replay per pass
+    (until no running row has a masked slot left: the host reads one number per row), and
+    pushes its block in one more; a row that has stopped is left where it is (`move`)."""
+    alpha, gamma = check_knobs(alpha, gamma)
+    prompt_ids = [check_request(p, max_bytes, model.cfg.max_bytes) for p in prompts]
+    s = static_state(model, len(prompts))
+    s.prefill(prompt_ids, freeze=True)
+    counters = new_counters()
+    counters.update(n_dec=1, n_ent=1, n_enc=1)
+    stoppers = [Stopper(max_bytes, stop) for _ in prompts]
+    active = list(range(len(prompts)))
+    while active:
+        s.run_close()
+        counters["n_enc"] += 1
+        size = min(block, max_bytes - len(stoppers[active[0]].out))  # every running row has as many bytes
+        s.begin_block(False, alpha if gamma is None else gamma)
+        while True:
+            s.run_denoise(size, gamma is not None)
+            counters["n_dec"] += 1
+            left = s.left.tolist()
+            if not any(left[b] for b in active):
+                break
+        out = s.noisy[:, :size].tolist()
+        active = [b for b in active if not any(stoppers[b].push(t) for t in out[b])]
+        s.move.copy_(torch.isin(s.rows, torch.tensor(active, dtype=torch.long, device=s.dev)))
+        if active:
+            before = s.ncomp.tolist()
+            s.run(size)
+            after = s.ncomp.tolist()
+            counters["n_ent"] += 1
+            counters["n_dec"] += 1
+            counters["n_enc"] += any(after[b] > before[b] for b in active)
+    return _batch_result(f"blt-d{block}", prompt_ids, stoppers, counters)
