@@ -3,7 +3,8 @@
 Attention takes explicit positions and a mask (None = plain causal, a dense bool mask, or an
 `AttnMask` described by positions and block ids) so that the same code serves causal byte
 streams, sliding windows and the block-diffusion mask. RMSNorm, SwiGLU and attention go
-through bltlab.kernels: PyTorch by default on CPU, Triton kernels on CUDA (docs/kernels.md).
+through bltlab.kernels: PyTorch by default on CPU, Triton kernels on CUDA (attention: PyTorch
+there too unless asked for, see docs/kernels.md).
 """
 from __future__ import annotations
 

@@ -55,6 +55,16 @@ def test_backend_switch_and_errors(monkeypatch):
         kernels.use_triton(torch.zeros(1))
 
 
+def test_auto_leaves_slower_kernels_to_pytorch(monkeypatch):
+    monkeypatch.setattr(kernels, "use_triton", lambda *t: True)  # as for CUDA tensors
+    monkeypatch.setattr(kernels, "_module", lambda name, on_cpu: name)
+    x = torch.zeros(1)
+    assert kernels._pick("attention", x) == ("attention", False)  # auto: PyTorch's fused attention
+    assert kernels._pick("norm_ffn", x) == ("norm_ffn", True)
+    with kernels.backend("triton"):
+        assert kernels._pick("attention", x) == ("attention", True)
+
+
 def test_env_variable_sets_the_backend():
     env = {**os.environ, "BLTLAB_KERNELS": "reference"}
     out = subprocess.run([sys.executable, "-c", "import bltlab.kernels as k; print(k.get_backend())"],

@@ -6,7 +6,8 @@ sends its tensors either to the reference (the exact PyTorch code the model alwa
 a Triton kernel. The backend:
 
 - `auto` (default): Triton for CUDA tensors, the reference otherwise, so a CPU run computes
-  bit for bit what it computed before the kernels existed;
+  bit for bit what it computed before the kernels existed; except the ops in `AUTO_REFERENCE`,
+  whose kernel measured slower than the reference on the GPU (benchmarks/gpu/kernels.md);
 - `triton`: always Triton; on CPU tensors this needs Triton's interpreter
   (`TRITON_INTERPRET=1`, set before the first kernel module is imported: it decides at
   definition time whether a kernel is compiled or interpreted), else a clear error;
@@ -26,6 +27,9 @@ from contextlib import contextmanager
 import torch
 
 BACKENDS = ("auto", "triton", "reference")
+# 'auto' runs these on PyTorch on a GPU too: the block-diffusion attention kernel took 2.2-2.7x
+# the time of PyTorch's fused attention on an H100, forward and backward (benchmarks/gpu/kernels.md)
+AUTO_REFERENCE = frozenset({"attention"})
 
 
 def _check(name: str) -> str:
@@ -87,8 +91,8 @@ def _module(name: str, on_cpu: bool):
 
 
 def _pick(name: str, *tensors: torch.Tensor):
-    """(module, use the Triton path?) for an op on `tensors`."""
-    fast = use_triton(*tensors)
+    """(module, use the Triton path?) for an op on `tensors` (a kernel module's name)."""
+    fast = use_triton(*tensors) and not (_backend == "auto" and name in AUTO_REFERENCE)
     return _module(name, fast and not tensors[0].is_cuda), fast
 
 
