@@ -5,7 +5,7 @@
 # decoding speed benchmark with the transformers baselines, each as JSON + the printed table.
 #   PYTHONPATH=. OUT=benchmarks/gpu bash benchmarks/run_gpu.sh
 # MODEL=DIR times another model directory than the shipped one; KERNELS=0 skips the kernel tests
-# and benchmark (for a second run after a decoding change).
+# and benchmark (for a second run after a decoding change); COMPILED=0 skips the compiled engine.
 set -euo pipefail
 OUT=${OUT:-benchmarks/gpu}
 PY=${PYTHON:-python3}
@@ -16,5 +16,10 @@ if [ "${KERNELS:-1}" = 1 ]; then
     $PY -m pytest -q -p no:cacheprovider tests/test_kernels.py 2>&1 | tail -5 | tee "$OUT/kernel_tests.txt"
     $PY -m bltlab bench-kernels --train-steps 10 --json "$OUT/kernels.json" | tee "$OUT/kernels.md"
 fi
-$PY -m pytest -q -p no:cacheprovider tests/test_static.py 2>&1 | tail -5 | tee "$OUT/static_tests.txt"
+# the static engine's CUDA tests (the rest of tests/test_static.py runs on the CPU in CI)
+$PY -m pytest -q -p no:cacheprovider tests/test_static.py -k "cuda or compiled" 2>&1 | tail -5 | tee "$OUT/static_tests.txt"
 $PY -m bltlab speed --device cuda --batch 16 --hf ${MODEL:+--model "$MODEL"} --json "$OUT/speed.json" 2>&1 | grep -v "%|" | tee "$OUT/speed.md"
+if [ "${COMPILED:-1}" = 1 ]; then  # torch.compile'd static steps beside the plain ones, blt only (compiling takes minutes)
+    $PY -m bltlab speed --device cuda --batch 16 --modes blt --engines static,compiled ${MODEL:+--model "$MODEL"} \
+        --json "$OUT/speed_compiled.json" 2>&1 | grep -v "%|" | tee "$OUT/speed_compiled.md"
+fi

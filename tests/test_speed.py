@@ -32,14 +32,27 @@ def test_rows_roofline_and_hf_baselines(tiny):
     assert "× HF BLT" in format_table(res)
 
 
+def test_every_job_on_every_engine_asked_for(tiny):
+    res = run_speed(tiny, PROMPTS, ["blt", "blt-d4"], max_bytes=3, batch=2, progress=False, engines=["eager", "static"])
+    got = [(r["engine"], r["mode"], r["batch"]) for r in res["rows"]]
+    assert got == [(e, m, b) for e in ("eager", "static") for b in (1, 2) for m in ("blt", "blt-d4")]
+    by = {(r["engine"], r["mode"], r["batch"]): r for r in res["rows"]}
+    for m, b in (("blt", 1), ("blt-d4", 2)):  # same work on both engines
+        assert by["eager", m, b]["counters"] == by["static", m, b]["counters"]
+    assert [r["engine"] for r in res["static_steps"]] == ["static"] * 4
+    with pytest.raises(ValueError, match="unknown engine"):
+        run_speed(tiny, PROMPTS, ["blt"], engines=["fast"], progress=False)
+
+
 def test_static_steps_rows(tiny):
     rows = static_steps(tiny, [1, 2], b"abc", steps=3)  # eager steps on a CPU, graph replays on a GPU
-    assert [(r["batch"], r["with_global"]) for r in rows] == [(1, True), (1, False), (2, True), (2, False)]
+    assert [(r["engine"], r["batch"], r["with_global"]) for r in rows] == [
+        ("static", 1, True), ("static", 1, False), ("static", 2, True), ("static", 2, False)]
     assert all(r["us_per_step"] > 0 and r["bytes_per_s"] == pytest.approx(r["batch"] * 1e6 / r["us_per_step"])
                for r in rows)
     table = format_table({"model": "tiny", "device": "cpu", "dtype": "float32", "copy_GBps": 1.0, "rows": [],
                           "static_steps": rows})
-    assert "| 2 | no |" in table
+    assert "| static | 2 | no |" in table
 
 
 def test_hf_config_has_our_shapes(tiny):

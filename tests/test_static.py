@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from bltlab import decode
+from bltlab.decode import static
 from bltlab.config import PatchConfig, get_config
 from bltlab.decode import generate, generate_batch
 from bltlab.decode.common import allowed
@@ -295,6 +296,22 @@ def test_engine_choice_and_refusals(model, monkeypatch):
         generate(hf, "a", "blt", engine="static")
     monkeypatch.setattr(decode, "generate_static", lambda *a, **k: pytest.fail("static engine on a CPU"))
     generate(model, "a", "blt", max_bytes=3)  # auto: eager on a CPU
+
+
+def test_compiled_steps_equal_eager(model, monkeypatch):
+    """engine "compiled": the same steps through torch.compile. Traced here with "aot_eager", which
+    builds and functionalises the same graphs as inductor but runs them with PyTorch's kernels
+    (inductor's compile of every step takes minutes on a CPU; the GPU run uses it)."""
+    gpu = torch.cuda.is_available()  # there: the real compiler, and CUDA graphs of its kernels
+    monkeypatch.setattr(static, "COMPILE_BACKEND", "inductor" if gpu else "aot_eager")
+    m = tiny().to("cuda" if gpu else "cpu")
+    with torch.no_grad():
+        m.head.weight.mul_(25)
+    for mode in ("blt", "blt-s8", "blt-d8", "blt-dv8"):  # each step kind; compiling is what takes time
+        same_generation(generate(m, PROMPTS[1], mode, max_bytes=24, engine="eager"),
+                        generate(m, PROMPTS[1], mode, max_bytes=24, engine="compiled"))
+    s = static_state(m, 1, compiled=True)
+    assert s is not static_state(m, 1) and set(s._compiled) >= {"advance", "draft", "close", "denoise"}
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")

@@ -10,7 +10,8 @@ steps). `generate_batch` runs `blt` and `blt-d*` on several ragged prompts at on
 Every greedy mode has a second engine, static.py + static_modes.py: static KV caches and
 CUDA-graph-captured steps, the same bytes, counters and trace as the eager decoders.
 `engine="auto"` takes it for `blt` on a GPU (when no streaming hooks are given); "eager"
-and "static" force one.
+and "static" force one; "compiled" is the static engine with its steps passed through
+torch.compile first (fused kernels; minutes of compiling on first use).
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from .speculative import generate_speculative
 from .static import supports
 from .static_modes import generate_static
 
-ENGINES = ("auto", "eager", "static")
+ENGINES = ("auto", "eager", "static", "compiled")
 
 HF_MODES = ("blt", "blt-s8", "blt-s16")  # what needs no extra training: for weights from transformers
 
@@ -41,7 +42,7 @@ def generate(model: BLT, prompt: str | bytes, mode: str = "blt", max_bytes: int 
     alpha / gamma: unmasking rule of the diffusion modes (blt-d*, blt-h); eta and block: the
     hybrid's switch threshold (nats) and block size. Knobs a mode does not use are ignored.
     hooks: stream trace events as they happen and/or cancel from outside (see `Hooks`).
-    engine: "eager", "static" (any greedy mode) or "auto" (static for `blt` on a GPU)."""
+    engine: "eager", "static" or "compiled" (any greedy mode), or "auto" (static for `blt` on a GPU)."""
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
     if model.cfg.arch == "hf" and mode not in HF_MODES:
@@ -49,8 +50,9 @@ def generate(model: BLT, prompt: str | bytes, mode: str = "blt", max_bytes: int 
                          f"layout support the training-free modes {', '.join(HF_MODES)}")
     sampler = Sampler(temperature, top_p, seed)
     t0 = time.perf_counter()
-    if use_static(model, mode, temperature, engine, hooks):
-        g = generate_static(model, prompt, mode, max_bytes, stop, alpha, gamma, eta, block)
+    engine = pick_engine(model, mode, temperature, engine, hooks)
+    if engine != "eager":
+        g = generate_static(model, prompt, mode, max_bytes, stop, alpha, gamma, eta, block, engine == "compiled")
     elif mode == "blt":
         g = generate_blt(model, prompt, max_bytes, stop, sampler, hooks)
     elif mode.startswith("blt-s"):
@@ -65,16 +67,18 @@ def generate(model: BLT, prompt: str | bytes, mode: str = "blt", max_bytes: int 
     return g
 
 
-def use_static(model: BLT, mode: str, temperature: float, engine: str, hooks: Hooks | None = None) -> bool:
-    """Whether a request goes to the static engine; refuses "static" where it does not apply."""
+def pick_engine(model: BLT, mode: str, temperature: float, engine: str, hooks: Hooks | None = None) -> str:
+    """The engine a request runs on: "eager", "static" or "compiled" ("auto" resolved); refuses a
+    static one where it does not apply."""
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
     fits = temperature == 0 and supports(model) and hooks is None
-    if engine == "static" and not fits:
-        raise ValueError("engine 'static' runs greedy decoding (temperature 0, no hooks) on bltlab-layout "
+    if engine in ("static", "compiled") and not fits:
+        raise ValueError(f"engine {engine!r} runs greedy decoding (temperature 0, no hooks) on bltlab-layout "
                          "models only")
-    # auto: only what has been checked on a GPU (the other modes have not run on one yet: ask for them)
-    return engine == "static" or (engine == "auto" and fits and mode == "blt" and next(model.parameters()).is_cuda)
+    if engine == "auto":  # only what has been checked on a GPU (the other modes have not run on one yet)
+        return "static" if fits and mode == "blt" and next(model.parameters()).is_cuda else "eager"
+    return engine
 
 
 __all__ = ["BATCH_MODES", "ENGINES", "HF_MODES", "MODES", "Generation", "Hooks", "Sampler", "generate", "generate_batch", "generate_reference"]

@@ -104,13 +104,15 @@ def generate_batch(model: BLT, prompts: list[str | bytes], mode: str = "blt", ma
         raise ValueError("no prompts given")
     if model.cfg.arch != "bltlab":
         raise ValueError("batched generation supports bltlab-layout models only; generate one prompt at a time")
-    from . import use_static
+    from . import pick_engine
 
     if mode != "blt":
         alpha, gamma = check_knobs(alpha, gamma)
-    if use_static(model, mode, temperature, engine):
-        return generate_static_batch(model, prompts, max_bytes, stop) if mode == "blt" else \
-            generate_static_batch_diffusion(model, prompts, int(mode[5:]), max_bytes, stop, alpha, gamma)
+    engine = pick_engine(model, mode, temperature, engine)
+    if engine != "eager":
+        compiled = engine == "compiled"
+        return generate_static_batch(model, prompts, max_bytes, stop, compiled=compiled) if mode == "blt" else \
+            generate_static_batch_diffusion(model, prompts, int(mode[5:]), max_bytes, stop, alpha, gamma, compiled)
     sampler = Sampler(temperature, top_p, seed)
     prompt_ids = [check_request(p, max_bytes, model.cfg.max_bytes) for p in prompts]
     counters = new_counters()

@@ -40,6 +40,9 @@ from .common import allowed
 from .state import HASH_CONTEXT
 
 MAX_BLOCK = 16  # the longest denoised block (blt-d16, blt-dv16)
+# what engine "compiled" compiles its steps with ("aot_eager" traces the same graphs without
+# generating code: the CPU tests use it, inductor's compile takes minutes on a CPU)
+COMPILE_BACKEND = "inductor"
 
 
 def supports(model: BLT) -> bool:
@@ -102,10 +105,12 @@ def _caches(layers, B: int, S: int, like: torch.Tensor) -> list[tuple[torch.Tens
 
 
 class StaticState:
-    """Static buffers for B sequences and the step that advances all of them by one byte."""
+    """Static buffers for B sequences and the steps that advance them. With `compile_backend`, every
+    step goes through torch.compile first (then, on a GPU, into its CUDA graph)."""
 
-    def __init__(self, model: BLT, B: int):
+    def __init__(self, model: BLT, B: int, compile_backend: str | None = None):
         self.m, self.cfg, self.B = model, model.cfg, B
+        self.compile_backend, self._compiled = compile_backend, {}
         p = next(model.parameters())
         dev, T = p.device, model.cfg.max_bytes + 1  # ids[t + 1] is written at the last position
         self.dev, self.T = dev, T
@@ -370,22 +375,35 @@ class StaticState:
     @torch.no_grad()
     def run(self, L: int = 1, with_global: bool = True) -> None:
         """advance(L, with_global)."""
-        self._replay(("advance", L, with_global), lambda: self.advance(L, with_global))
+        self._replay(("advance", L, with_global), lambda: self._step("advance", L, with_global))
 
     @torch.no_grad()
     def run_draft(self) -> None:
         """draft()."""
-        self._replay("draft", self.draft)
+        self._replay("draft", lambda: self._step("draft"))
 
     @torch.no_grad()
     def run_close(self) -> None:
         """close()."""
-        self._replay("close", self.close)
+        self._replay("close", lambda: self._step("close"))
 
     @torch.no_grad()
     def run_denoise(self, size: int, by_entropy: bool) -> None:
         """denoise(size, by_entropy)."""
-        self._replay(("denoise", size, by_entropy), lambda: self.denoise(size, by_entropy))
+        self._replay(("denoise", size, by_entropy), lambda: self._step("denoise", size, by_entropy))
+
+    def _step(self, name: str, *args) -> None:
+        """The step method `name`; with a compile backend, compiled on first use, traced with the
+        PyTorch reference ops (the compiler fuses them into its own kernels)."""
+        if self.compile_backend is None:
+            return getattr(self, name)(*args)
+        fn = self._compiled.get(name)
+        if fn is None:
+            dyn = torch._dynamo.config
+            dyn.recompile_limit = max(dyn.recompile_limit, 64)  # a variant per pass length and kind
+            fn = self._compiled[name] = torch.compile(getattr(self, name), backend=self.compile_backend)
+        with kernels.backend("reference"):
+            fn(*args)
 
     def _replay(self, key, step) -> None:
         if self.dev.type != "cuda":
@@ -409,11 +427,12 @@ class StaticState:
 _STATES: "weakref.WeakKeyDictionary[BLT, dict]" = weakref.WeakKeyDictionary()
 
 
-def static_state(model: BLT, B: int) -> StaticState:
-    """The model's StaticState for batch B on its current device and dtype, built once (its
-    graphs are captured once too)."""
+def static_state(model: BLT, B: int, compiled: bool = False) -> StaticState:
+    """The model's StaticState for batch B on its current device and dtype (with steps compiled by
+    COMPILE_BACKEND if `compiled`), built once (its graphs are captured once too)."""
     p = next(model.parameters())
-    per, key = _STATES.setdefault(model, {}), (B, p.device, p.dtype)
+    backend = COMPILE_BACKEND if compiled else None
+    per, key = _STATES.setdefault(model, {}), (B, p.device, p.dtype, backend)
     if key not in per:
-        per[key] = StaticState(model, B)
+        per[key] = StaticState(model, B, backend)
     return per[key]

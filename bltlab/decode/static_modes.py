@@ -24,10 +24,10 @@ class _Request:
     """One prompt on the static engine (batch 1): prefilled in one pass, with the counters, cost
     stats and trace that the eager decoders' SeqState would have."""
 
-    def __init__(self, model: BLT, prompt: str | bytes, max_bytes: int, stop: str | bytes | None):
+    def __init__(self, model: BLT, prompt: str | bytes, max_bytes: int, stop: str | bytes | None, compiled: bool):
         self.cfg, self.n_tables = model.cfg, len(model.embed.tables)
         self.ids = check_request(prompt, max_bytes, model.cfg.max_bytes)
-        self.s = s = static_state(model, 1)
+        self.s = s = static_state(model, 1, compiled)
         s.prefill([self.ids])
         self.n = n = len(self.ids)  # bytes taken: the state's t
         starts, ent = s.olog[0, :n].tolist(), s.ent[0, :n].tolist()
@@ -118,16 +118,16 @@ class _Request:
 @torch.no_grad()
 def generate_static(model: BLT, prompt: str | bytes, mode: str = "blt", max_bytes: int = 64,
                     stop: str | bytes | None = None, alpha: float | None = None, gamma: float | None = None,
-                    eta: float = 1.0, block: int = 8) -> Generation:
+                    eta: float = 1.0, block: int = 8, compiled: bool = False) -> Generation:
     """Greedy `mode` for one prompt on the static engine: the same bytes, counters and trace as
-    the eager decoder (knobs as in `generate`)."""
+    the eager decoder (knobs as in `generate`; `compiled`: steps through torch.compile)."""
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
     if mode.startswith("blt-d") or mode == "blt-h":
         alpha, gamma = check_knobs(alpha, gamma)
     if mode == "blt-h":
         check_hybrid(eta, block)
-    r = _Request(model, prompt, max_bytes, stop)
+    r = _Request(model, prompt, max_bytes, stop, compiled)
     if mode == "blt":
         _autoregressive(r)
     elif mode.startswith("blt-s") or mode.startswith("blt-dv"):
@@ -248,7 +248,8 @@ def _hybrid(r: _Request, eta: float, block: int, alpha: float | None, gamma: flo
 
 @torch.no_grad()
 def generate_static_batch(model: BLT, prompts: list[str | bytes], max_bytes: int = 64,
-                          stop: str | bytes | None = None, check_every: int = 8) -> list[Generation]:
+                          stop: str | bytes | None = None, check_every: int = 8,
+                          compiled: bool = False) -> list[Generation]:
     """Greedy `blt` for several prompts at once, one graph replay per byte for all rows (in
     lockstep from BOS, each row leaving its prompt when it ends): the same bytes and pass
     counters as `generate_batch`. The host reads the new bytes every `check_every` steps to
@@ -256,7 +257,7 @@ def generate_static_batch(model: BLT, prompts: list[str | bytes], max_bytes: int
     if not prompts:
         raise ValueError("no prompts given")
     prompt_ids = [check_request(p, max_bytes, model.cfg.max_bytes) for p in prompts]
-    s = static_state(model, len(prompts))
+    s = static_state(model, len(prompts), compiled)
     s.prefill(prompt_ids)
     n0 = [len(i) for i in prompt_ids]
     stoppers = [Stopper(max_bytes, stop) for _ in prompts]
@@ -294,14 +295,14 @@ def _batch_result(mode: str, prompt_ids: list[list[int]], stoppers: list[Stopper
 @torch.no_grad()
 def generate_static_batch_diffusion(model: BLT, prompts: list[str | bytes], block: int = 8, max_bytes: int = 64,
                                     stop: str | bytes | None = None, alpha: float | None = None,
-                                    gamma: float | None = None) -> list[Generation]:
+                                    gamma: float | None = None, compiled: bool = False) -> list[Generation]:
     """Greedy `blt-d{block}` for several prompts at once: the same bytes and pass counters as
     `generate_batch`. Every row closes its patch in one replay, denoises in one replay per pass
     (until no running row has a masked slot left: the host reads one number per row), and
     pushes its block in one more; a row that has stopped is left where it is (`move`)."""
     alpha, gamma = check_knobs(alpha, gamma)
     prompt_ids = [check_request(p, max_bytes, model.cfg.max_bytes) for p in prompts]
-    s = static_state(model, len(prompts))
+    s = static_state(model, len(prompts), compiled)
     s.prefill(prompt_ids, freeze=True)
     counters = new_counters()
     counters.update(n_dec=1, n_ent=1, n_enc=1)

@@ -81,9 +81,14 @@ def use_triton(*tensors: torch.Tensor) -> bool:
     return True
 
 
+_LOADED: dict = {}  # kernel modules imported so far (a dict lookup, which torch.compile traces)
+
+
 def _module(name: str, on_cpu: bool):
     """Import a kernel module on first use (it imports triton and defines its kernels)."""
-    mod = importlib.import_module(f"{__name__}.{name}")
+    mod = _LOADED.get(name)
+    if mod is None:
+        mod = _LOADED[name] = importlib.import_module(f"{__name__}.{name}")
     if on_cpu and not getattr(mod, "INTERPRETED", False):
         raise RuntimeError(f"bltlab.kernels.{name} defined its kernels before TRITON_INTERPRET=1 was set, so "
                            "they cannot run on CPU tensors: set the variable before importing bltlab")
