@@ -1,4 +1,5 @@
-"""Greedy `blt` with static KV caches and, on CUDA, CUDA-graph-captured steps.
+"""The static engine: static KV caches and, on CUDA, CUDA-graph-captured steps, for every greedy
+mode (the modes' host loops are in static_modes.py).
 
 The eager decoders (state.py) grow their caches with `torch.cat` and decide patches on the
 host: exact, easy to read, and bound by Python and kernel-launch overhead on a GPU. Here
@@ -20,8 +21,11 @@ skipping, so two graphs exist (with and without it) and the host reads one flag 
 (with the new byte, which it needs anyway to stop). The same code takes L bytes in one pass
 (`advance(L)`: patches that close inside the pass are compacted into one global pass over L
 slots), which is how a prompt is read: one eager pass, its next byte taken from the prompt
-instead of the prediction. Tests check the bytes, the logits and the trace against
-`generate_blt` / `generate_batch`, and one pass against the same bytes in pieces.
+instead of the prediction. The other steps, each a graph of its own: `draft` (encoder and
+decoder only, for self-speculation), `close` (a diffusion block starts a patch: the global
+model on the one it ends) and `denoise` (one pass over a masked block and the unmasking rule,
+on the device). Tests check the bytes, the logits and the trace against the eager decoders,
+and one pass against the same bytes in pieces.
 """
 from __future__ import annotations
 

@@ -79,7 +79,8 @@ class _Request:
         self.n, self.ncomp = n, int(self.s.ncomp[0])
 
     def close(self) -> None:
-        """SeqState.close_patch: the patch before n ends, the global model runs on it."""
+        """SeqState.close_patch: the patch before n ends (never empty: byte n - 1 is in it), the global
+        model runs on it."""
         self.s.run_close()
         self._kv(self.cfg.n_global_layers, self.ncomp, self.cfg.d_global)
         self.counters["n_enc"] += 1
