@@ -1,9 +1,10 @@
-"""What one static-engine step asks of the device: the PyTorch operations each step kind runs
-(those that launch work; views are not counted), and how torch.compile traces it (graphs and
-graph breaks). Runs on a CPU: a proxy for the kernels a CUDA graph of the step replays (on a
-GPU, RMSNorm, SwiGLU, the entropy and the hash embedding are one Triton kernel each instead).
+"""What one static-engine step asks of the device: the operations each step kind runs (those
+that launch work: views and allocations are not counted), once with the PyTorch references and
+once with the Triton kernels as on a GPU (each kernel counted as one launch; run here by Triton's
+interpreter), and how torch.compile traces the step (graphs and graph breaks). Runs on a CPU:
+the second count is the number of kernels a CUDA graph of the step replays.
 
-    python benchmarks/static_ops.py [--model DIR] [--json OUT]
+    TRITON_INTERPRET=1 PYTHONPATH=. python benchmarks/static_ops.py [--model DIR] [--json OUT]
 """
 from __future__ import annotations
 
@@ -15,24 +16,49 @@ from pathlib import Path
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from bltlab import kernels
 from bltlab.checkpoint import SHIPPED, load_model
 from bltlab.decode.static import StaticState
 from bltlab.tokens import encode
 
-VIEWS = {"view", "_unsafe_view", "unsqueeze", "squeeze", "permute", "t", "transpose", "slice", "select", "expand",
-         "alias", "detach", "as_strided", "split", "unbind", "_reshape_alias", "lift_fresh"}
+FREE = {"view", "_unsafe_view", "unsqueeze", "squeeze", "permute", "t", "transpose", "slice", "select", "expand",
+        "alias", "detach", "as_strided", "split", "unbind", "_reshape_alias", "lift_fresh", "empty", "empty_like",
+        "empty_strided", "new_empty"}  # no kernel behind them
+USED = ("norm_ffn", "entropy", "hash_embed")  # the kernel modules a static step calls
 
 
 class CountOps(TorchDispatchMode):
-    """Counts the aten operations run under it, views left out."""
+    """Counts the aten operations run under it (FREE left out), and each Triton kernel called as one
+    (the interpreter's own tensor work inside it is not counted)."""
 
-    def __init__(self):
+    def __init__(self, triton: bool):
         super().__init__()
-        self.ops = collections.Counter()
+        self.ops, self.inside, self.patched = collections.Counter(), False, []
+        if triton:
+            for name in USED:
+                mod = kernels._module(name, on_cpu=True)
+                for fn in [f for f in dir(mod) if f.endswith("_triton")]:
+                    self.patched.append((mod, fn, getattr(mod, fn)))
+                    setattr(mod, fn, self._launch(fn, getattr(mod, fn)))
+
+    def _launch(self, name, fn):
+        def counted(*args, **kw):
+            self.ops[name] += 1
+            self.inside = True
+            try:
+                return fn(*args, **kw)
+            finally:
+                self.inside = False
+        return counted
+
+    def __exit__(self, *exc):
+        for mod, fn, orig in self.patched:
+            setattr(mod, fn, orig)
+        return super().__exit__(*exc)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         name = func.overloadpacket.__name__
-        if name not in VIEWS:
+        if not self.inside and name not in FREE:
             self.ops[name] += 1
         return func(*args, **(kwargs or {}))
 
@@ -51,20 +77,24 @@ def main() -> None:
     rows = []
     with torch.no_grad():
         for name, step in steps.items():
+            row = {"step": name}
             saved = [x.clone() for x in s.live]
-            with CountOps() as c:
-                step()
-            for x, y in zip(s.live, saved):
-                x.copy_(y)
+            for triton in (False, True):
+                with kernels.backend("triton" if triton else "reference"), CountOps(triton) as c:
+                    step()
+                for x, y in zip(s.live, saved):
+                    x.copy_(y)
+                row["with_triton" if triton else "reference"] = sum(c.ops.values())
             e = torch._dynamo.explain(step)()
             for x, y in zip(s.live, saved):
                 x.copy_(y)
-            rows.append({"step": name, "ops": sum(c.ops.values()), "graphs": e.graph_count,
-                         "graph_breaks": e.graph_break_count, "top": dict(c.ops.most_common(6))})
-    print("| step | operations | compiled graphs | graph breaks | most frequent |\n|---|---|---|---|---|")
+            rows.append(row | {"graphs": e.graph_count, "graph_breaks": e.graph_break_count,
+                               "top": dict(c.ops.most_common(8))})
+    print("| step | operations (references) | with the Triton kernels | compiled graphs | graph breaks | "
+          "most frequent (Triton) |\n|---|---|---|---|---|---|")
     for r in rows:
         top = ", ".join(f"{k} {v}" for k, v in r["top"].items())
-        print(f"| {r['step']} | {r['ops']} | {r['graphs']} | {r['graph_breaks']} | {top} |")
+        print(f"| {r['step']} | {r['reference']} | {r['with_triton']} | {r['graphs']} | {r['graph_breaks']} | {top} |")
     if args.json:
         Path(args.json).write_text(json.dumps({"model": model.cfg.name, "torch": torch.__version__, "rows": rows},
                                               indent=2) + "\n")
