@@ -753,7 +753,8 @@ def compare_runs(wb: Workbench, prompt: str, modes: list[str] | None, max_bytes,
         roof = wb.copy_gbps * c["bytes"] / c["GB_full"] if c["GB_full"] else 0.0
         rows.append({"mode": mode, "output": g.text, "identical_to_blt": g.output == ref,
                      "stop_reason": g.stop_reason, "roofline_bytes_per_s": round(roof, 1),
-                     "pct_of_roofline": round(100 * c["bytes_per_s"] / roof, 2) if roof else 0.0,
+                     # 4 significant digits: on a GPU it is a fraction of a percent
+                     "pct_of_roofline": float(f"{100 * c['bytes_per_s'] / roof:.4g}") if roof else 0.0,
                      **{k: c[k] for k in COMPARE_HEADERS[4:] if k in c}})
     return rows
 

@@ -60,16 +60,26 @@ def _fused_qkv(layer: Block) -> torch.Tensor:
     return torch.cat((a.wq.weight, a.wk.weight, a.wv.weight)).detach()
 
 
+def _rotate(x: torch.Tensor, rot) -> torch.Tensor:
+    """layers.rotate by rot = (cos, sin, cos + i sin): as one complex product (one kernel where the
+    real form takes seven), or in the real form under torch.compile, which fuses it anyway."""
+    cos, sin, cis = rot
+    if torch.compiler.is_compiling():
+        return rotate(x, cos, sin)
+    xc = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))  # pairs (x1, x2) as x1 + i x2
+    return torch.view_as_real(xc * cis).flatten(-2).type_as(x)
+
+
 def _block(layer: Block, wqkv, x, rot, kc, vc, at, mask, rows, slots=None) -> torch.Tensor:
     """One layer over L new positions per row. x: [B, L, D], wqkv: `_fused_qkv(layer)`, rot: RoPE
-    (cos, sin) at the positions, kc/vc: [B, H, S, hd] static caches written at indices `at`
+    (cos, sin, cis) at the positions, kc/vc: [B, H, S, hd] static caches written at indices `at`
     [B, L], mask: [B, 1, L, S], slots: [B, L, k, D] for a cross-attending layer."""
     B, L, D = x.shape
     if layer.cross is not None:
         x = x + layer.cross(layer.cross_norm(x), slots)
     a = layer.attn
     qkv = F.linear(layer.attn_norm(x), wqkv).view(B, L, 3, a.heads, D // a.heads).permute(2, 0, 3, 1, 4)
-    qk = rotate(qkv[:2], *rot)  # [2, B, H, L, hd]: queries and keys in one pass
+    qk = _rotate(qkv[:2], rot)  # [2, B, H, L, hd]: queries and keys in one pass
     q, k, v = qk[0], qk[1], qkv[2]
     kc[rows[:, None], :, at] = k.transpose(1, 2)
     vc[rows[:, None], :, at] = v.transpose(1, 2)
@@ -158,18 +168,17 @@ class StaticState:
         self.blocks = [*model.entropy.layers, *model.enc_layers, *model.global_layers, *model.dec_layers]
         self.wqkv = {id(layer): _fused_qkv(layer) for layer in self.blocks}
 
-    def rot(self, layers, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """RoPE cos/sin of `layers` at positions pos [B, L] -> 2 x [B, 1, L, hd/2], from a table
-        computed once exactly as layers.rope computes the angles."""
+    def rot(self, layers, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """RoPE cos, sin and cos + i sin of `layers` at positions pos [B, L] -> 3 x [B, 1, L, hd/2],
+        from a table computed once exactly as layers.rope computes the angles."""
         a = layers[0].attn
         hd = a.wq.out_features // a.heads
         key = (a.theta, hd)
         if key not in self._rot:
             inv = 1.0 / a.theta ** (torch.arange(0, hd, 2, device=self.dev, dtype=torch.float32) / hd)
             ang = torch.arange(self.T, device=self.dev).float()[:, None] * inv  # [T, hd/2]
-            self._rot[key] = (ang.cos(), ang.sin())
-        cos, sin = self._rot[key]
-        return cos[pos][:, None], sin[pos][:, None]
+            self._rot[key] = (ang.cos(), ang.sin(), torch.polar(torch.ones_like(ang), ang))
+        return tuple(x[pos][:, None] for x in self._rot[key])
 
     # ---- a new request --------------------------------------------------------------------------
     @torch.no_grad()
