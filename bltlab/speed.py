@@ -29,7 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .cost import bandwidth, part_params
-from .decode import BATCH_MODES, ENGINES, HF_MODES, MODES, generate, generate_batch, pick_engine
+from .decode import BATCH_MODES, HF_MODES, MODES, generate, generate_batch, pick_engine
 from .kernels.bench import copy_bandwidth
 from .model import BLT
 from .tokens import encode
@@ -166,8 +166,8 @@ def run_speed(model: BLT, prompts: list[bytes], modes: list[str] | None = None, 
     if batch < 1:
         raise ValueError(f"--batch must be >= 1, got {batch}")
     engines = list(engines or (["eager", "static"] if device.type == "cuda" else ["eager"]))
-    for e in engines:
-        pick_engine(model, "blt", 0.0, e)  # refuses an unknown engine, or a static one the model does not fit
+    # refuses an unknown engine, or a static one the model does not fit
+    fixed = tuple(e for e in engines if pick_engine(model, "blt", 0.0, e) != "eager")
     params = part_params(model)
     dtype_bytes = next(model.parameters()).element_size()
     peak = copy_gbps(device)
@@ -182,7 +182,6 @@ def run_speed(model: BLT, prompts: list[bytes], modes: list[str] | None = None, 
         row = time_mode(model, group, mode, max_bytes, b, device, engine)
         add_roofline(row, params, model.cfg.d_local, dtype_bytes, peak)
         rows.append(row)
-    fixed = tuple(e for e in engines if pick_engine(model, "blt", 0.0, e) != "eager")
     static = static_steps(model, sizes, prompts[0], engines=fixed) if fixed else []
     res = {"model": model.cfg.name, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
            "torch": torch.__version__, "dtype": str(next(model.parameters()).dtype), "max_bytes": max_bytes,

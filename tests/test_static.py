@@ -7,13 +7,13 @@ import pytest
 import torch
 
 from bltlab import decode
-from bltlab.decode import static
 from bltlab.config import PatchConfig, get_config
-from bltlab.decode import generate, generate_batch
+from bltlab.decode import generate, generate_batch, static
 from bltlab.decode.common import allowed
 from bltlab.decode.diffusion import choose_unmask
 from bltlab.decode.state import SeqState
 from bltlab.decode.static import StaticState, static_state, unmask_rule
+from bltlab.entropy import entropy_of_logits
 from bltlab.model import BLT
 from bltlab.tokens import OFFSET, encode
 from test_decode import PROMPTS
@@ -241,9 +241,12 @@ def test_unmask_rule_equals_choose_unmask(by_entropy):
         knob = knobs[trial % len(knobs)]
         eager = choose_unmask(logits, masked.nonzero()[:, 0].tolist(), None if by_entropy else knob,
                               knob if by_entropy else None)
-        chosen, rank = unmask_rule(allowed(logits.float())[None], masked[None],
-                                   torch.tensor([knob], dtype=torch.float64), by_entropy)
+        probs = allowed(logits.float())
+        chosen, rank, ent, conf = unmask_rule(probs[None], masked[None], torch.tensor([knob], dtype=torch.float64),
+                                              by_entropy)
         assert sorted(chosen[0].nonzero()[:, 0].tolist(), key=lambda i: int(rank[0, i])) == eager
+        # the scores the trace shows, as denoise_block computes them
+        assert torch.equal(conf[0], probs.softmax(-1).amax(-1)) and torch.equal(ent[0], entropy_of_logits(probs))
 
 
 def test_batch_equals_eager_batch(model):

@@ -61,18 +61,18 @@ def _fused_qkv(layer: Block) -> torch.Tensor:
 
 
 def _rotate(x: torch.Tensor, rot) -> torch.Tensor:
-    """layers.rotate by rot = (cos, sin, cos + i sin): as one complex product (one kernel where the
-    real form takes seven), or in the real form under torch.compile, which fuses it anyway."""
-    cos, sin, cis = rot
-    if torch.compiler.is_compiling():
-        return rotate(x, cos, sin)
+    """layers.rotate by `StaticState.rot`'s angles: cos + i sin as one complex product (one kernel
+    where the real form takes seven), or a pair (cos, sin) in the real form (under torch.compile,
+    which fuses it anyway)."""
+    if isinstance(rot, tuple):
+        return rotate(x, *rot)
     xc = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))  # pairs (x1, x2) as x1 + i x2
-    return torch.view_as_real(xc * cis).flatten(-2).type_as(x)
+    return torch.view_as_real(xc * rot).flatten(-2).type_as(x)
 
 
 def _block(layer: Block, wqkv, x, rot, kc, vc, at, mask, rows, slots=None) -> torch.Tensor:
     """One layer over L new positions per row. x: [B, L, D], wqkv: `_fused_qkv(layer)`, rot: RoPE
-    (cos, sin, cis) at the positions, kc/vc: [B, H, S, hd] static caches written at indices `at`
+    angles at the positions (`StaticState.rot`), kc/vc: [B, H, S, hd] static caches written at indices `at`
     [B, L], mask: [B, 1, L, S], slots: [B, L, k, D] for a cross-attending layer."""
     B, L, D = x.shape
     if layer.cross is not None:
@@ -92,7 +92,8 @@ def unmask_rule(logits: torch.Tensor, masked: torch.Tensor, knob: torch.Tensor,
                 by_entropy: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """`choose_unmask` for a batch, on the device. logits: [B, L, 260] (allowed, float32), masked:
     [B, L] bool, knob: [B] float64 (α, or γ with by_entropy). Returns the chosen slots [B, L] bool
-    and each slot's order [B, L] in the eager rule's list (by entropy for γ, else by slot)."""
+    and each slot's order [B, L] in the eager rule's list (by entropy for γ, else by slot), and the
+    entropy and confidence [B, L] of every slot that the rule looked at."""
     ent, conf, _ = kernels.confidence(logits)
     slot = torch.arange(masked.shape[1], device=masked.device).expand_as(masked)
     if by_entropy:  # the longest prefix by entropy whose sum less its largest term stays below γ
@@ -102,11 +103,11 @@ def unmask_rule(logits: torch.Tensor, masked: torch.Tensor, knob: torch.Tensor,
         fits = ((se.cumsum(1) - se) < knob[:, None].float()) & (slot < masked.sum(1, keepdim=True))
         n = torch.where(knob > 0, fits.sum(1).clamp(min=1), 1)
         rank = torch.empty_like(order).scatter_(1, order, slot)
-        return masked & (rank < n[:, None]), rank
+        return masked & (rank < n[:, None]), rank, ent, conf
     # every slot with confidence above α (compared in float64, as Python compares), at least the best
     chosen = masked & (conf.double() > knob[:, None])
     best = conf.masked_fill(~masked, float("-inf")).argmax(1, keepdim=True)
-    return chosen | (masked & (slot == best) & ~chosen.any(1, keepdim=True)), slot
+    return chosen | (masked & (slot == best) & ~chosen.any(1, keepdim=True)), slot, ent, conf
 
 
 def _caches(layers, B: int, S: int, like: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -168,9 +169,10 @@ class StaticState:
         self.blocks = [*model.entropy.layers, *model.enc_layers, *model.global_layers, *model.dec_layers]
         self.wqkv = {id(layer): _fused_qkv(layer) for layer in self.blocks}
 
-    def rot(self, layers, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """RoPE cos, sin and cos + i sin of `layers` at positions pos [B, L] -> 3 x [B, 1, L, hd/2],
-        from a table computed once exactly as layers.rope computes the angles."""
+    def rot(self, layers, pos: torch.Tensor):
+        """RoPE angles of `layers` at positions pos [B, L], from a table computed once exactly as
+        layers.rope computes them: cos + i sin [B, 1, L, hd/2] for `_rotate`, or under torch.compile
+        the pair (cos, sin) of the real form."""
         a = layers[0].attn
         hd = a.wq.out_features // a.heads
         key = (a.theta, hd)
@@ -178,7 +180,10 @@ class StaticState:
             inv = 1.0 / a.theta ** (torch.arange(0, hd, 2, device=self.dev, dtype=torch.float32) / hd)
             ang = torch.arange(self.T, device=self.dev).float()[:, None] * inv  # [T, hd/2]
             self._rot[key] = (ang.cos(), ang.sin(), torch.polar(torch.ones_like(ang), ang))
-        return tuple(x[pos][:, None] for x in self._rot[key])
+        cos, sin, cis = self._rot[key]
+        if torch.compiler.is_compiling():
+            return cos[pos][:, None], sin[pos][:, None]
+        return cis[pos][:, None]
 
     # ---- a new request --------------------------------------------------------------------------
     @torch.no_grad()
@@ -322,13 +327,13 @@ class StaticState:
             x = _block(layer, self.wqkv[id(layer)], x, rot, kc, vc, pos, mask, b, slots)
         logits = allowed(m.head(m.dec_norm(x)).float())  # [B, size, 260]
         masked = noisy == MASK
-        chosen, rank = unmask_rule(logits, masked & self.move[:, None], self.knob, by_entropy)
+        chosen, rank, ent, conf = unmask_rule(logits, masked & self.move[:, None], self.knob, by_entropy)
         pick = logits.argmax(-1)
         self.ids[b[:, None], pos] = torch.where(chosen, pick, self.ids[b[:, None], pos])
         noisy.copy_(torch.where(chosen, pick, noisy))
         log = torch.stack((self.nstep[:, None].expand(-1, size), rank), 1)
         self.filled[..., :size] = torch.where(chosen[:, None], log, self.filled[..., :size])
-        score = torch.stack((logits.softmax(-1).amax(-1), entropy_of_logits(logits)), 1)
+        score = torch.stack((conf, ent), 1)
         self.scores[..., :size] = torch.where(chosen[:, None], score, self.scores[..., :size])
         self.nstep += masked.any(1).long()
         self.left.copy_((noisy == MASK).sum(1))

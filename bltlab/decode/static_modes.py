@@ -255,13 +255,8 @@ def generate_static_batch(model: BLT, prompts: list[str | bytes], max_bytes: int
     lockstep from BOS, each row leaving its prompt when it ends): the same bytes and pass
     counters as `generate_batch`. The host reads the new bytes every `check_every` steps to
     stop early; bytes past a row's end are computed and dropped."""
-    if not prompts:
-        raise ValueError("no prompts given")
-    prompt_ids = [check_request(p, max_bytes, model.cfg.max_bytes) for p in prompts]
-    s = static_state(model, len(prompts), compiled)
-    s.prefill(prompt_ids)
+    prompt_ids, s, counters, stoppers = _batch_begin(model, prompts, max_bytes, stop, compiled, freeze=False)
     n0 = [len(i) for i in prompt_ids]
-    stoppers = [Stopper(max_bytes, stop) for _ in prompts]
     fed = [0] * len(prompts)  # bytes of each row given to its stopper
     steps = max(n0)  # replays so far: byte t - 1 of every row is in ids
     while True:
@@ -277,14 +272,26 @@ def generate_static_batch(model: BLT, prompts: list[str | bytes], max_bytes: int
             steps += 1
     # row b was pushed at steps 0 .. fed[b] - 2 (its last byte ended it); count passes as generate_batch
     olog = s.olog.tolist()
-    counters = new_counters()
-    counters.update(n_dec=1, n_ent=1, n_enc=1)
     for j in range(max(fed) - 1):
         pushed = [b for b in range(len(prompts)) if fed[b] - 1 > j]
         counters["n_dec"] += 1
         counters["n_ent"] += 1
         counters["n_enc"] += any(olog[b][n0[b] + j] for b in pushed)
     return _batch_result("blt", prompt_ids, stoppers, counters)
+
+
+def _batch_begin(model: BLT, prompts: list[str | bytes], max_bytes: int, stop: str | bytes | None,
+                 compiled: bool, freeze: bool):
+    """Validate and prefill a batch (`StaticState.prefill`); counters of one batched prefill pass.
+    Returns (prompt ids, state, counters, stoppers)."""
+    if not prompts:
+        raise ValueError("no prompts given")
+    prompt_ids = [check_request(p, max_bytes, model.cfg.max_bytes) for p in prompts]
+    s = static_state(model, len(prompts), compiled)
+    s.prefill(prompt_ids, freeze)
+    counters = new_counters()
+    counters.update(n_dec=1, n_ent=1, n_enc=1)
+    return prompt_ids, s, counters, [Stopper(max_bytes, stop) for _ in prompts]
 
 
 def _batch_result(mode: str, prompt_ids: list[list[int]], stoppers: list[Stopper], counters: dict) -> list[Generation]:
@@ -302,12 +309,7 @@ def generate_static_batch_diffusion(model: BLT, prompts: list[str | bytes], bloc
     (until no running row has a masked slot left: the host reads one number per row), and
     pushes its block in one more; a row that has stopped is left where it is (`move`)."""
     alpha, gamma = check_knobs(alpha, gamma)
-    prompt_ids = [check_request(p, max_bytes, model.cfg.max_bytes) for p in prompts]
-    s = static_state(model, len(prompts), compiled)
-    s.prefill(prompt_ids, freeze=True)
-    counters = new_counters()
-    counters.update(n_dec=1, n_ent=1, n_enc=1)
-    stoppers = [Stopper(max_bytes, stop) for _ in prompts]
+    prompt_ids, s, counters, stoppers = _batch_begin(model, prompts, max_bytes, stop, compiled, freeze=True)
     active = list(range(len(prompts)))
     while active:
         s.run_close()
