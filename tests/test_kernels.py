@@ -183,17 +183,21 @@ def test_rms_norm(dev, dtype, N, D, residual):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("shape", [(1, 1), (7, 33), (2, 5, 96)])
-def test_swiglu(dev, dtype, shape):
+@pytest.mark.parametrize("halves", [False, True])
+def test_swiglu(dev, dtype, shape, halves):
+    """halves: a and b are the two column halves of one matrix (strided rows, as the static
+    engine's fused gate-and-up projection gives them), else two tensors."""
     from bltlab.kernels import norm_ffn as K
 
     torch.manual_seed(len(shape))
-    a = (2 * torch.randn(shape, device=dev)).to(dtype).requires_grad_()
-    b = torch.randn(shape, device=dev, dtype=dtype, requires_grad=True)
+    both = (*shape[:-1], 2 * shape[-1])
+    ab = (2 * torch.randn(both if halves else (2, *shape), device=dev)).to(dtype).requires_grad_()
+    a, b = ab.chunk(2, -1) if halves else ab.unbind(0)
     out, ref = K.swiglu_triton(a, b), K.swiglu_reference(a, b)
     fwd, bwd = TOL[dtype]
     close(out, ref, fwd, "swiglu")
     g = torch.randn_like(ref)
-    for x, y in zip(grads(out, [a, b], g), grads(ref, [a, b], g)):
+    for x, y in zip(grads(out, [ab], g), grads(ref, [ab], g)):
         close(x, y, bwd, "swiglu grad")
 
 

@@ -54,10 +54,17 @@ def supports(model: BLT) -> bool:
     return model.cfg.arch == "bltlab"
 
 
-def _fused_qkv(layer: Block) -> torch.Tensor:
-    """[3D, D]: the query, key and value projections as one matrix (one GEMV instead of three)."""
-    a = layer.attn
-    return torch.cat((a.wq.weight, a.wk.weight, a.wv.weight)).detach()
+def _fused(model: BLT) -> dict:
+    """Projections that read the same input, as one matrix each (one GEMV where there were two or
+    three): per layer (by id) query|key|value [3D, D] and the SwiGLU's gate|up [2F, D]; "slots":
+    every decoder layer's cross-attention key|value [layers 2 D, D]; "pool": the pooling's key|value."""
+    def cat(*linears):
+        return torch.cat([w.weight for w in linears]).detach()
+    blocks = [*model.entropy.layers, *model.enc_layers, *model.global_layers, *model.dec_layers]
+    out = {id(b): (cat(b.attn.wq, b.attn.wk, b.attn.wv), cat(b.ffn.w1, b.ffn.w3)) for b in blocks}
+    out["slots"] = (cat(*[w for b in model.dec_layers for w in (b.cross.wk, b.cross.wv)]),)
+    out["pool"] = (cat(model.pool.wk, model.pool.wv),)
+    return out
 
 
 def _rotate(x: torch.Tensor, rot) -> torch.Tensor:
@@ -70,22 +77,41 @@ def _rotate(x: torch.Tensor, rot) -> torch.Tensor:
     return torch.view_as_real(xc * rot).flatten(-2).type_as(x)
 
 
-def _block(layer: Block, wqkv, x, rot, kc, vc, at, mask, rows, slots=None) -> torch.Tensor:
-    """One layer over L new positions per row. x: [B, L, D], wqkv: `_fused_qkv(layer)`, rot: RoPE
-    angles at the positions (`StaticState.rot`), kc/vc: [B, H, S, hd] static caches written at indices `at`
-    [B, L], mask: [B, 1, L, S], slots: [B, L, k, D] for a cross-attending layer."""
+def _attend_slots(c, xn: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """SlotCrossAttention on normed queries xn [B, L, D], with the slots' keys and values
+    [B', H, k, hd] already projected (`StaticState.slot_kv`): one slot set per query (B' = B L)
+    or one per row for the whole pass (B' = B)."""
+    B, L, D = xn.shape
+    q = c.wq(xn).view(k.shape[0], -1, c.heads, D // c.heads).transpose(1, 2)  # [B', H, L', hd]
+    o = F.scaled_dot_product_attention(q, k, v)
+    return c.wo(o.transpose(1, 2).reshape(B, L, D))
+
+
+def _add_norm(norm, x: torch.Tensor, r: torch.Tensor | None):
+    """(x + r, norm(x + r)): the residual add inside the norm's kernel; (x, norm(x)) if r is None."""
+    return (x, norm(x)) if r is None else norm(x, r)
+
+
+def _block(layer: Block, w, x, r, rot, kv, at, mask, rows, slots=None):
+    """One layer over L new positions per row, on input x + r ([B, L, D] each, r None or the previous
+    layer's last branch, left for this layer's first norm to add); returns its output the same way.
+    w: `_fused(model)[id(layer)]`, rot: RoPE angles at the positions for queries, keys and values
+    (`StaticState.rot`), kv: [2, B, H, S, hd] static cache (keys, values) written at indices `at`
+    [B, L], mask: [B, 1, L, S] float (0 or -inf), slots: (keys, values) for a cross-attending layer
+    (`_attend_slots`)."""
     B, L, D = x.shape
     if layer.cross is not None:
-        x = x + layer.cross(layer.cross_norm(x), slots)
+        x, xn = _add_norm(layer.cross_norm, x, r)
+        r = _attend_slots(layer.cross, xn, *slots)
+    x, xn = _add_norm(layer.attn_norm, x, r)
     a = layer.attn
-    qkv = F.linear(layer.attn_norm(x), wqkv).view(B, L, 3, a.heads, D // a.heads).permute(2, 0, 3, 1, 4)
-    qk = _rotate(qkv[:2], rot)  # [2, B, H, L, hd]: queries and keys in one pass
-    q, k, v = qk[0], qk[1], qkv[2]
-    kc[rows[:, None], :, at] = k.transpose(1, 2)
-    vc[rows[:, None], :, at] = v.transpose(1, 2)
-    o = F.scaled_dot_product_attention(q, kc, vc, attn_mask=mask)
+    qkv = F.linear(xn, w[0]).view(B, L, 3, a.heads, D // a.heads).permute(2, 0, 3, 1, 4)
+    qkv = _rotate(qkv, rot)  # [3, B, H, L, hd]: values by angle 0, so that one write stores k and v
+    kv[:, rows[:, None], :, at] = qkv[1:].permute(1, 3, 0, 2, 4)
+    o = F.scaled_dot_product_attention(qkv[0], kv[0], kv[1], attn_mask=mask)
     x, hn = layer.ffn_norm(x, a.wo(o.transpose(1, 2).reshape(B, L, D)))
-    return x + layer.ffn(hn)
+    h = F.linear(hn, w[1])  # [B, L, 2F]: gate | up
+    return x, layer.ffn.w2(kernels.swiglu(*h.chunk(2, -1)))
 
 
 def unmask_rule(logits: torch.Tensor, masked: torch.Tensor, knob: torch.Tensor,
@@ -110,13 +136,10 @@ def unmask_rule(logits: torch.Tensor, masked: torch.Tensor, knob: torch.Tensor,
     return chosen | (masked & (slot == best) & ~chosen.any(1, keepdim=True)), slot, ent, conf
 
 
-def _caches(layers, B: int, S: int, like: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    out = []
-    for layer in layers:
-        H = layer.attn.heads
-        shape = (B, H, S, layer.attn.wq.out_features // H)
-        out.append((like.new_zeros(shape), like.new_zeros(shape)))
-    return out
+def _caches(layers, B: int, S: int, like: torch.Tensor) -> list[torch.Tensor]:
+    """Per layer [2, B, H, S, hd]: keys and values in one tensor (one write per pass)."""
+    return [like.new_zeros(2, B, layer.attn.heads, S, layer.attn.wq.out_features // layer.attn.heads)
+            for layer in layers]
 
 
 class StaticState:
@@ -129,19 +152,20 @@ class StaticState:
         p = next(model.parameters())
         dev, T = p.device, model.cfg.max_bytes + 1  # ids[t + 1] is written at the last position
         self.dev, self.T = dev, T
-        self.ids = torch.full((B, T), PAD, dtype=torch.long, device=dev)
+        # ids[b, u] = byte u; HASH_CONTEXT PADs before byte 0, so that one gather reads n-gram contexts
+        self.pids = torch.full((B, HASH_CONTEXT + T), PAD, dtype=torch.long, device=dev)
+        self.ids = self.pids[:, HASH_CONTEXT:]
         self.given = torch.full((B, T), PAD, dtype=torch.long, device=dev)  # the prompts
         self.plen = torch.ones(B, dtype=torch.long, device=dev)  # prompt lengths (BOS included)
         self.ent = torch.zeros(B, T + 1, device=dev)  # ent[b, t] = H_t, float32 as SeqState.ent
         self.t = torch.zeros(B, dtype=torch.long, device=dev)  # position of the byte the next step takes
         self.cur = torch.zeros(B, dtype=torch.long, device=dev)  # first byte of the open patch
         self.ncomp = torch.zeros(B, dtype=torch.long, device=dev)  # finished patches (in the table)
-        self.opens = torch.zeros(B, dtype=torch.bool, device=dev)  # does byte t open a patch?
         self.olog = torch.zeros(B, T, dtype=torch.bool, device=dev)  # opens of every byte stepped over
         self.signal = torch.zeros(B, 2, dtype=torch.long, device=dev)  # (byte t, opens): what the host reads
         self.pred = torch.zeros(B, T, dtype=torch.long, device=dev)  # pred[b, u]: greedy byte after u
         self.dt = torch.zeros(B, dtype=torch.long, device=dev)  # the draft step's position
-        self.forced = torch.zeros(B, T, dtype=torch.bool, device=dev)  # starts a diffusion block imposed
+        self.forced = torch.zeros(B, T, dtype=torch.bool, device=dev)  # starts imposed: bytes 0, 1, blocks
         # the denoised block at t: its ids, and per slot the step that filled it, its order in that
         # step, and the confidence and entropy it was filled with (what the trace shows)
         self.noisy = torch.full((B, MAX_BLOCK), MASK, dtype=torch.long, device=dev)
@@ -153,37 +177,47 @@ class StaticState:
         self.move = torch.ones(B, dtype=torch.bool, device=dev)  # rows a step moves (the rest keep t, patches)
         self.logits = torch.zeros(B, 260, dtype=p.dtype, device=dev)  # prediction of byte t
         self.h = p.new_zeros(B, T, self.cfg.d_local)
-        self.table = p.new_zeros(B, T + 1, self.cfg.cross_k, self.cfg.d_local)  # row r: patch r - 1
-        self.ent_kv = _caches(model.entropy.layers, B, T, p)
-        self.enc_kv = _caches(model.enc_layers, B, T, p)
-        self.glob_kv = _caches(model.global_layers, B, T, p)
-        self.dec_kv = _caches(model.dec_layers, B, T, p)
-        self.kpos = torch.arange(T, device=dev)
+        # row r: patch r - 1's decoder slots as every decoder layer's cross-attention keys and values,
+        # projected once per patch instead of once per byte: [B, T + 1, layers, 2, H, k, hd]
+        dl, H = self.cfg.d_local, self.cfg.local_heads
+        self.table = p.new_zeros(B, T + 1, len(model.dec_layers), 2, H, self.cfg.cross_k, dl // H)
+        # caches as long as the longest context rounded up to 16 keys (what fused attention aligns
+        # its masks to: no padded copy per call); keys past T lie in the future of every query
+        S = 16 * -(-T // 16)
+        self.ent_kv = _caches(model.entropy.layers, B, S, p)
+        self.enc_kv = _caches(model.enc_layers, B, S, p)
+        self.glob_kv = _caches(model.global_layers, B, S, p)
+        self.dec_kv = _caches(model.dec_layers, B, S, p)
+        self.kpos, self.keys = torch.arange(T, device=dev), torch.arange(S, device=dev)
+        self.first = self.kpos == 0  # a patch's first byte, in its gathered layout
+        self.hctx = torch.arange(HASH_CONTEXT + T, device=dev)  # pids columns of bytes t - 8 ..
+        self.bias = p.new_tensor([0.0, float("-inf")])  # the masks' additive form
+        self.forbid = allowed(torch.zeros(260, device=dev))  # -inf at ids decoding never emits, else 0
         self.lmax = self.cfg.patch.max_patch or self.cfg.max_bytes  # longest possible patch
         self.ws = torch.tensor(list(WHITESPACE), device=dev) + OFFSET
         self.rows = torch.arange(B, device=dev)
         self.graphs: dict = {}  # CUDA graphs, one per step kind and length
-        self.live = (self.ids, self.ent, self.t, self.cur, self.ncomp, self.opens, self.signal, self.dt,
+        self.live = (self.ids, self.ent, self.t, self.cur, self.ncomp, self.signal, self.dt,
                      self.forced, self.noisy, self.filled, self.scores, self.nstep, self.left)  # what steps update
         self._rot: dict = {}
-        self.blocks = [*model.entropy.layers, *model.enc_layers, *model.global_layers, *model.dec_layers]
-        self.wqkv = {id(layer): _fused_qkv(layer) for layer in self.blocks}
+        self.fused = _fused(model)
 
     def rot(self, layers, pos: torch.Tensor):
-        """RoPE angles of `layers` at positions pos [B, L], from a table computed once exactly as
-        layers.rope computes them: cos + i sin [B, 1, L, hd/2] for `_rotate`, or under torch.compile
-        the pair (cos, sin) of the real form."""
+        """RoPE angles of `layers` at positions pos [B, L] for queries, keys and values (angle 0: values
+        are not rotated), from a table computed once exactly as layers.rope computes them: cos + i sin
+        [3, B, 1, L, hd/2] for `_rotate`, or under torch.compile the pair (cos, sin) of the real form."""
         a = layers[0].attn
         hd = a.wq.out_features // a.heads
         key = (a.theta, hd)
         if key not in self._rot:
             inv = 1.0 / a.theta ** (torch.arange(0, hd, 2, device=self.dev, dtype=torch.float32) / hd)
             ang = torch.arange(self.T, device=self.dev).float()[:, None] * inv  # [T, hd/2]
+            ang = torch.stack((ang, ang, torch.zeros_like(ang)))  # [3, T, hd/2]
             self._rot[key] = (ang.cos(), ang.sin(), torch.polar(torch.ones_like(ang), ang))
         cos, sin, cis = self._rot[key]
         if torch.compiler.is_compiling():
-            return cos[pos][:, None], sin[pos][:, None]
-        return cis[pos][:, None]
+            return cos[:, pos].unsqueeze(2), sin[:, pos].unsqueeze(2)
+        return cis[:, pos].unsqueeze(2)
 
     # ---- a new request --------------------------------------------------------------------------
     @torch.no_grad()
@@ -197,10 +231,12 @@ class StaticState:
         self.ids.copy_(self.given)
         for x in (self.ent, self.t, self.cur, self.ncomp, self.forced):
             x.zero_()
+        self.forced[:, :2] = True  # bytes 0 and 1 always open a patch
         self.move.fill_(True)
-        self.table[:, 0] = self.m.start_slots.to(self.table.dtype)
-        for layer in self.blocks:
-            self.wqkv[id(layer)].copy_(_fused_qkv(layer))  # the weights may have changed since
+        for key, now in _fused(self.m).items():  # the weights may have changed since
+            for mine, w in zip(self.fused[key], now):
+                mine.copy_(w)
+        self.table[:, 0] = self.slot_kv(self.m.start_slots[None, None].to(self.table.dtype))[0, 0]
         self._signal()
 
     def prefill(self, prompts: list[list[int]], freeze: bool = False) -> None:
@@ -220,28 +256,51 @@ class StaticState:
         """[B, L] bool: byte u (pos [B, L], consecutive from t) opens a patch: patch_starts' rule
         and its closed form for the max length, counted from the open patch's start `cur`."""
         b, pc = self.rows[:, None], self.cfg.patch
-        prev = (pos - 1).clamp(min=0)
         if pc.rule == "global":
             nat = self.ent[b, pos] > pc.threshold
-        elif pc.rule == "relative":
-            nat = (self.ent[b, pos] - self.ent[b, prev]) > pc.threshold
         elif pc.rule == "fixed":
             nat = (pos - 1) % pc.stride == 0
         else:
-            nat = torch.isin(self.ids[b, prev], self.ws) & ~torch.isin(self.ids[b, pos], self.ws)
-        nat = nat | (pos <= 1) | self.forced[b, pos]
+            prev = (pos - 1).clamp(min=0)
+            if pc.rule == "relative":
+                nat = (self.ent[b, pos] - self.ent[b, prev]) > pc.threshold
+            else:
+                nat = torch.isin(self.ids[b, prev], self.ws) & ~torch.isin(self.ids[b, pos], self.ws)
+        nat = nat | self.forced[b, pos]
         if pc.max_patch > 0:  # forced starts lie every max_patch bytes after the last natural one
+            if pos.shape[1] == 1:  # cur < byte t <= cur + max_patch unless t starts a patch already
+                return nat | (pos - self.cur[:, None] == pc.max_patch)
             last = torch.where(nat, pos, self.cur[:, None]).cummax(1).values
             nat = nat | ((pos > last) & ((pos - last) % pc.max_patch == 0))
         return nat
 
-    def _mask(self, qpos: torch.Tensor, window: int) -> torch.Tensor:
-        """[B, 1, L, S] over the whole static cache."""
-        return causal_mask(qpos, self.kpos[None], window)
+    def _mask(self, qpos: torch.Tensor, window: int, allow: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, 1, L, S] over the whole static cache, additive (0 or -inf: what attention adds; a bool
+        mask would be converted in every layer). `allow`: a bool mask instead of the causal one."""
+        if allow is None:
+            allow = causal_mask(qpos, self.keys[None], window)
+        return torch.where(allow, self.bias[0], self.bias[1])
 
     def _local(self, pos: torch.Tensor):
         """The local encoder's and decoder's mask and RoPE angles at pos (same shapes and base)."""
         return self._mask(pos, self.cfg.local_window), self.rot(self.m.enc_layers, pos)
+
+    def slot_kv(self, slots: torch.Tensor) -> torch.Tensor:
+        """Decoder slots [B, P, k, d_local] -> every decoder layer's cross-attention keys and values
+        [B, P, layers, 2, H, k, hd] (a `table` row per patch)."""
+        B, P, k, D = slots.shape
+        H = self.m.dec_layers[0].cross.heads
+        return F.linear(slots, self.fused["slots"][0]).view(B, P, k, -1, 2, H, D // H).permute(0, 1, 3, 4, 5, 2, 6)
+
+    def _layers(self, layers, caches, x, rot, pos, mask, slots=None):
+        """x through `layers` at positions pos [B, L] (their caches written there); slots: the decoder's
+        table rows [B or B L, layers, 2, H, k, hd] (`_attend_slots`). Returns the output as a pair
+        (x, r) whose sum it is (`_block`): the next norm adds them."""
+        r = None
+        for i, (layer, kv) in enumerate(zip(layers, caches)):
+            x, r = _block(layer, self.fused[id(layer)], x, r, rot, kv, pos, mask, self.rows,
+                          None if slots is None else slots[:, i].unbind(1))
+        return x, r
 
     def advance(self, L: int = 1, with_global: bool = True) -> None:
         """Take bytes t .. t + L - 1 of every row (already in `ids`) in one pass, in place and
@@ -252,30 +311,38 @@ class StaticState:
         pos = t[:, None] + self.kpos[:L]  # [B, L]
         # entropy model: H_{u + 1} for every u, which the patch decisions after byte t need
         x = m.entropy.emb(self.ids.gather(1, pos))
-        mask, rot = self._mask(pos, m.entropy.cfg.window), self.rot(m.entropy.layers, pos)
-        for layer, (kc, vc) in zip(m.entropy.layers, self.ent_kv):
-            x = _block(layer, self.wqkv[id(layer)], x, rot, kc, vc, pos, mask, b)
-        self.ent.scatter_(1, pos + 1, entropy_of_logits(m.entropy.head(m.entropy.norm(x))).float())
-        opens = self._opens(pos)
+        x, r = self._layers(m.entropy.layers, self.ent_kv, x, self.rot(m.entropy.layers, pos), pos,
+                            self._mask(pos, m.entropy.cfg.window))
+        self.ent.scatter_(1, pos + 1, entropy_of_logits(m.entropy.head(m.entropy.norm(x, r)[1])).float())
+        # one byte: whether it opens a patch is in `signal` already (every step that moves t, cur,
+        # forced or ids[t] sets it)
+        opens = self.signal[:, 1:].bool() if L == 1 else self._opens(pos)
         self.olog.scatter_(1, pos, opens)
         local = self._local(pos)
-        self._encode(pos, local)
+        h = self._encode(pos, local)
         rows = self.ncomp[:, None].expand(-1, L)  # table row each byte's decoder reads: p(u)
         if with_global:
             # byte u that opens a patch closes [last start before u, u) unless empty (a forced start
             # whose patch `close` ended already); closed patches first
-            incl = torch.where(opens, pos, self.cur[:, None]).cummax(1).values  # last start <= u
-            first = torch.cat((self.cur[:, None], incl[:, :-1]), 1)  # last start < u
-            closes = opens & (pos > first)
-            order = torch.argsort((~closes).to(torch.uint8), dim=1, stable=True)
-            self._global(first.gather(1, order), pos.gather(1, order))  # patch j = [start, end) if j < closed
-            rows = rows + closes.long().cumsum(1)
-            self.ncomp += closes.sum(1) * self.move
+            incl = torch.where(opens, pos, self.cur[:, None])  # last start <= u
+            first = self.cur[:, None]  # last start < u
+            if L > 1:
+                incl = incl.cummax(1).values
+                first = torch.cat((first, incl[:, :-1]), 1)
+            closes, end = opens & (pos > first), pos
+            if L > 1:  # closed patches first; byte u reads the row of the last one closed up to u
+                order = torch.argsort((~closes).to(torch.uint8), dim=1, stable=True)
+                first, end = first.gather(1, order), pos.gather(1, order)
+                closes = closes.long().cumsum(1)
+            self._global(first, end)  # patch j = [start, end) if j < closed
+            rows = rows + closes
+            self.ncomp += closes[:, -1] * self.move
             self.cur.copy_(torch.where(self.move, incl[:, -1], self.cur))
-        nxt = self._decode(pos, rows, local)
+        slots = self.table[b[:, None], rows].flatten(0, 1)  # [B L, layers, 2, H, k, hd]
+        nxt = self._decode(pos, h, slots, local)
         t1 = t + L
         self.ids[b, t1] = torch.where(t1 < self.plen, self.given[b, t1], nxt)  # the prompt first
-        self.t += L * self.move
+        self.t.add_(self.move, alpha=L)
         self._signal()
 
     def _global(self, start: torch.Tensor, end: torch.Tensor) -> None:
@@ -284,12 +351,27 @@ class StaticState:
         but unread until a real patch overwrites them."""
         m, b, P = self.m, self.rows, start.shape[1]
         idx = start[..., None] + self.kpos[:self.lmax]  # [B, P, lmax]
-        g = m.pool.from_layout(self.h[b[:, None, None], idx.clamp(max=self.T - 1)], idx < end[..., None])
+        g = self._pool(self.h[b[:, None, None], idx.clamp(max=self.T - 1)], idx < end[..., None])
         gpos = self.ncomp[:, None] + self.kpos[:P]
-        gmask, grot = self._mask(gpos, 0), self.rot(m.global_layers, gpos)
-        for layer, (kc, vc) in zip(m.global_layers, self.glob_kv):
-            g = _block(layer, self.wqkv[id(layer)], g, grot, kc, vc, gpos, gmask, b)
-        self.table[b[:, None], gpos + 1] = m.slot_rows(m.global_norm(g))
+        g, r = self._layers(m.global_layers, self.glob_kv, g, self.rot(m.global_layers, gpos), gpos,
+                            self._mask(gpos, 0))
+        self.table[b[:, None], gpos + 1] = self.slot_kv(m.slot_rows(m.global_norm(g, r)[1]))
+
+    def _pool(self, bytes_: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """PatchPooling.from_layout on gathered bytes [B, P, lmax, d] (valid [B, P, lmax]), with one
+        additive mask for the max and the attention, keys and values in one projection and fused
+        attention. An empty patch (written past those really closed, never read) pools its first
+        byte instead of nothing, which keeps it finite as a cache entry must be."""
+        p = self.m.pool
+        B, P, L, d = bytes_.shape
+        H, hd = p.heads, d // p.heads
+        bias = torch.where(valid | self.first[:L], self.bias[0], self.bias[1])  # [B, P, lmax]
+        q0 = p.q_proj((bytes_ + bias[..., None]).amax(2)).view(B, P, p.k, d)
+        q = p.wq(p.q_norm(q0)).view(B * P, p.k, H, hd).transpose(1, 2)  # [B P, H, k, hd]
+        kv = F.linear(p.kv_norm(bytes_), self.fused["pool"][0]).view(B * P, L, 2, H, hd).permute(2, 0, 3, 1, 4)
+        o = F.scaled_dot_product_attention(q, kv[0], kv[1], attn_mask=bias.view(B * P, 1, 1, L))
+        o = p.wo(o.transpose(1, 2).reshape(B, P, p.k, d))
+        return p.out((q0 + o).reshape(B, P, p.k * d))
 
     def close(self) -> None:
         """Force a patch start at t (a diffusion block starts a patch) and run the global model on
@@ -318,14 +400,12 @@ class StaticState:
         m, b, t = self.m, self.rows, self.t
         pos = t[:, None] + self.kpos[:size]  # [B, size]
         noisy = self.noisy[:, :size]
-        k, t3 = self.kpos[None, None], t[:, None, None]
+        k, t3 = self.keys[None, None], t[:, None, None]
         clean = (k < t3) & (pos[..., None] - k < self.cfg.local_window)
-        mask = (clean | ((k >= t3) & (k < t3 + size)))[:, None]  # [B, 1, size, S]
-        rot, x = self.rot(m.dec_layers, pos), m.noisy_embed(noisy)
-        slots = self.table[b, self.ncomp][:, None].expand(-1, size, -1, -1)
-        for layer, (kc, vc) in zip(m.dec_layers, self.dec_kv):
-            x = _block(layer, self.wqkv[id(layer)], x, rot, kc, vc, pos, mask, b, slots)
-        logits = allowed(m.head(m.dec_norm(x)).float())  # [B, size, 260]
+        mask = self._mask(pos, 0, (clean | ((k >= t3) & (k < t3 + size)))[:, None])  # [B, 1, size, S]
+        x, r = self._layers(m.dec_layers, self.dec_kv, m.noisy_embed(noisy), self.rot(m.dec_layers, pos), pos,
+                            mask, self.table[b, self.ncomp])
+        logits = m.head(m.dec_norm(x, r)[1]).float() + self.forbid  # [B, size, 260]
         masked = noisy == MASK
         chosen, rank, ent, conf = unmask_rule(logits, masked & self.move[:, None], self.knob, by_entropy)
         pick = logits.argmax(-1)
@@ -338,30 +418,29 @@ class StaticState:
         self.nstep += masked.any(1).long()
         self.left.copy_((noisy == MASK).sum(1))
 
-    def _encode(self, pos: torch.Tensor, local) -> None:
-        """Local encoder over positions pos [B, L] (hash n-grams reach HASH_CONTEXT ids back) -> h;
-        local: `_local(pos)`."""
-        m, b = self.m, self.rows
-        ctx = pos[:, :1] + torch.arange(-HASH_CONTEXT, pos.shape[1], device=self.dev)
-        full = torch.where(ctx >= 0, self.ids.gather(1, ctx.clamp(min=0)), PAD)
-        x = m.embed(full[:, HASH_CONTEXT:], full[:, :HASH_CONTEXT])
-        mask, rot = local
-        for layer, (kc, vc) in zip(m.enc_layers, self.enc_kv):
-            x = _block(layer, self.wqkv[id(layer)], x, rot, kc, vc, pos, mask, b)
-        self.h[b[:, None], pos] = x
+    def _encode(self, pos: torch.Tensor, local) -> torch.Tensor:
+        """Local encoder over positions pos [B, L] (hash n-grams reach HASH_CONTEXT ids back, PAD
+        before byte 0) -> h [B, L, d_local], kept in `h` for pooling; local: `_local(pos)`."""
+        m, L = self.m, pos.shape[1]
+        e = m.embed
+        full = self.pids.gather(1, pos[:, :1] + self.hctx[:HASH_CONTEXT + L])  # ids t - 8 .. t + L - 1
+        x = kernels.hash_embedding(full, L, [n for _, n in e.keys], e.vocab, e.byte.weight, [w.weight for w in e.tables])
+        x, r = self._layers(m.enc_layers, self.enc_kv, x, local[1], pos, local[0])
+        h = x + r
+        self.h[self.rows[:, None], pos] = h
+        return h
 
-    def _decode(self, pos: torch.Tensor, rows: torch.Tensor, local) -> torch.Tensor:
-        """Decoder over pos [B, L], byte u reading table row rows[:, u]; keeps the greedy byte after
-        each position in `pred` and the last logits; returns the greedy byte after the last one."""
+    def _decode(self, pos: torch.Tensor, h: torch.Tensor, slots: torch.Tensor, local) -> torch.Tensor:
+        """Decoder over pos [B, L] from the encoder's h there, reading `slots` (table rows: one per
+        byte, or one per row for the whole pass); keeps the greedy byte after each position in `pred`
+        and the last logits; returns the greedy byte after the last one."""
         m, b = self.m, self.rows
-        mask, rot = local
-        x = self.h[b[:, None], pos]
-        for layer, (kc, vc) in zip(m.dec_layers, self.dec_kv):
-            x = _block(layer, self.wqkv[id(layer)], x, rot, kc, vc, pos, mask, b, self.table[b[:, None], rows])
-        logits = m.head(m.dec_norm(x))  # [B, L, 260]
+        x, r = self._layers(m.dec_layers, self.dec_kv, h, local[1], pos, local[0], slots)
+        logits = m.head(m.dec_norm(x, r)[1])  # [B, L, 260]
         self.logits.copy_(logits[:, -1])
-        self.pred[b[:, None], pos] = allowed(logits.float()).argmax(-1)
-        return self.pred[b, pos[:, -1]]
+        pred = (logits.float() + self.forbid).argmax(-1)
+        self.pred[b[:, None], pos] = pred
+        return pred[:, -1]
 
     def draft(self) -> None:
         """Self-speculation's draft step at position dt: encoder and decoder only, reading the
@@ -369,8 +448,8 @@ class StaticState:
         entries lie past t: the verifying `advance` rewrites them."""
         pos = self.dt[:, None]
         local = self._local(pos)
-        self._encode(pos, local)
-        self.ids[self.rows, self.dt + 1] = self._decode(pos, self.ncomp[:, None], local)
+        h = self._encode(pos, local)
+        self.ids[self.rows, self.dt + 1] = self._decode(pos, h, self.table[self.rows, self.ncomp], local)
         self.dt += 1
 
     def rollback(self, n: int, byte: int) -> None:
@@ -384,9 +463,9 @@ class StaticState:
         self._signal()
 
     def _signal(self) -> None:
-        """opens for the new byte t, and (byte t, opens): the two numbers the host reads."""
-        self.opens.copy_(self._opens(self.t[:, None])[:, 0])
-        self.signal.copy_(torch.stack((self.ids[self.rows, self.t], self.opens.long()), 1))
+        """(byte t, does it open a patch?): the two numbers the host reads."""
+        self.signal[:, 0] = self.ids[self.rows, self.t]
+        self.signal[:, 1] = self._opens(self.t[:, None])[:, 0]
 
     # ---- CUDA graphs -------------------------------------------------------------------------
     # Each run_* is its step as a CUDA-graph replay on a GPU (captured on first use), eager elsewhere.

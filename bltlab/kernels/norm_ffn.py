@@ -76,21 +76,25 @@ def _rms_bwd(s_ptr, gy_ptr, gs_in_ptr, w_ptr, rstd_ptr, gs_ptr, gw_ptr, N, D, HA
     tl.store(gw_ptr + pid * D + cols, gw, mask=m)
 
 
+# a and b are read as rows of width W at row strides sa, sb (the halves of one [N, 2W] matrix
+# need no copy); y and the gradients are contiguous
 @triton.jit
-def _swiglu_fwd(a_ptr, b_ptr, y_ptr, n, BLOCK: tl.constexpr):
+def _swiglu_fwd(a_ptr, b_ptr, y_ptr, n, W, sa, sb, BLOCK: tl.constexpr):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     m = offs < n
-    a = tl.load(a_ptr + offs, mask=m, other=0.0).to(tl.float32)
-    b = tl.load(b_ptr + offs, mask=m, other=0.0).to(tl.float32)
+    row, col = offs // W, offs % W
+    a = tl.load(a_ptr + row * sa + col, mask=m, other=0.0).to(tl.float32)
+    b = tl.load(b_ptr + row * sb + col, mask=m, other=0.0).to(tl.float32)
     tl.store(y_ptr + offs, (a * tl.sigmoid(a) * b).to(y_ptr.dtype.element_ty), mask=m)
 
 
 @triton.jit
-def _swiglu_bwd(a_ptr, b_ptr, g_ptr, ga_ptr, gb_ptr, n, BLOCK: tl.constexpr):
+def _swiglu_bwd(a_ptr, b_ptr, g_ptr, ga_ptr, gb_ptr, n, W, sa, sb, BLOCK: tl.constexpr):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     m = offs < n
-    a = tl.load(a_ptr + offs, mask=m, other=0.0).to(tl.float32)
-    b = tl.load(b_ptr + offs, mask=m, other=0.0).to(tl.float32)
+    row, col = offs // W, offs % W
+    a = tl.load(a_ptr + row * sa + col, mask=m, other=0.0).to(tl.float32)
+    b = tl.load(b_ptr + row * sb + col, mask=m, other=0.0).to(tl.float32)
     g = tl.load(g_ptr + offs, mask=m, other=0.0).to(tl.float32)
     sig = tl.sigmoid(a)
     tl.store(ga_ptr + offs, (g * b * sig * (1.0 + a * (1.0 - sig))).to(ga_ptr.dtype.element_ty), mask=m)
@@ -146,26 +150,37 @@ def rms_norm_triton(x, weight, eps: float, residual=None):
     return _RMSNorm.apply(x, weight, eps, residual)
 
 
+def _rows(x: torch.Tensor) -> torch.Tensor:
+    """x as [N, W] rows with unit column stride: a view where one exists (a column slice of a
+    contiguous matrix, as swiglu's gate and up halves are), else a copy."""
+    x2 = x.reshape(-1, x.shape[-1])
+    return x2 if x2.stride(-1) == 1 and x2.shape[0] > 0 else x2.contiguous()
+
+
 class _SwiGLU(torch.autograd.Function):
     BLOCK = 1024
 
     @staticmethod
     def forward(ctx, a, b):
-        a, b = a.contiguous(), b.contiguous()
-        y = torch.empty_like(a, dtype=torch.result_type(a, b))
-        n = a.numel()
+        a2, b2 = _rows(a), _rows(b)
+        y = torch.empty(a.shape, dtype=torch.result_type(a, b), device=a.device)
+        n, W = a.numel(), a.shape[-1]
         if n:
-            _swiglu_fwd[(triton.cdiv(n, _SwiGLU.BLOCK),)](a, b, y, n, BLOCK=_SwiGLU.BLOCK)
-        ctx.save_for_backward(a, b)
+            _swiglu_fwd[(triton.cdiv(n, _SwiGLU.BLOCK),)](a2, b2, y, n, W, a2.stride(0), b2.stride(0),
+                                                         BLOCK=_SwiGLU.BLOCK)
+        ctx.save_for_backward(a2, b2)
+        ctx.shape = a.shape
         return y
 
     @staticmethod
     def backward(ctx, g):
-        a, b = ctx.saved_tensors
-        ga, gb = torch.empty_like(a), torch.empty_like(b)
-        n = a.numel()
+        a2, b2 = ctx.saved_tensors
+        ga = torch.empty(ctx.shape, dtype=a2.dtype, device=a2.device)
+        gb = torch.empty(ctx.shape, dtype=b2.dtype, device=b2.device)
+        n, W = ga.numel(), ga.shape[-1]
         if n:
-            _swiglu_bwd[(triton.cdiv(n, _SwiGLU.BLOCK),)](a, b, g.contiguous(), ga, gb, n, BLOCK=_SwiGLU.BLOCK)
+            _swiglu_bwd[(triton.cdiv(n, _SwiGLU.BLOCK),)](a2, b2, g.contiguous(), ga, gb, n, W, a2.stride(0),
+                                                         b2.stride(0), BLOCK=_SwiGLU.BLOCK)
         return ga, gb
 
 
