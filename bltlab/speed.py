@@ -4,7 +4,8 @@ roofline of each mode, and Hugging Face transformers baselines.
 `python -m bltlab speed [--device cuda] [--batch 16] [--max-bytes 64] [--engines eager,static] [--hf] [--json OUT]`
 
 * **modes**: greedy `generate` per prompt (batch 1) and `generate_batch` on B prompts at once
-  (the modes that batch: `blt`, `blt-d*`), timed with the device synchronised, on each engine
+  (the modes that batch: `blt`, `blt-d*`, and on the static engines `blt-s*` and `blt-dv*`),
+  timed with the device synchronised, on each engine
   asked for: by default the eager decoders, and on a GPU also the static engine (CUDA graphs,
   decode/static.py); "compiled" adds its torch.compile'd variant. A static job on a GPU is timed
   after one untimed run of the same job, so that its compiling and graph captures (one per
@@ -29,7 +30,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .cost import bandwidth, part_params
-from .decode import BATCH_MODES, HF_MODES, MODES, generate, generate_batch, pick_engine
+from .decode import (BATCH_MODES, HF_MODES, MODES, STATIC_BATCH_MODES, generate, generate_batch, pick_batch_engine,
+                     pick_engine)
 from .kernels.bench import copy_bandwidth
 from .model import BLT
 from .tokens import encode
@@ -70,7 +72,7 @@ def time_mode(model: BLT, prompts: list[bytes], mode: str, max_bytes: int, batch
         n_bytes += sum(len(g.output) for g in gens)
         for k in counters:  # a batch shares its pass counters: count them once per batch
             counters[k] += gens[0].counters.get(k, 0) if batch > 1 else sum(g.counters.get(k, 0) for g in gens)
-    engine = pick_engine(model, mode, 0.0, engine)
+    engine = (pick_engine if batch == 1 else pick_batch_engine)(model, mode, 0.0, engine)
     return {"mode": mode, "engine": engine, "batch": batch, "prompts": len(prompts), "bytes": n_bytes, "seconds": secs,
             "bytes_per_s": n_bytes / secs if secs else 0.0, "counters": counters}
 
@@ -172,11 +174,12 @@ def run_speed(model: BLT, prompts: list[bytes], modes: list[str] | None = None, 
     dtype_bytes = next(model.parameters()).element_size()
     peak = copy_gbps(device)
     sizes = [1] + [batch] * (batch > 1 and model.cfg.arch == "bltlab")
-    jobs = [(m, b, e) for e in engines for b in sizes for m in modes if b == 1 or m in BATCH_MODES]
+    batches = {e: BATCH_MODES + STATIC_BATCH_MODES * (e in fixed) for e in engines}
+    jobs = [(m, b, e) for e in engines for b in sizes for m in modes if b == 1 or m in batches[e]]
     rows = []
     for mode, b, engine in tqdm(jobs, desc="speed", disable=not progress):
         group = prompts if b == 1 or len(prompts) >= b else (prompts * b)[:b]
-        static = pick_engine(model, mode, 0.0, engine) != "eager"
+        static = (pick_engine if b == 1 else pick_batch_engine)(model, mode, 0.0, engine) != "eager"
         warm = (group, max_bytes) if static and device.type == "cuda" else (group[:b], 2)
         time_mode(model, warm[0], mode, warm[1], b, device, engine)  # warm-up: allocations, kernels, graphs
         row = time_mode(model, group, mode, max_bytes, b, device, engine)

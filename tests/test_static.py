@@ -273,6 +273,26 @@ def test_batch_diffusion_equals_eager_batch(sharp, mode, kw):
         assert (a.output, a.stop_reason, a.counters) == (b.output, b.stop_reason, b.counters)
 
 
+@pytest.mark.parametrize("mode, kw", [("blt-s8", {"max_bytes": 30}), ("blt-s16", {"max_bytes": 45, "stop": None}),
+                                      ("blt-dv4", {"max_bytes": 30}), ("blt-dv8", {"max_bytes": 37, "stop": None}),
+                                      ("blt-dv16", {"max_bytes": 45}), ("blt-s8", {"max_bytes": 1})])
+def test_batch_speculative_equals_one_prompt_at_a_time(sharp, mode, kw):
+    """Batched blt-s*/blt-dv* (static engine only): each row's bytes and stop reason are those of its
+    prompt alone; rows accept different numbers of bytes per round, so their positions part."""
+    prompts = PROMPTS[:7]
+    if "stop" in kw:  # one that really occurs, in some rows only
+        kw["stop"] = generate(sharp, prompts[0], mode, max_bytes=40, engine="eager").output[6:8]
+    alone = [generate(sharp, p, mode, engine="eager", **kw) for p in prompts]
+    batch = generate_batch(sharp, prompts, mode, **kw)  # auto: the static engine
+    assert [(g.output, g.stop_reason) for g in batch] == [(g.output, g.stop_reason) for g in alone]
+    assert all(g.counters["batch"] == 7 and g.counters == batch[0].counters | {"bytes": len(g.output)} for g in batch)
+    if kw["max_bytes"] > 1:
+        assert len({g.counters["bytes"] for g in alone}) > 1 or "stop" not in kw
+        assert batch[0].counters["n_dec"] < sum(g.counters["n_dec"] for g in alone)  # passes shared by rows
+    with pytest.raises(ValueError, match="static engine only"):
+        generate_batch(sharp, prompts, mode, engine="eager", **kw)
+
+
 def test_state_is_reused_and_reloaded(model):
     assert static_state(model, 2) is static_state(model, 2)
     m = tiny().double()
@@ -330,3 +350,7 @@ def test_cuda_graphs_equal_eager(model):
         eager = generate_batch(m, PROMPTS[:16], mode, max_bytes=40, engine="eager")
         for a, b in zip(eager, generate_batch(m, PROMPTS[:16], mode, max_bytes=40, engine="static")):
             assert a.output == b.output
+    for mode in ("blt-s16", "blt-dv8"):
+        batch = generate_batch(m, PROMPTS[:16], mode, max_bytes=40, engine="static")
+        assert [g.output for g in batch] == [generate(m, p, mode, max_bytes=40, engine="eager").output
+                                             for p in PROMPTS[:16]]

@@ -4,7 +4,8 @@ Modes: `blt` (autoregressive, KV-cached), `blt-s8` / `blt-s16` (self-speculation
 window k), `blt-d4` / `blt-d8` / `blt-d16` (block diffusion, unmasking by confidence α or
 entropy bound γ), `blt-dv4` / `blt-dv8` / `blt-dv16` (one-step diffusion draft + autoregressive
 verification), `blt-h` (hybrid: entropy rule with knob η picks autoregressive or diffusion
-steps). `generate_batch` runs `blt` and `blt-d*` on several ragged prompts at once.
+steps). `generate_batch` runs `blt` and `blt-d*` on several ragged prompts at once, and on the
+static engine `blt-s*` and `blt-dv*` too.
 `generate_reference` is the no-cache oracle the tests compare against.
 
 Every greedy mode has a second engine, static.py + static_modes.py: static KV caches and
@@ -20,7 +21,7 @@ import time
 from ..model import BLT
 from .autoregressive import generate_blt
 from .batch import generate_batch
-from .common import BATCH_MODES, MODES, Generation, Hooks, Sampler
+from .common import BATCH_MODES, MODES, STATIC_BATCH_MODES, Generation, Hooks, Sampler, mode_size
 from .diffusion import generate_diffusion
 from .hybrid import generate_hybrid
 from .reference import generate_reference
@@ -56,11 +57,11 @@ def generate(model: BLT, prompt: str | bytes, mode: str = "blt", max_bytes: int 
     elif mode == "blt":
         g = generate_blt(model, prompt, max_bytes, stop, sampler, hooks)
     elif mode.startswith("blt-s"):
-        g = generate_speculative(model, prompt, max_bytes, stop, sampler, int(mode[5:]), "self", mode, hooks)
+        g = generate_speculative(model, prompt, max_bytes, stop, sampler, mode_size(mode), "self", mode, hooks)
     elif mode.startswith("blt-dv"):
-        g = generate_speculative(model, prompt, max_bytes, stop, sampler, int(mode[6:]), "diffusion", mode, hooks)
+        g = generate_speculative(model, prompt, max_bytes, stop, sampler, mode_size(mode), "diffusion", mode, hooks)
     elif mode.startswith("blt-d"):
-        g = generate_diffusion(model, prompt, max_bytes, stop, sampler, int(mode[5:]), alpha, gamma, hooks)
+        g = generate_diffusion(model, prompt, max_bytes, stop, sampler, mode_size(mode), alpha, gamma, hooks)
     else:
         g = generate_hybrid(model, prompt, max_bytes, stop, sampler, eta, block, alpha, gamma, hooks)
     g.counters["seconds"] = time.perf_counter() - t0
@@ -81,4 +82,14 @@ def pick_engine(model: BLT, mode: str, temperature: float, engine: str, hooks: H
     return engine
 
 
-__all__ = ["BATCH_MODES", "ENGINES", "HF_MODES", "MODES", "Generation", "Hooks", "Sampler", "generate", "generate_batch", "generate_reference"]
+def pick_batch_engine(model: BLT, mode: str, temperature: float, engine: str) -> str:
+    """pick_engine for `generate_batch`: "auto" takes the static engine for the modes that batch only
+    there (STATIC_BATCH_MODES), and asking for the eager one for them is refused."""
+    static_only = mode in STATIC_BATCH_MODES
+    engine = pick_engine(model, mode, temperature, "static" if static_only and engine == "auto" else engine)
+    if static_only and engine == "eager":
+        raise ValueError(f"batched {mode} runs on the static engine only (engine 'static' or 'compiled')")
+    return engine
+
+
+__all__ = ["BATCH_MODES", "ENGINES", "HF_MODES", "MODES", "STATIC_BATCH_MODES", "Generation", "Hooks", "Sampler", "generate", "generate_batch", "generate_reference"]

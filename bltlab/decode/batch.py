@@ -1,4 +1,5 @@
-"""Batch > 1 for `blt` and `blt-d*`: ragged prompts, per-row stopping.
+"""Batch > 1 for `blt` and `blt-d*`: ragged prompts, per-row stopping (and on the static engine
+`blt-s*` and `blt-dv*` too: static_modes.py).
 
 Each row keeps its own exact `SeqState` (patches, slot table, global cache: per-patch work
 stays per row); the per-byte passes (entropy model, local encoder, decoder) and the
@@ -13,10 +14,11 @@ import torch.nn.functional as F
 from ..entropy import entropy_of_logits
 from ..model import BLT
 from ..tokens import MASK, ids_to_bytes
-from .common import BATCH_MODES, Generation, Sampler, Stopper, check_request, new_counters
+from .common import (BATCH_MODES, STATIC_BATCH_MODES, Generation, Sampler, Stopper, check_request, mode_size,
+                     new_counters)
 from .diffusion import check_knobs, choose_unmask
 from .state import HASH_CONTEXT, SeqState
-from .static_modes import generate_static_batch, generate_static_batch_diffusion
+from .static_modes import generate_static_batch, generate_static_batch_diffusion, generate_static_batch_speculative
 
 
 def _pad(ts: list[torch.Tensor], S: int) -> torch.Tensor:
@@ -95,24 +97,29 @@ def generate_batch(model: BLT, prompts: list[str | bytes], mode: str = "blt", ma
                    stop: str | bytes | None = None, temperature: float = 0.0, top_p: float = 1.0,
                    seed: int | None = None, alpha: float | None = None, gamma: float | None = None,
                    engine: str = "auto") -> list[Generation]:
-    """Generate for several prompts at once with `blt` or `blt-d4/8/16`; one Generation per prompt
-    (each carries the batch's shared pass counters). `engine` as in `generate`: the static engine
-    replays one CUDA graph per step for all rows (static_modes.py)."""
-    if mode not in BATCH_MODES:
-        raise ValueError(f"batched generation supports blt and blt-d4/8/16, got {mode!r}")
+    """Generate for several prompts at once with `blt` or `blt-d4/8/16`, and on the static engine
+    with `blt-s8/16` and `blt-dv4/8/16` too; one Generation per prompt (each carries the batch's
+    shared pass counters). `engine` as in `generate`: the static engine replays one CUDA graph per
+    step for all rows (static_modes.py); "auto" takes it for the modes that batch only there."""
+    if mode not in BATCH_MODES + STATIC_BATCH_MODES:
+        raise ValueError(f"batched generation supports {', '.join(BATCH_MODES + STATIC_BATCH_MODES)}, got {mode!r}")
     if not prompts:
         raise ValueError("no prompts given")
     if model.cfg.arch != "bltlab":
         raise ValueError("batched generation supports bltlab-layout models only; generate one prompt at a time")
-    from . import pick_engine
+    from . import pick_batch_engine
 
     if mode != "blt":
         alpha, gamma = check_knobs(alpha, gamma)
-    engine = pick_engine(model, mode, temperature, engine)
+    engine = pick_batch_engine(model, mode, temperature, engine)
     if engine != "eager":
         compiled = engine == "compiled"
-        return generate_static_batch(model, prompts, max_bytes, stop, compiled=compiled) if mode == "blt" else \
-            generate_static_batch_diffusion(model, prompts, int(mode[5:]), max_bytes, stop, alpha, gamma, compiled)
+        if mode == "blt":
+            return generate_static_batch(model, prompts, max_bytes, stop, compiled=compiled)
+        if mode in STATIC_BATCH_MODES:
+            return generate_static_batch_speculative(model, prompts, mode_size(mode), mode.startswith("blt-s"),
+                                                     max_bytes, stop, compiled)
+        return generate_static_batch_diffusion(model, prompts, mode_size(mode), max_bytes, stop, alpha, gamma, compiled)
     sampler = Sampler(temperature, top_p, seed)
     prompt_ids = [check_request(p, max_bytes, model.cfg.max_bytes) for p in prompts]
     counters = new_counters()
@@ -133,7 +140,7 @@ def generate_batch(model: BLT, prompts: list[str | bytes], mode: str = "blt", ma
         for b in active:
             rows[b].close_patch()
         counters["n_enc"] += 1  # one batched encoder + global pass closes every row's patch
-        noisy = {b: [MASK] * min(int(mode[5:]), max_bytes - len(stoppers[b].out)) for b in active}
+        noisy = {b: [MASK] * min(mode_size(mode), max_bytes - len(stoppers[b].out)) for b in active}
         while any(MASK in noisy[b] for b in active):
             todo = [b for b in active if MASK in noisy[b]]
             for size in sorted({len(noisy[b]) for b in todo}):  # a block attends to all of itself: same sizes

@@ -9,7 +9,13 @@ import torch
 from ..tokens import EOS, N_IDS, OFFSET, encode, ids_to_bytes, to_bytes
 
 MODES = ("blt", "blt-s8", "blt-s16", "blt-d4", "blt-d8", "blt-d16", "blt-dv4", "blt-dv8", "blt-dv16", "blt-h")
-BATCH_MODES = ("blt", "blt-d4", "blt-d8", "blt-d16")  # what `generate_batch` runs
+BATCH_MODES = ("blt", "blt-d4", "blt-d8", "blt-d16")  # what `generate_batch` runs on every engine
+STATIC_BATCH_MODES = ("blt-s8", "blt-s16", "blt-dv4", "blt-dv8", "blt-dv16")  # ... on the static engine only
+
+
+def mode_size(mode: str) -> int:
+    """The draft window or block size a mode's name gives: blt-s16 -> 16, blt-dv4 -> 4, blt-d8 -> 8."""
+    return int(mode.split("-")[1].lstrip("sdv"))
 
 
 @dataclass

@@ -150,7 +150,9 @@ class StaticState:
         self.m, self.cfg, self.B = model, model.cfg, B
         self.compile_backend, self._compiled = compile_backend, {}
         p = next(model.parameters())
-        dev, T = p.device, model.cfg.max_bytes + 1  # ids[t + 1] is written at the last position
+        # ids[t + 1] is written at the last position; in a batch, a row may run a block or a
+        # verification past its own end, while another row's is longer (what it computes there is dropped)
+        dev, T = p.device, model.cfg.max_bytes + 1 + MAX_BLOCK
         self.dev, self.T = dev, T
         # ids[b, u] = byte u; HASH_CONTEXT PADs before byte 0, so that one gather reads n-gram contexts
         self.pids = torch.full((B, HASH_CONTEXT + T), PAD, dtype=torch.long, device=dev)
@@ -400,22 +402,24 @@ class StaticState:
         m, b, t = self.m, self.rows, self.t
         pos = t[:, None] + self.kpos[:size]  # [B, size]
         noisy = self.noisy[:, :size]
-        k, t3 = self.keys[None, None], t[:, None, None]
-        clean = (k < t3) & (pos[..., None] - k < self.cfg.local_window)
-        mask = self._mask(pos, 0, (clean | ((k >= t3) & (k < t3 + size)))[:, None])  # [B, 1, size, S]
+        # keys before the block's end, in the window: the clean ones, and the whole block (whose
+        # keys lie less than size <= MAX_BLOCK < local_window behind any of its queries, or ahead)
+        k = self.keys[None, None]
+        allow = (k < (t + size)[:, None, None]) & (pos[..., None] - k < self.cfg.local_window)
+        mask = self._mask(pos, 0, allow[:, None])  # [B, 1, size, S]
         x, r = self._layers(m.dec_layers, self.dec_kv, m.noisy_embed(noisy), self.rot(m.dec_layers, pos), pos,
                             mask, self.table[b, self.ncomp])
         logits = m.head(m.dec_norm(x, r)[1]).float() + self.forbid  # [B, size, 260]
         masked = noisy == MASK
         chosen, rank, ent, conf = unmask_rule(logits, masked & self.move[:, None], self.knob, by_entropy)
         pick = logits.argmax(-1)
-        self.ids[b[:, None], pos] = torch.where(chosen, pick, self.ids[b[:, None], pos])
+        self.ids[b[:, None], pos] = torch.where(chosen, pick, self.ids[b[:, None], pos])  # never a MASK
         noisy.copy_(torch.where(chosen, pick, noisy))
         log = torch.stack((self.nstep[:, None].expand(-1, size), rank), 1)
         self.filled[..., :size] = torch.where(chosen[:, None], log, self.filled[..., :size])
         score = torch.stack((conf, ent), 1)
         self.scores[..., :size] = torch.where(chosen[:, None], score, self.scores[..., :size])
-        self.nstep += masked.any(1).long()
+        self.nstep += masked.any(1)
         self.left.copy_((noisy == MASK).sum(1))
 
     def _encode(self, pos: torch.Tensor, local) -> torch.Tensor:
@@ -452,15 +456,23 @@ class StaticState:
         self.ids[self.rows, self.dt + 1] = self._decode(pos, h, self.table[self.rows, self.ncomp], local)
         self.dt += 1
 
-    def rollback(self, n: int, byte: int) -> None:
-        """Back to the first n bytes (rejected drafts), with `byte` as byte n (batch 1)."""
-        self.t.fill_(n)
-        self.forced &= self.kpos <= n
-        starts = self.olog & (self.kpos < n)
+    def rollback(self, n: int | list[int], byte: int | list[int], rows: list[int] | None = None) -> None:
+        """Back to the first n bytes (rejected drafts), with `byte` as byte n: every row, or with
+        `rows` those rows (n and byte: one per row), the others staying where they are."""
+        t, new = self.t.clone(), self.ids[self.rows, self.t]
+        at = self.rows if rows is None else torch.tensor(rows, device=self.dev)
+        t[at], new[at] = torch.as_tensor(n, device=self.dev), torch.as_tensor(byte, device=self.dev)
+        self.t.copy_(t)  # a row at its own t keeps its patches: they are recomputed as they are
+        self.forced &= self.kpos <= t[:, None]
+        starts = self.olog & (self.kpos < t[:, None])
         self.ncomp.copy_(starts.sum(1) - 1)
         self.cur.copy_(torch.where(starts, self.kpos, 0).amax(1))
-        self.ids[:, n] = byte
+        self.ids[self.rows, t] = new
         self._signal()
+
+    def only(self, rows: list[int]) -> None:
+        """The steps after this move these rows only (the others keep t and their patches)."""
+        self.move.copy_(torch.isin(self.rows, torch.tensor(rows, dtype=torch.long, device=self.dev)))
 
     def _signal(self) -> None:
         """(byte t, does it open a patch?): the two numbers the host reads."""

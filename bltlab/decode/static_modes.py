@@ -1,5 +1,5 @@
 """Every greedy decoding mode on the static engine (static.py), one prompt at a time, and
-greedy `blt` and `blt-d*` for a batch.
+greedy `blt`, `blt-d*`, `blt-s*` and `blt-dv*` for a batch.
 
 The host keeps what the eager decoders keep (counters, cost stats, trace, stopper) and reads
 from the device only what decides the next step: the new byte and whether it opens a patch
@@ -14,7 +14,7 @@ import torch
 from ..entropy import entropy_of_logits
 from ..model import BLT
 from ..tokens import EOS, OFFSET, ids_to_bytes
-from .common import MODES, Generation, Stopper, check_request, finish, new_counters
+from .common import MODES, Generation, Stopper, check_request, finish, mode_size, new_counters
 from .diffusion import check_knobs
 from .hybrid import check_hybrid
 from .static import static_state
@@ -132,9 +132,9 @@ def generate_static(model: BLT, prompt: str | bytes, mode: str = "blt", max_byte
     if mode == "blt":
         _autoregressive(r)
     elif mode.startswith("blt-s") or mode.startswith("blt-dv"):
-        _speculative(r, int(mode.split("-")[1].lstrip("sdv")), mode.startswith("blt-s"))
+        _speculative(r, mode_size(mode), mode.startswith("blt-s"))
     elif mode.startswith("blt-d"):
-        _diffusion(r, int(mode[5:]), alpha, gamma)
+        _diffusion(r, mode_size(mode), alpha, gamma)
     else:
         _hybrid(r, eta, block, alpha, gamma)
     return finish(mode, r.ids, r.stopper, r.counters, r.trace, r.stats)
@@ -324,7 +324,7 @@ def generate_static_batch_diffusion(model: BLT, prompts: list[str | bytes], bloc
                 break
         out = s.noisy[:, :size].tolist()
         active = [b for b in active if not any(stoppers[b].push(t) for t in out[b])]
-        s.move.copy_(torch.isin(s.rows, torch.tensor(active, dtype=torch.long, device=s.dev)))
+        s.only(active)
         if active:
             before = s.ncomp.tolist()
             s.run(size)
@@ -333,3 +333,62 @@ def generate_static_batch_diffusion(model: BLT, prompts: list[str | bytes], bloc
             counters["n_dec"] += 1
             counters["n_enc"] += any(after[b] > before[b] for b in active)
     return _batch_result(f"blt-d{block}", prompt_ids, stoppers, counters)
+
+
+@torch.no_grad()
+def generate_static_batch_speculative(model: BLT, prompts: list[str | bytes], k: int, self_draft: bool = True,
+                                      max_bytes: int = 64, stop: str | bytes | None = None,
+                                      compiled: bool = False) -> list[Generation]:
+    """Greedy `blt-s{k}` (self_draft) or `blt-dv{k}` for several prompts at once, in rounds: every
+    running row drafts up to k bytes (k - 1 draft replays for all rows, or a close and one denoising
+    replay per block size), one verification pass as long as the longest draft serves every row,
+    the host reads the drafts and the predictions once each, and each row keeps its own accepted
+    prefix (one rollback for the rows that rejected a byte). Each row gets the bytes that `generate`
+    gives its prompt; counters count batched passes, as `generate_batch`'s do."""
+    prompt_ids, s, counters, stoppers = _batch_begin(model, prompts, max_bytes, stop, compiled, freeze=True)
+    active = list(range(len(prompts)))
+    while active:
+        rooms = {b: min(k, max_bytes - len(stoppers[b].out)) for b in active}
+        room = max(rooms.values())
+        if self_draft:  # a draft byte depends on the ones before it only: a row may draft past its room
+            s.dt.copy_(s.t)
+            for _ in range(room - 1):
+                s.run_draft()
+            counters["n_dec"] += room - 1
+        else:
+            s.run_close()
+            counters["n_enc"] += 1
+            s.begin_block(True, -1.0)  # α < 0: every slot in one pass
+            for size in sorted(set(rooms.values()) - {1}):  # a block attends to all of itself: its own size
+                s.only([b for b in active if rooms[b] == size])
+                s.run_denoise(size, False)
+                counters["n_dec"] += 1
+            s.only(active)
+        start = s.t.tolist()
+        ids = s.ids.tolist()
+        drafts = {}
+        for b in active:  # drafts[b][0]: the byte the last verification settled
+            d = ids[b][start[b]:start[b] + rooms[b]]
+            drafts[b] = d[:d.index(EOS) + 1] if EOS in d else d
+        L = max(len(d) - (d[-1] == EOS) for d in drafts.values())
+        accepted, rejected = {b: 1 for b in active}, {}
+        if L:  # a row whose draft is shorter either stops at its end or rejects a byte before it
+            before = s.ncomp.clone()
+            s.run(L)
+            at = s.t.new_tensor(start)[:, None] + s.kpos[:L]
+            out = torch.cat((s.pred.gather(1, at), (s.ncomp > before).long()[:, None]), 1).tolist()
+            counters["n_ent"] += 1
+            counters["n_dec"] += 1
+            counters["n_enc"] += any(out[b][L] for b in active)
+            for b in active:
+                d = drafts[b]
+                for i in range(1, len(d)):  # out[b][i - 1] is the exact greedy byte at start + i
+                    if d[i] != out[b][i - 1]:
+                        rejected[b] = (start[b] + i, out[b][i - 1])
+                        break
+                    accepted[b] += 1
+        if rejected:
+            s.rollback([n for n, _ in rejected.values()], [c for _, c in rejected.values()], list(rejected))
+        active = [b for b in active if not any(stoppers[b].push(t) for t in drafts[b][:accepted[b]])]
+        s.only(active)
+    return _batch_result(f"blt-{'s' if self_draft else 'dv'}{k}", prompt_ids, stoppers, counters)
