@@ -270,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--modes", default=None, help="comma-separated modes (default: every mode the model supports)")
     s.add_argument("--max-bytes", type=int, default=64, help="bytes generated per prompt (default: 64)")
     s.add_argument("--batch", type=int, default=16, help="batch size for the modes that batch (blt and blt-d*; "
-                   "blt-s* and blt-dv* too on the static engines) "
+                   "blt-s*, blt-dv* and blt-h too on the static engines) "
                    "(default: 16; 1 = batch 1 only)")
     s.add_argument("--engines", default=None, help="comma-separated engines to time every mode on: eager, static, "
                    "compiled (torch.compile'd static steps: minutes of compiling), auto (default: eager, plus static "

@@ -4,7 +4,7 @@ roofline of each mode, and Hugging Face transformers baselines.
 `python -m bltlab speed [--device cuda] [--batch 16] [--max-bytes 64] [--engines eager,static] [--hf] [--json OUT]`
 
 * **modes**: greedy `generate` per prompt (batch 1) and `generate_batch` on B prompts at once
-  (the modes that batch: `blt`, `blt-d*`, and on the static engines `blt-s*` and `blt-dv*`),
+  (the modes that batch: `blt`, `blt-d*`, and on the static engines every mode),
   timed with the device synchronised, on each engine
   asked for: by default the eager decoders, and on a GPU also the static engine (CUDA graphs,
   decode/static.py); "compiled" adds its torch.compile'd variant. A static job on a GPU is timed

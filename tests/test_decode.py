@@ -207,7 +207,7 @@ def test_batch_rejects_other_modes(model):
     from bltlab.decode import generate_batch
 
     with pytest.raises(ValueError, match="batched generation supports"):
-        generate_batch(model, ["a"], "blt-h")
+        generate_batch(model, ["a"], "blt-x")
     with pytest.raises(ValueError, match="static engine only"):
         generate_batch(model, ["a"], "blt-s8", engine="eager")
     with pytest.raises(ValueError, match="greedy"):

@@ -275,10 +275,12 @@ def test_batch_diffusion_equals_eager_batch(sharp, mode, kw):
 
 @pytest.mark.parametrize("mode, kw", [("blt-s8", {"max_bytes": 30}), ("blt-s16", {"max_bytes": 45, "stop": None}),
                                       ("blt-dv4", {"max_bytes": 30}), ("blt-dv8", {"max_bytes": 37, "stop": None}),
-                                      ("blt-dv16", {"max_bytes": 45}), ("blt-s8", {"max_bytes": 1})])
-def test_batch_speculative_equals_one_prompt_at_a_time(sharp, mode, kw):
-    """Batched blt-s*/blt-dv* (static engine only): each row's bytes and stop reason are those of its
-    prompt alone; rows accept different numbers of bytes per round, so their positions part."""
+                                      ("blt-dv16", {"max_bytes": 45}), ("blt-s8", {"max_bytes": 1}),
+                                      ("blt-h", {"max_bytes": 45}), ("blt-h", {"max_bytes": 40, "stop": None}),
+                                      ("blt-h", {"max_bytes": 37, "eta": 2.0, "block": 16, "gamma": 3.0})])
+def test_batch_static_only_modes_equal_one_prompt_at_a_time(sharp, mode, kw):
+    """Batched blt-s*, blt-dv*, blt-h (static engine only): each row's bytes and stop reason are those
+    of its prompt alone; rows move on by different numbers of bytes per round, so their positions part."""
     prompts = PROMPTS[:7]
     if "stop" in kw:  # one that really occurs, in some rows only
         kw["stop"] = generate(sharp, prompts[0], mode, max_bytes=40, engine="eager").output[6:8]
@@ -350,7 +352,7 @@ def test_cuda_graphs_equal_eager(model):
         eager = generate_batch(m, PROMPTS[:16], mode, max_bytes=40, engine="eager")
         for a, b in zip(eager, generate_batch(m, PROMPTS[:16], mode, max_bytes=40, engine="static")):
             assert a.output == b.output
-    for mode in ("blt-s16", "blt-dv8"):
+    for mode in ("blt-s16", "blt-dv8", "blt-h"):
         batch = generate_batch(m, PROMPTS[:16], mode, max_bytes=40, engine="static")
         assert [g.output for g in batch] == [generate(m, p, mode, max_bytes=40, engine="eager").output
                                              for p in PROMPTS[:16]]

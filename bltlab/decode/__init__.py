@@ -5,7 +5,7 @@ window k), `blt-d4` / `blt-d8` / `blt-d16` (block diffusion, unmasking by confid
 entropy bound γ), `blt-dv4` / `blt-dv8` / `blt-dv16` (one-step diffusion draft + autoregressive
 verification), `blt-h` (hybrid: entropy rule with knob η picks autoregressive or diffusion
 steps). `generate_batch` runs `blt` and `blt-d*` on several ragged prompts at once, and on the
-static engine `blt-s*` and `blt-dv*` too.
+static engine every other mode too.
 `generate_reference` is the no-cache oracle the tests compare against.
 
 Every greedy mode has a second engine, static.py + static_modes.py: static KV caches and

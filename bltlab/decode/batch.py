@@ -1,5 +1,5 @@
 """Batch > 1 for `blt` and `blt-d*`: ragged prompts, per-row stopping (and on the static engine
-`blt-s*` and `blt-dv*` too: static_modes.py).
+every other mode too: static_modes.py).
 
 Each row keeps its own exact `SeqState` (patches, slot table, global cache: per-patch work
 stays per row); the per-byte passes (entropy model, local encoder, decoder) and the
@@ -18,7 +18,8 @@ from .common import (BATCH_MODES, STATIC_BATCH_MODES, Generation, Sampler, Stopp
                      new_counters)
 from .diffusion import check_knobs, choose_unmask
 from .state import HASH_CONTEXT, SeqState
-from .static_modes import generate_static_batch, generate_static_batch_diffusion, generate_static_batch_speculative
+from .static_modes import (generate_static_batch, generate_static_batch_diffusion, generate_static_batch_hybrid,
+                           generate_static_batch_speculative)
 
 
 def _pad(ts: list[torch.Tensor], S: int) -> torch.Tensor:
@@ -96,10 +97,10 @@ def block_rows(m: BLT, rows: list[SeqState], noisy: list[list[int]]) -> torch.Te
 def generate_batch(model: BLT, prompts: list[str | bytes], mode: str = "blt", max_bytes: int = 64,
                    stop: str | bytes | None = None, temperature: float = 0.0, top_p: float = 1.0,
                    seed: int | None = None, alpha: float | None = None, gamma: float | None = None,
-                   engine: str = "auto") -> list[Generation]:
+                   eta: float = 1.0, block: int = 8, engine: str = "auto") -> list[Generation]:
     """Generate for several prompts at once with `blt` or `blt-d4/8/16`, and on the static engine
-    with `blt-s8/16` and `blt-dv4/8/16` too; one Generation per prompt (each carries the batch's
-    shared pass counters). `engine` as in `generate`: the static engine replays one CUDA graph per
+    with `blt-s8/16`, `blt-dv4/8/16` and `blt-h` too (eta, block: the hybrid's knobs); one
+    Generation per prompt (each carries the batch's shared pass counters). `engine` as in `generate`: the static engine replays one CUDA graph per
     step for all rows (static_modes.py); "auto" takes it for the modes that batch only there."""
     if mode not in BATCH_MODES + STATIC_BATCH_MODES:
         raise ValueError(f"batched generation supports {', '.join(BATCH_MODES + STATIC_BATCH_MODES)}, got {mode!r}")
@@ -116,6 +117,8 @@ def generate_batch(model: BLT, prompts: list[str | bytes], mode: str = "blt", ma
         compiled = engine == "compiled"
         if mode == "blt":
             return generate_static_batch(model, prompts, max_bytes, stop, compiled=compiled)
+        if mode == "blt-h":
+            return generate_static_batch_hybrid(model, prompts, eta, block, max_bytes, stop, alpha, gamma, compiled)
         if mode in STATIC_BATCH_MODES:
             return generate_static_batch_speculative(model, prompts, mode_size(mode), mode.startswith("blt-s"),
                                                      max_bytes, stop, compiled)

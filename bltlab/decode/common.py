@@ -10,7 +10,7 @@ from ..tokens import EOS, N_IDS, OFFSET, encode, ids_to_bytes, to_bytes
 
 MODES = ("blt", "blt-s8", "blt-s16", "blt-d4", "blt-d8", "blt-d16", "blt-dv4", "blt-dv8", "blt-dv16", "blt-h")
 BATCH_MODES = ("blt", "blt-d4", "blt-d8", "blt-d16")  # what `generate_batch` runs on every engine
-STATIC_BATCH_MODES = ("blt-s8", "blt-s16", "blt-dv4", "blt-dv8", "blt-dv16")  # ... on the static engine only
+STATIC_BATCH_MODES = ("blt-s8", "blt-s16", "blt-dv4", "blt-dv8", "blt-dv16", "blt-h")  # ... on the static engine only
 
 
 def mode_size(mode: str) -> int:

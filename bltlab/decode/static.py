@@ -177,7 +177,8 @@ class StaticState:
         self.left = torch.zeros(B, dtype=torch.long, device=dev)  # masked slots left: what the host reads
         self.knob = torch.zeros(B, dtype=torch.float64, device=dev)  # α or γ (a tensor: one graph for all)
         self.move = torch.ones(B, dtype=torch.bool, device=dev)  # rows a step moves (the rest keep t, patches)
-        self.logits = torch.zeros(B, 260, dtype=p.dtype, device=dev)  # prediction of byte t
+        # prediction of byte t (a step writes every row's: rows it does not move get one past t)
+        self.logits = torch.zeros(B, 260, dtype=p.dtype, device=dev)
         self.h = p.new_zeros(B, T, self.cfg.d_local)
         # row r: patch r - 1's decoder slots as every decoder layer's cross-attention keys and values,
         # projected once per patch instead of once per byte: [B, T + 1, layers, 2, H, k, hd]
@@ -247,10 +248,13 @@ class StaticState:
         self.reset(prompts)
         lens = [len(p) for p in prompts]
         self.advance(min(lens))
+        logits = self.logits.clone()
         for _ in range(max(lens) - min(lens)):
             if freeze:
                 self.move.copy_(self.t < self.plen)
             self.run()
+            logits = torch.where(self.move[:, None], self.logits, logits)
+        self.logits.copy_(logits)  # a waiting row's own, not what the steps it waited through wrote
         self.move.fill_(True)
 
     # ---- the step ------------------------------------------------------------------------------

@@ -1,5 +1,4 @@
-"""Every greedy decoding mode on the static engine (static.py), one prompt at a time, and
-greedy `blt`, `blt-d*`, `blt-s*` and `blt-dv*` for a batch.
+"""Every greedy decoding mode on the static engine (static.py), one prompt at a time or a batch.
 
 The host keeps what the eager decoders keep (counters, cost stats, trace, stopper) and reads
 from the device only what decides the next step: the new byte and whether it opens a patch
@@ -17,7 +16,7 @@ from ..tokens import EOS, OFFSET, ids_to_bytes
 from .common import MODES, Generation, Stopper, check_request, finish, mode_size, new_counters
 from .diffusion import check_knobs
 from .hybrid import check_hybrid
-from .static import static_state
+from .static import StaticState, static_state
 
 
 class _Request:
@@ -294,6 +293,18 @@ def _batch_begin(model: BLT, prompts: list[str | bytes], max_bytes: int, stop: s
     return prompt_ids, s, counters, [Stopper(max_bytes, stop) for _ in prompts]
 
 
+def _denoise_rows(s: StaticState, size: int, by_entropy: bool, rows: list[int]) -> int:
+    """Denoising passes over the blocks at t (one replay each) until none of `rows` has a masked
+    slot left; returns how many."""
+    passes = 0
+    while True:
+        s.run_denoise(size, by_entropy)
+        passes += 1
+        left = s.left.tolist()
+        if not any(left[b] for b in rows):
+            return passes
+
+
 def _batch_result(mode: str, prompt_ids: list[list[int]], stoppers: list[Stopper], counters: dict) -> list[Generation]:
     return [Generation(mode, ids_to_bytes(ids), bytes(stp.out), stp.reason,
                        {**counters, "batch": len(prompt_ids), "bytes": len(stp.out)}, [])
@@ -316,12 +327,7 @@ def generate_static_batch_diffusion(model: BLT, prompts: list[str | bytes], bloc
         counters["n_enc"] += 1
         size = min(block, max_bytes - len(stoppers[active[0]].out))  # every running row has as many bytes
         s.begin_block(False, alpha if gamma is None else gamma)
-        while True:
-            s.run_denoise(size, gamma is not None)
-            counters["n_dec"] += 1
-            left = s.left.tolist()
-            if not any(left[b] for b in active):
-                break
+        counters["n_dec"] += _denoise_rows(s, size, gamma is not None, active)
         out = s.noisy[:, :size].tolist()
         active = [b for b in active if not any(stoppers[b].push(t) for t in out[b])]
         s.only(active)
@@ -392,3 +398,47 @@ def generate_static_batch_speculative(model: BLT, prompts: list[str | bytes], k:
         active = [b for b in active if not any(stoppers[b].push(t) for t in drafts[b][:accepted[b]])]
         s.only(active)
     return _batch_result(f"blt-{'s' if self_draft else 'dv'}{k}", prompt_ids, stoppers, counters)
+
+
+@torch.no_grad()
+def generate_static_batch_hybrid(model: BLT, prompts: list[str | bytes], eta: float = 1.0, block: int = 8,
+                                 max_bytes: int = 64, stop: str | bytes | None = None, alpha: float | None = None,
+                                 gamma: float | None = None, compiled: bool = False) -> list[Generation]:
+    """Greedy `blt-h` for several prompts at once, in rounds: each running row takes one
+    autoregressive byte or a diffusion block, by the entropy of its own exact next-byte
+    distribution. The rows that take a block close their patches in one replay and denoise in one
+    replay per pass (per block size, since a block attends to all of itself); then the rows push
+    what they took, one pass per length, longest first (a waiting row's pass writes past its own
+    block, never into it). Each row gets the bytes that `generate` gives its prompt; counters
+    count batched passes, as `generate_batch`'s do."""
+    alpha, gamma = check_knobs(alpha, gamma)
+    check_hybrid(eta, block)
+    prompt_ids, s, counters, stoppers = _batch_begin(model, prompts, max_bytes, stop, compiled, freeze=True)
+    logits = s.logits.clone()  # each row's prediction of its byte t (a pass that moves other rows overwrites s.logits)
+    active = list(range(len(prompts)))
+    while active:
+        h, first = entropy_of_logits(logits).tolist(), s.signal[:, 0].tolist()
+        sizes = {b: min(block, max_bytes - len(stoppers[b].out)) for b in active}
+        out = {b: [first[b]] for b in active}
+        blocks = [b for b in active if h[b] <= eta and sizes[b] > 1]
+        if blocks:
+            s.only(blocks)
+            s.run_close()
+            counters["n_enc"] += 1
+            s.begin_block(True, alpha if gamma is None else gamma)
+            for size in sorted({sizes[b] for b in blocks}):
+                group = [b for b in blocks if sizes[b] == size]
+                s.only(group)
+                counters["n_dec"] += _denoise_rows(s, size, gamma is not None, group)
+            noisy = s.noisy.tolist()
+            out.update({b: noisy[b][:sizes[b]] for b in blocks})
+        active = [b for b in active if not any(stoppers[b].push(t) for t in out[b])]
+        for L in sorted({len(out[b]) for b in active}, reverse=True):
+            s.only([b for b in active if len(out[b]) == L])
+            before = s.ncomp.clone()
+            s.run(L)
+            logits = torch.where(s.move[:, None], s.logits, logits)
+            counters["n_ent"] += 1
+            counters["n_dec"] += 1
+            counters["n_enc"] += bool(((s.ncomp > before) & s.move).any())
+    return _batch_result("blt-h", prompt_ids, stoppers, counters)
