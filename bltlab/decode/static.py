@@ -11,7 +11,7 @@ fixed sequence of kernels that a CUDA graph replays:
       -> entropy model at t: H_{t+1}             (static cache, one row per sequence)
       -> local encoder at t: h_t                 (hash n-grams from ids[t-8..t])
       -> [global step] pool the finished patch [cur, t), global model at patch ncomp,
-         slot table row ncomp + 1
+         slot table row ncomp + 1 (the slots' cross-attention keys and values, once per patch)
       -> decoder at t reading table row p(t) -> logits -> greedy byte t + 1 into `ids`
 
 Rows that did not open a patch write the global step's cache entry and table row at the
@@ -24,8 +24,10 @@ slots), which is how a prompt is read: one eager pass, its next byte taken from 
 instead of the prediction. The other steps, each a graph of its own: `draft` (encoder and
 decoder only, for self-speculation), `close` (a diffusion block starts a patch: the global
 model on the one it ends) and `denoise` (one pass over a masked block and the unmasking rule,
-on the device). Tests check the bytes, the logits and the trace against the eager decoders,
-and one pass against the same bytes in pieces.
+on the device). Rows outside `move` wait: a pass computes them at their own t but leaves t,
+their patches and their chosen slots alone, which is how a batch's rows part (ragged prompts,
+stopped rows, per-row accepted drafts, blocks of other sizes). Tests check the bytes, the
+logits and the trace against the eager decoders, and one pass against the same bytes in pieces.
 """
 from __future__ import annotations
 

@@ -27,8 +27,9 @@ def specs(dt: str, head_dims=(32, 64, 128)):
                                                          eps=F32), dict(HAS_RES=res, BLOCK=128)),
                 (f"rms_bwd res={res}", N._rms_bwd, dict(s_ptr=p, gy_ptr=f, gs_in_ptr=p, w_ptr=f, rstd_ptr=f, gs_ptr=f,
                                                          gw_ptr=f, N=I32, D=I32), dict(HAS_GS=res, BLOCK=128))]
-    out += [("swiglu_fwd", N._swiglu_fwd, dict(a_ptr=p, b_ptr=p, y_ptr=p, n=I32), dict(BLOCK=1024)),
-            ("swiglu_bwd", N._swiglu_bwd, dict(a_ptr=p, b_ptr=p, g_ptr=p, ga_ptr=p, gb_ptr=p, n=I32), dict(BLOCK=1024)),
+    rows = dict(n=I32, W=I32, sa=I32, sb=I32)  # a and b read as rows of width W at row strides sa, sb
+    out += [("swiglu_fwd", N._swiglu_fwd, dict(a_ptr=p, b_ptr=p, y_ptr=p, **rows), dict(BLOCK=1024)),
+            ("swiglu_bwd", N._swiglu_bwd, dict(a_ptr=p, b_ptr=p, g_ptr=p, ga_ptr=p, gb_ptr=p, **rows), dict(BLOCK=1024)),
             ("hash_fwd", HE._hash_fwd, dict(ids_ptr=I64P, byte_ptr=p, out_ptr=p, idx_ptr=I64P, L=I32, LF=I32, D=I32,
                                             VOCAB=I32, NROWS=I32, **{f"t{i}": p for i in range(8)}),
              dict(N0=3, N1=4, N2=5, N3=6, N4=7, N5=8, N6=1, N7=1, NT=6, BLOCK=128, BASE=257, MOD=2 ** 31 - 1)),
