@@ -305,6 +305,16 @@ def _denoise_rows(s: StaticState, size: int, by_entropy: bool, rows: list[int]) 
             return passes
 
 
+def _push_rows(s: StaticState, L: int, counters: dict) -> None:
+    """The next L bytes of the rows `move` holds through every part, counted as one batched pass
+    (and one of the global model if a row closed a patch): one host read."""
+    before = s.ncomp.clone()
+    s.run(L)
+    counters["n_ent"] += 1
+    counters["n_dec"] += 1
+    counters["n_enc"] += bool(((s.ncomp > before) & s.move).any())
+
+
 def _batch_result(mode: str, prompt_ids: list[list[int]], stoppers: list[Stopper], counters: dict) -> list[Generation]:
     return [Generation(mode, ids_to_bytes(ids), bytes(stp.out), stp.reason,
                        {**counters, "batch": len(prompt_ids), "bytes": len(stp.out)}, [])
@@ -332,12 +342,7 @@ def generate_static_batch_diffusion(model: BLT, prompts: list[str | bytes], bloc
         active = [b for b in active if not any(stoppers[b].push(t) for t in out[b])]
         s.only(active)
         if active:
-            before = s.ncomp.tolist()
-            s.run(size)
-            after = s.ncomp.tolist()
-            counters["n_ent"] += 1
-            counters["n_dec"] += 1
-            counters["n_enc"] += any(after[b] > before[b] for b in active)
+            _push_rows(s, size, counters)
     return _batch_result(f"blt-d{block}", prompt_ids, stoppers, counters)
 
 
@@ -435,10 +440,6 @@ def generate_static_batch_hybrid(model: BLT, prompts: list[str | bytes], eta: fl
         active = [b for b in active if not any(stoppers[b].push(t) for t in out[b])]
         for L in sorted({len(out[b]) for b in active}, reverse=True):
             s.only([b for b in active if len(out[b]) == L])
-            before = s.ncomp.clone()
-            s.run(L)
+            _push_rows(s, L, counters)
             logits = torch.where(s.move[:, None], s.logits, logits)
-            counters["n_ent"] += 1
-            counters["n_dec"] += 1
-            counters["n_enc"] += bool(((s.ncomp > before) & s.move).any())
     return _batch_result("blt-h", prompt_ids, stoppers, counters)
