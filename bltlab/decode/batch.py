@@ -100,8 +100,9 @@ def generate_batch(model: BLT, prompts: list[str | bytes], mode: str = "blt", ma
                    eta: float = 1.0, block: int = 8, engine: str = "auto") -> list[Generation]:
     """Generate for several prompts at once with `blt` or `blt-d4/8/16`, and on the static engine
     with `blt-s8/16`, `blt-dv4/8/16` and `blt-h` too (eta, block: the hybrid's knobs); one
-    Generation per prompt (each carries the batch's shared pass counters). `engine` as in `generate`: the static engine replays one CUDA graph per
-    step for all rows (static_modes.py); "auto" takes it for the modes that batch only there."""
+    Generation per prompt (each carries the batch's shared pass counters). `engine` as in
+    `generate`: the static engine replays one CUDA graph per step for all rows (static_modes.py);
+    "auto" takes it for the modes that batch only there."""
     if mode not in BATCH_MODES + STATIC_BATCH_MODES:
         raise ValueError(f"batched generation supports {', '.join(BATCH_MODES + STATIC_BATCH_MODES)}, got {mode!r}")
     if not prompts:

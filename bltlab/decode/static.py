@@ -179,8 +179,7 @@ class StaticState:
         self.left = torch.zeros(B, dtype=torch.long, device=dev)  # masked slots left: what the host reads
         self.knob = torch.zeros(B, dtype=torch.float64, device=dev)  # α or γ (a tensor: one graph for all)
         self.move = torch.ones(B, dtype=torch.bool, device=dev)  # rows a step moves (the rest keep t, patches)
-        # prediction of byte t (a step writes every row's: rows it does not move get one past t)
-        self.logits = torch.zeros(B, 260, dtype=p.dtype, device=dev)
+        self.logits = torch.zeros(B, 260, dtype=p.dtype, device=dev)  # prediction of byte t
         self.h = p.new_zeros(B, T, self.cfg.d_local)
         # row r: patch r - 1's decoder slots as every decoder layer's cross-attention keys and values,
         # projected once per patch instead of once per byte: [B, T + 1, layers, 2, H, k, hd]
@@ -250,13 +249,10 @@ class StaticState:
         self.reset(prompts)
         lens = [len(p) for p in prompts]
         self.advance(min(lens))
-        logits = self.logits.clone()
         for _ in range(max(lens) - min(lens)):
             if freeze:
                 self.move.copy_(self.t < self.plen)
             self.run()
-            logits = torch.where(self.move[:, None], self.logits, logits)
-        self.logits.copy_(logits)  # a waiting row's own, not what the steps it waited through wrote
         self.move.fill_(True)
 
     # ---- the step ------------------------------------------------------------------------------
@@ -282,12 +278,14 @@ class StaticState:
             nat = nat | ((pos > last) & ((pos - last) % pc.max_patch == 0))
         return nat
 
-    def _mask(self, qpos: torch.Tensor, window: int, allow: torch.Tensor | None = None) -> torch.Tensor:
-        """[B, 1, L, S] over the whole static cache, additive (0 or -inf: what attention adds; a bool
-        mask would be converted in every layer). `allow`: a bool mask instead of the causal one."""
-        if allow is None:
-            allow = causal_mask(qpos, self.keys[None], window)
+    def _additive(self, allow: torch.Tensor) -> torch.Tensor:
+        """A bool mask in additive form, 0 or -inf (what attention adds: built once per pass, where a
+        bool mask would be converted in every layer)."""
         return torch.where(allow, self.bias[0], self.bias[1])
+
+    def _mask(self, qpos: torch.Tensor, window: int) -> torch.Tensor:
+        """[B, 1, L, S] causal over the whole static cache, additive."""
+        return self._additive(causal_mask(qpos, self.keys[None], window))
 
     def _local(self, pos: torch.Tensor):
         """The local encoder's and decoder's mask and RoPE angles at pos (same shapes and base)."""
@@ -333,17 +331,18 @@ class StaticState:
             # byte u that opens a patch closes [last start before u, u) unless empty (a forced start
             # whose patch `close` ended already); closed patches first
             incl = torch.where(opens, pos, self.cur[:, None])  # last start <= u
-            first = self.cur[:, None]  # last start < u
-            if L > 1:
+            if L == 1:
+                first, end = self.cur[:, None], pos  # last start < u
+                closes = opens & (pos > first)
+            else:  # closed patches first; byte u reads the row of the last one closed up to u
                 incl = incl.cummax(1).values
-                first = torch.cat((first, incl[:, :-1]), 1)
-            closes, end = opens & (pos > first), pos
-            if L > 1:  # closed patches first; byte u reads the row of the last one closed up to u
+                first = torch.cat((self.cur[:, None], incl[:, :-1]), 1)
+                closes = opens & (pos > first)
                 order = torch.argsort((~closes).to(torch.uint8), dim=1, stable=True)
                 first, end = first.gather(1, order), pos.gather(1, order)
                 closes = closes.long().cumsum(1)
             self._global(first, end)  # patch j = [start, end) if j < closed
-            rows = rows + closes
+            rows = rows + closes  # patches closed up to u
             self.ncomp += closes[:, -1] * self.move
             self.cur.copy_(torch.where(self.move, incl[:, -1], self.cur))
         slots = self.table[b[:, None], rows].flatten(0, 1)  # [B L, layers, 2, H, k, hd]
@@ -373,7 +372,7 @@ class StaticState:
         p = self.m.pool
         B, P, L, d = bytes_.shape
         H, hd = p.heads, d // p.heads
-        bias = torch.where(valid | self.first[:L], self.bias[0], self.bias[1])  # [B, P, lmax]
+        bias = self._additive(valid | self.first[:L])  # [B, P, lmax]
         q0 = p.q_proj((bytes_ + bias[..., None]).amax(2)).view(B, P, p.k, d)
         q = p.wq(p.q_norm(q0)).view(B * P, p.k, H, hd).transpose(1, 2)  # [B P, H, k, hd]
         kv = F.linear(p.kv_norm(bytes_), self.fused["pool"][0]).view(B * P, L, 2, H, hd).permute(2, 0, 3, 1, 4)
@@ -412,7 +411,7 @@ class StaticState:
         # keys lie less than size <= MAX_BLOCK < local_window behind any of its queries, or ahead)
         k = self.keys[None, None]
         allow = (k < (t + size)[:, None, None]) & (pos[..., None] - k < self.cfg.local_window)
-        mask = self._mask(pos, 0, allow[:, None])  # [B, 1, size, S]
+        mask = self._additive(allow[:, None])  # [B, 1, size, S]
         x, r = self._layers(m.dec_layers, self.dec_kv, m.noisy_embed(noisy), self.rot(m.dec_layers, pos), pos,
                             mask, self.table[b, self.ncomp])
         logits = m.head(m.dec_norm(x, r)[1]).float() + self.forbid  # [B, size, 260]
@@ -447,7 +446,8 @@ class StaticState:
         m, b = self.m, self.rows
         x, r = self._layers(m.dec_layers, self.dec_kv, h, local[1], pos, local[0], slots)
         logits = m.head(m.dec_norm(x, r)[1])  # [B, L, 260]
-        self.logits.copy_(logits[:, -1])
+        # waiting rows keep theirs (detached: an out= op takes no input that needs a gradient)
+        torch.where(self.move[:, None], logits[:, -1].detach(), self.logits, out=self.logits)
         pred = (logits.float() + self.forbid).argmax(-1)
         self.pred[b[:, None], pos] = pred
         return pred[:, -1]

@@ -419,10 +419,9 @@ def generate_static_batch_hybrid(model: BLT, prompts: list[str | bytes], eta: fl
     alpha, gamma = check_knobs(alpha, gamma)
     check_hybrid(eta, block)
     prompt_ids, s, counters, stoppers = _batch_begin(model, prompts, max_bytes, stop, compiled, freeze=True)
-    logits = s.logits.clone()  # each row's prediction of its byte t (a pass that moves other rows overwrites s.logits)
     active = list(range(len(prompts)))
     while active:
-        h, first = entropy_of_logits(logits).tolist(), s.signal[:, 0].tolist()
+        h, first = entropy_of_logits(s.logits).tolist(), s.signal[:, 0].tolist()
         sizes = {b: min(block, max_bytes - len(stoppers[b].out)) for b in active}
         out = {b: [first[b]] for b in active}
         blocks = [b for b in active if h[b] <= eta and sizes[b] > 1]
@@ -441,5 +440,4 @@ def generate_static_batch_hybrid(model: BLT, prompts: list[str | bytes], eta: fl
         for L in sorted({len(out[b]) for b in active}, reverse=True):
             s.only([b for b in active if len(out[b]) == L])
             _push_rows(s, L, counters)
-            logits = torch.where(s.move[:, None], s.logits, logits)
     return _batch_result("blt-h", prompt_ids, stoppers, counters)
