@@ -274,6 +274,30 @@ def test_attention_recompute_backward(dev):
     test_attention(dev, torch.float32, "hybrid", recompute=True)
 
 
+@pytest.mark.parametrize("case", ["causal-0", "causal-20", "causal-40", "hybrid"])
+def test_attention_tiles_skipped_full_and_masked(dev, case):
+    """Sequences of several 16 x 16 tiles (the interpreter's blocks): the kernels skip tiles the
+    mask empties (above the diagonal, beyond the window, other noisy blocks), drop the mask on
+    tiles it fills (below the diagonal, inside the window) and mask the rest; forward and backward
+    must still equal the reference."""
+    from bltlab.kernels import attention as K
+
+    torch.manual_seed(2)
+    if case == "hybrid":
+        mask, _ = hybrid_mask(2, 50, torch.tensor([[3, 20, 35], [10, 30, -1]]), 8, 24)
+    else:
+        pos = torch.arange(70)[None]
+        mask = AttnMask.causal(pos, pos, window=int(case.split("-")[1]))
+    mask = AttnMask(*(t.to(dev) for t in (mask.q_pos, mask.q_lim, mask.q_blk, mask.k_pos, mask.k_blk)), mask.window)
+    B, L = mask.q_blk.shape[0], mask.q_pos.shape[1]
+    q, k, v = (torch.randn(B, 2, L, 16, device=dev, requires_grad=True) for _ in range(3))
+    out, ref = K.attention_triton(q, k, v, mask), K.attention_reference(q, k, v, mask)
+    close(out, ref, 1e-5, "attention")
+    g = torch.randn_like(ref)
+    for a, b in zip(grads(out, [q, k, v], g), grads(ref, [q, k, v], g)):
+        close(a, b, 1e-5, "attention grad")
+
+
 def test_attention_odd_head_dim_and_lengths(dev):
     from bltlab.kernels import attention as K
 

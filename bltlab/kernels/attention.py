@@ -10,9 +10,12 @@ and decoding with a KV prefix (keys = cached prefix + new keys, as in decode.sta
 Keys with k_blk < -1 are padding and never read.
 
 Forward (Triton): one program per (block of BLOCK_M queries, batch x head) streams over key
-blocks (skipping tiles the mask leaves empty: above the diagonal, outside the window, other
-noisy blocks) with an online softmax (running max m, sum l), keeping fp32 accumulators; it stores
-the output and logsumexp. Rows with no allowed key give 0 (SDPA would give NaN; the model
+blocks with an online softmax (running max m, sum l), keeping fp32 accumulators; it stores the
+output and logsumexp. Each tile is first judged from a few bounds (the query block's least and
+greatest position, clean limit and noisy block id; the same for the key block), O(BLOCK) work
+instead of the O(BLOCK^2) mask: a tile the mask surely empties (above the diagonal, outside the
+window, other noisy blocks) is skipped without loading keys, a tile it surely fills (clean keys
+all visible to every query) is computed without a mask, and only the tiles in between build it. Rows with no allowed key give 0 (SDPA would give NaN; the model
 never makes one). Dots run in fp32 under the interpreter (its bf16 tl.dot is wrong) and for
 fp32 inputs; bf16/fp16 inputs use the tensor cores with fp32 accumulation on a GPU.
 
@@ -63,6 +66,44 @@ def _mask_tile(qpos, qlim, qblk, kpos, kblk, WINDOW):
     return clean | ((kblk[None, :] >= 0) & (kblk[None, :] == qblk[:, None]))
 
 
+# bounds of a tile's queries and keys; BIG stands in for "none" (no valid row, no noisy key)
+BIG = tl.constexpr(1 << 40)
+
+
+@triton.jit
+def _q_bounds(qpos, qlim, qblk, offs_m, LQ):
+    """(least position, greatest position, least clean limit, greatest clean limit, least and
+    greatest noisy block id) over the block's queries before LQ (rows past it are never stored)."""
+    ok = offs_m < LQ
+    noisy = ok & (qblk >= 0)
+    return (tl.min(tl.where(ok, qpos, BIG), 0), tl.max(tl.where(ok, qpos, -BIG), 0),
+            tl.min(tl.where(ok, qlim, BIG), 0), tl.max(tl.where(ok, qlim, -BIG), 0),
+            tl.min(tl.where(noisy, qblk, BIG), 0), tl.max(tl.where(noisy, qblk, -BIG), 0))
+
+
+@triton.jit
+def _k_bounds(kpos, kblk):
+    """(least and greatest clean key position, number of clean keys, least and greatest noisy block
+    id) over a block of keys (padding, k_blk < -1, is neither)."""
+    clean = kblk == -1
+    noisy = kblk >= 0
+    return (tl.min(tl.where(clean, kpos, BIG), 0), tl.max(tl.where(clean, kpos, -BIG), 0),
+            tl.sum(clean.to(tl.int32), 0), tl.min(tl.where(noisy, kblk, BIG), 0),
+            tl.max(tl.where(noisy, kblk, -BIG), 0))
+
+
+@triton.jit
+def _tile_kind(qp_lo, qp_hi, ql_lo, ql_hi, qb_lo, qb_hi, kc_lo, kc_hi, n_clean, kb_lo, kb_hi, WINDOW,
+               BLOCK_N: tl.constexpr):
+    """(may any query read any key, may every query read every key) for one tile, from the bounds:
+    the first is False only where the mask is surely empty, the second True only where it is
+    surely full (every key clean, at or before every query's limit, inside every query's window)."""
+    some_clean = (kc_lo <= ql_hi) & ((WINDOW <= 0) | (qp_lo - kc_hi < WINDOW))
+    some_own = (kb_lo <= qb_hi) & (qb_lo <= kb_hi)
+    full = (n_clean == BLOCK_N) & (kc_hi <= ql_lo) & ((WINDOW <= 0) | (qp_hi - kc_lo < WINDOW))
+    return some_clean | some_own, full
+
+
 @triton.jit
 def _q_side(QPOS, QLIM, QBLK, b, smq, offs_m, LQ):
     """Positions, clean limits and block ids of queries offs_m (past LQ: a row that reads nothing)."""
@@ -105,17 +146,22 @@ def _attn_fwd(Q, K, V, O, LSE, QPOS, QLIM, QBLK, KPOS, KBLK,
     offs_d = tl.arange(0, BLOCK_D)
     q = _rows(Q, b, h, sqb, sqh, sqm, offs_m, offs_d, LQ, HD, DOT_FP32)
     qpos, qlim, qblk = _q_side(QPOS, QLIM, QBLK, b, smq, offs_m, LQ)
+    qp_lo, qp_hi, ql_lo, ql_hi, qb_lo, qb_hi = _q_bounds(qpos, qlim, qblk, offs_m, LQ)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)  # running max
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)  # running sum of exp(s - m)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     for start in range(0, LK, BLOCK_N):
         offs_n = start + tl.arange(0, BLOCK_N)
         kpos, kblk = _k_side(KPOS, KBLK, b, smk, offs_n, LK)
-        allowed = _mask_tile(qpos, qlim, qblk, kpos, kblk, WINDOW)
-        if tl.max(allowed.to(tl.int32)) > 0:  # skip tiles the mask empties (causal, window, other blocks)
+        kc_lo, kc_hi, n_clean, kb_lo, kb_hi = _k_bounds(kpos, kblk)
+        some, full = _tile_kind(qp_lo, qp_hi, ql_lo, ql_hi, qb_lo, qb_hi, kc_lo, kc_hi, n_clean, kb_lo, kb_hi,
+                                WINDOW, BLOCK_N)
+        if some:
             k = _rows(K, b, h, skb, skh, skn, offs_n, offs_d, LK, HD, DOT_FP32)
             v = _rows(V, b, h, svb, svh, svn, offs_n, offs_d, LK, HD, DOT_FP32)
-            s = tl.where(allowed, _dot(q, tl.trans(k), DOT_FP32) * scale, float("-inf"))
+            s = _dot(q, tl.trans(k), DOT_FP32) * scale
+            if not full:
+                s = tl.where(_mask_tile(qpos, qlim, qblk, kpos, kblk, WINDOW), s, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, 1))
             m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
             p = tl.exp(s - m_safe[:, None])
@@ -130,9 +176,12 @@ def _attn_fwd(Q, K, V, O, LSE, QPOS, QLIM, QBLK, KPOS, KBLK,
 
 
 @triton.jit
-def _probs(q, k, lse, allowed, scale, DOT_FP32: tl.constexpr):
-    """P = exp(S - logsumexp) on one tile, 0 where the mask forbids."""
-    return tl.where(allowed, tl.exp(_dot(q, tl.trans(k), DOT_FP32) * scale - lse[:, None]), 0.0)
+def _probs(q, k, lse, full, qpos, qlim, qblk, kpos, kblk, WINDOW, scale, DOT_FP32: tl.constexpr):
+    """P = exp(S - logsumexp) on one tile, 0 where the mask forbids (no mask on a full tile)."""
+    p = tl.exp(_dot(q, tl.trans(k), DOT_FP32) * scale - lse[:, None])
+    if not full:
+        p = tl.where(_mask_tile(qpos, qlim, qblk, kpos, kblk, WINDOW), p, 0.0)
+    return p
 
 
 @triton.jit
@@ -148,18 +197,21 @@ def _attn_bwd_dkdv(Q, K, V, DO, LSE, DELTA, DK, DV, QPOS, QLIM, QBLK, KPOS, KBLK
     k = _rows(K, b, h, skb, skh, skn, offs_n, offs_d, LK, HD, DOT_FP32)
     v = _rows(V, b, h, svb, svh, svn, offs_n, offs_d, LK, HD, DOT_FP32)
     kpos, kblk = _k_side(KPOS, KBLK, b, smk, offs_n, LK)
+    kc_lo, kc_hi, n_clean, kb_lo, kb_hi = _k_bounds(kpos, kblk)
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     for start in range(0, LQ, BLOCK_M):
         offs_m = start + tl.arange(0, BLOCK_M)
         qpos, qlim, qblk = _q_side(QPOS, QLIM, QBLK, b, smq, offs_m, LQ)
-        allowed = _mask_tile(qpos, qlim, qblk, kpos, kblk, WINDOW)
-        if tl.max(allowed.to(tl.int32)) > 0:
+        qp_lo, qp_hi, ql_lo, ql_hi, qb_lo, qb_hi = _q_bounds(qpos, qlim, qblk, offs_m, LQ)
+        some, full = _tile_kind(qp_lo, qp_hi, ql_lo, ql_hi, qb_lo, qb_hi, kc_lo, kc_hi, n_clean, kb_lo, kb_hi,
+                                WINDOW, BLOCK_N)
+        if some:
             q = _rows(Q, b, h, sqb, sqh, sqm, offs_m, offs_d, LQ, HD, DOT_FP32)
             do = _rows(DO, b, h, sqb, sqh, sqm, offs_m, offs_d, LQ, HD, DOT_FP32)
             lse = tl.load(LSE + bh * LQ + offs_m, mask=offs_m < LQ, other=float("inf"))
             delta = tl.load(DELTA + bh * LQ + offs_m, mask=offs_m < LQ, other=0.0)
-            p = _probs(q, k, lse, allowed, scale, DOT_FP32)  # [BLOCK_M, BLOCK_N]
+            p = _probs(q, k, lse, full, qpos, qlim, qblk, kpos, kblk, WINDOW, scale, DOT_FP32)  # [BLOCK_M, BLOCK_N]
             dv += _dot(tl.trans(p.to(do.dtype)), do, DOT_FP32)
             ds = p * (_dot(do, tl.trans(v), DOT_FP32) - delta[:, None])
             dk += _dot(tl.trans(ds.to(q.dtype)), q, DOT_FP32)
@@ -182,15 +234,18 @@ def _attn_bwd_dq(Q, K, V, DO, LSE, DELTA, DQ, QPOS, QLIM, QBLK, KPOS, KBLK,
     lse = tl.load(LSE + bh * LQ + offs_m, mask=offs_m < LQ, other=float("inf"))
     delta = tl.load(DELTA + bh * LQ + offs_m, mask=offs_m < LQ, other=0.0)
     qpos, qlim, qblk = _q_side(QPOS, QLIM, QBLK, b, smq, offs_m, LQ)
+    qp_lo, qp_hi, ql_lo, ql_hi, qb_lo, qb_hi = _q_bounds(qpos, qlim, qblk, offs_m, LQ)
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     for start in range(0, LK, BLOCK_N):
         offs_n = start + tl.arange(0, BLOCK_N)
         kpos, kblk = _k_side(KPOS, KBLK, b, smk, offs_n, LK)
-        allowed = _mask_tile(qpos, qlim, qblk, kpos, kblk, WINDOW)
-        if tl.max(allowed.to(tl.int32)) > 0:
+        kc_lo, kc_hi, n_clean, kb_lo, kb_hi = _k_bounds(kpos, kblk)
+        some, full = _tile_kind(qp_lo, qp_hi, ql_lo, ql_hi, qb_lo, qb_hi, kc_lo, kc_hi, n_clean, kb_lo, kb_hi,
+                                WINDOW, BLOCK_N)
+        if some:
             k = _rows(K, b, h, skb, skh, skn, offs_n, offs_d, LK, HD, DOT_FP32)
             v = _rows(V, b, h, svb, svh, svn, offs_n, offs_d, LK, HD, DOT_FP32)
-            p = _probs(q, k, lse, allowed, scale, DOT_FP32)
+            p = _probs(q, k, lse, full, qpos, qlim, qblk, kpos, kblk, WINDOW, scale, DOT_FP32)
             ds = p * (_dot(do, tl.trans(v), DOT_FP32) - delta[:, None])
             dq += _dot(ds.to(k.dtype), k, DOT_FP32)
     _store_rows(DQ, dq * scale, b, h, sqb, sqh, sqm, offs_m, offs_d, LQ, HD)
@@ -208,16 +263,26 @@ def as_mask(mask, is_causal: bool, B: int, Lq: int, Lk: int, device) -> AttnMask
     return AttnMask.causal(torch.full_like(qpos, Lk), kpos)  # every key visible
 
 
+def _mask_rows(ts, B: int, L: int):
+    """Mask tensors [B or 1, L] as int64 rows sharing one row stride (0: one row for the batch);
+    a copy only where they are not already so laid out."""
+    ts = [t.to(torch.int64) for t in ts]
+    (rows, length), st = ts[0].shape, ts[0].stride()
+    if length == L and rows in (1, B) and st[1] == 1 and all(t.shape == ts[0].shape and t.stride() == st for t in ts):
+        return ts, st[0] if rows == B else 0
+    return [t.expand(B, L).contiguous() for t in ts], L
+
+
 def _setup(q, k, mask: AttnMask):
-    """Mask tensors as [B, L] int64 rows, block sizes, and the kernels' shared trailing arguments."""
+    """Mask tensors, their row strides, block sizes, and the kernels' shared trailing arguments."""
     B, H, Lq, hd = q.shape
     Lk = k.shape[2]
-    qt = [t.to(torch.int64).expand(B, Lq).contiguous() for t in (mask.q_pos, mask.q_lim, mask.q_blk)]
-    kt = [t.to(torch.int64).expand(B, Lk).contiguous() for t in (mask.k_pos, mask.k_blk)]
+    qt, smq = _mask_rows((mask.q_pos, mask.q_lim, mask.q_blk), B, Lq)
+    kt, smk = _mask_rows((mask.k_pos, mask.k_blk), B, Lk)
     interp = not q.is_cuda
     blocks = dict(BLOCK_M=16 if interp else 64, BLOCK_N=16 if interp else 64,
                   BLOCK_D=max(16, triton.next_power_of_2(hd)), DOT_FP32=interp or q.dtype == torch.float32)
-    return qt + kt, (H, Lq, Lk, hd, int(mask.window), 1.0 / math.sqrt(hd)), blocks
+    return qt + kt, (smq, smk), (H, Lq, Lk, hd, int(mask.window), 1.0 / math.sqrt(hd)), blocks
 
 
 def _strides(*ts):
@@ -231,10 +296,10 @@ def attention_forward(q, k, v, mask: AttnMask):
     B, H, Lq, _ = q.shape
     o = torch.empty_like(q)
     lse = torch.empty(B, H, Lq, dtype=torch.float32, device=q.device)
-    mt, dims, blocks = _setup(q, k, mask)
+    mt, sm, dims, blocks = _setup(q, k, mask)
     if B * H * Lq:
         grid = (triton.cdiv(Lq, blocks["BLOCK_M"]), B * H)
-        _attn_fwd[grid](q, k, v, o, lse, *mt, *_strides(q, k, v, o), Lq, k.shape[2], *dims, **blocks)
+        _attn_fwd[grid](q, k, v, o, lse, *mt, *_strides(q, k, v, o), *sm, *dims, **blocks)
     return o, lse
 
 
@@ -245,9 +310,9 @@ def attention_backward(q, k, v, o, lse, do, mask: AttnMask):
     Lk = k.shape[2]
     delta = (o.float() * do.float()).sum(-1)  # [B, H, Lq]
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-    mt, dims, blocks = _setup(q, k, mask)
+    mt, sm, dims, blocks = _setup(q, k, mask)
     if B * H * Lq and Lk:
-        args = (*mt, *_strides(q, k, v), Lq, Lk, *dims)
+        args = (*mt, *_strides(q, k, v), *sm, *dims)
         _attn_bwd_dkdv[(triton.cdiv(Lk, blocks["BLOCK_N"]), B * H)](q, k, v, do, lse, delta, dk, dv, *args, **blocks)
         _attn_bwd_dq[(triton.cdiv(Lq, blocks["BLOCK_M"]), B * H)](q, k, v, do, lse, delta, dq, *args, **blocks)
     return dq, dk, dv
