@@ -306,6 +306,30 @@ def test_state_is_reused_and_reloaded(model):
     assert generate(model, "abc", "blt", max_bytes=30, engine="static").output == first.output
 
 
+def test_weights_written_in_place_reach_the_state():
+    """The state keeps fused copies of some weights and refreshes them only when a parameter was
+    written since (its version counter): every kind of fused weight, then a load_state_dict."""
+    m, other = tiny(), tiny()
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    s = static_state(m, 1)
+    generate(m, PROMPTS[0], "blt", max_bytes=20, engine="static")
+    version = s.version
+    generate(m, PROMPTS[0], "blt", max_bytes=20, engine="static")
+    assert s.version is version  # nothing written: nothing recopied
+    layer = m.dec_layers[0]
+    for w in (layer.attn.wq.weight, layer.ffn.w3.weight, layer.cross.wv.weight, m.pool.wk.weight, m.start_slots):
+        with torch.no_grad():
+            w.mul_(1.5)
+        same_generation(generate(m, PROMPTS[0], "blt", max_bytes=20, engine="eager"),
+                        generate(m, PROMPTS[0], "blt", max_bytes=20, engine="static"))
+    m.load_state_dict(other.state_dict())
+    same_generation(generate(m, PROMPTS[0], "blt", max_bytes=20, engine="eager"),
+                    generate(m, PROMPTS[0], "blt", max_bytes=20, engine="static"))
+    assert static_state(m, 1) is s
+
+
 def test_engine_choice_and_refusals(model, monkeypatch):
     with pytest.raises(ValueError, match="unknown engine"):
         generate(model, "a", "blt", engine="fast")

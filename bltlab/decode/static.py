@@ -69,6 +69,12 @@ def _fused(model: BLT) -> dict:
     return out
 
 
+def _weights_version(model: BLT) -> tuple:
+    """Changes whenever a parameter is written in place (each write bumps its version counter) or
+    replaced: what `reset` compares to know whether its fused copies are stale."""
+    return tuple((p.data_ptr(), p._version) for p in model.parameters())
+
+
 def _rotate(x: torch.Tensor, rot) -> torch.Tensor:
     """layers.rotate by `StaticState.rot`'s angles: cos + i sin as one complex product (one kernel
     where the real form takes seven), or a pair (cos, sin) in the real form (under torch.compile,
@@ -205,6 +211,7 @@ class StaticState:
                      self.forced, self.noisy, self.filled, self.scores, self.nstep, self.left)  # what steps update
         self._rot: dict = {}
         self.fused = _fused(model)
+        self.version = None  # _weights_version when `fused` and the table's start row were made
 
     def rot(self, layers, pos: torch.Tensor):
         """RoPE angles of `layers` at positions pos [B, L] for queries, keys and values (angle 0: values
@@ -228,19 +235,23 @@ class StaticState:
     def reset(self, prompts: list[list[int]]) -> None:
         """Start B sequences (prompt ids, BOS first) at position 0. Cache entries from an earlier
         request stay but lie past t, so they are masked (and finite: buffers start at zero)."""
-        self.given.fill_(PAD)
+        given = torch.full(self.given.shape, PAD, dtype=torch.long)  # built on the host, copied once
         for b, ids in enumerate(prompts):
-            self.given[b, :len(ids)] = torch.tensor(ids, device=self.dev)
-            self.plen[b] = len(ids)
+            given[b, :len(ids)] = torch.tensor(ids)
+        self.given.copy_(given)
+        self.plen.copy_(torch.tensor([len(ids) for ids in prompts]))
         self.ids.copy_(self.given)
         for x in (self.ent, self.t, self.cur, self.ncomp, self.forced):
             x.zero_()
         self.forced[:, :2] = True  # bytes 0 and 1 always open a patch
         self.move.fill_(True)
-        for key, now in _fused(self.m).items():  # the weights may have changed since
-            for mine, w in zip(self.fused[key], now):
-                mine.copy_(w)
-        self.table[:, 0] = self.slot_kv(self.m.start_slots[None, None].to(self.table.dtype))[0, 0]
+        version = _weights_version(self.m)
+        if version != self.version:  # the weights changed in place (training, load_state_dict)
+            for key, now in _fused(self.m).items():
+                for mine, w in zip(self.fused[key], now):
+                    mine.copy_(w)
+            self.table[:, 0] = self.slot_kv(self.m.start_slots[None, None].to(self.table.dtype))[0, 0]
+            self.version = version
         self._signal()
 
     def prefill(self, prompts: list[list[int]], freeze: bool = False) -> None:
