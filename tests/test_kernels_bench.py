@@ -76,3 +76,19 @@ def test_bench_kernels_refuses_cpu_without_interpreter():
     r = subprocess.run([sys.executable, "-m", "bltlab", "bench-kernels", "--tiny", "--device", "cpu"],
                        capture_output=True, text=True, timeout=120, env=env)
     assert r.returncode != 0 and "TRITON_INTERPRET=1" in r.stderr
+
+
+def test_graph_speedups_get_their_own_column():
+    """On a GPU each forward row also carries the graph-replayed times (not capturable: None)."""
+    from bltlab.kernels.bench import format_table
+
+    row = {"kernel": "swiglu", "shapes": "small", "pass": "fwd", "triton_ms": 0.08, "reference_ms": 0.04,
+           "speedup": 0.5}
+    res = {"device": "x", "torch": "t", "triton": "t", "dtype": "bf16", "copy_GBps": 1.0,
+           "rows": [row | {"graph_triton_ms": 0.004, "graph_reference_ms": 0.01, "graph_speedup": 2.5},
+                    row | {"kernel": "attention", "graph_triton_ms": None, "graph_reference_ms": None,
+                           "graph_speedup": None}, row | {"pass": "fwd+bwd"}]}
+    lines = format_table(res).splitlines()
+    assert "graph speedup" in lines[2]
+    assert lines[4].split()[-1] == "2.50x" and lines[5].split()[-1] == "0.50x" and lines[6].split()[-1] == "0.50x"
+    assert "graph speedup" not in format_table(res | {"rows": [row]})

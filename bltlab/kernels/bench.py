@@ -73,6 +73,26 @@ def timeit(fn, device: str, repeats: int) -> float:
     return statistics.median(times)
 
 
+def graph_time(fn, repeats: int, calls: int = 10) -> float | None:
+    """Median milliseconds of one fn() replayed from a CUDA graph of `calls` calls: device time
+    without the host's launch work, what a kernel costs inside a captured decoding step. None
+    where fn cannot be captured."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # capture wants a warm-up off the default stream
+        fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    try:
+        with torch.cuda.graph(graph):
+            for _ in range(calls):
+                fn()
+    except RuntimeError:  # an op that waits on the host cannot be captured
+        torch.cuda.synchronize()
+        return None
+    return timeit(graph.replay, "cuda", repeats) / calls
+
+
 def copy_bandwidth(device: str, repeats: int, nbytes: int) -> float:
     """GB/s of dst.copy_(src): 2 * nbytes moved per copy."""
     src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).uniform_()
@@ -156,6 +176,10 @@ KERNELS = {"entropy": case_entropy, "rms_norm": case_rms_norm, "swiglu": case_sw
            "hash_embed": case_hash_embed, "patch_max": case_patch_max, "attention": case_attention}
 
 
+def _ratio(ref_ms: float | None, fast_ms: float | None) -> float | None:
+    return float(f"{ref_ms / fast_ms:.4g}") if ref_ms and fast_ms else None
+
+
 def _with_backward(fn):
     def run():
         out = fn()
@@ -199,7 +223,11 @@ def run(device: str = "auto", shapes: tuple = ("small", "large"), dtype: str = "
             with grad:
                 t_ms, r_ms = timeit(f, device, repeats), timeit(r, device, repeats)
             row = {"kernel": name, "shapes": sh, "pass": what, "triton_ms": round(t_ms, 4),
-                   "reference_ms": round(r_ms, 4), "speedup": float(f"{r_ms / t_ms:.4g}") if t_ms > 0 else None}
+                   "reference_ms": round(r_ms, 4), "speedup": _ratio(r_ms, t_ms)}
+            if device == "cuda" and what == "fwd":
+                with torch.no_grad():
+                    tg, rg = graph_time(f, repeats), graph_time(r, repeats)
+                row |= {"graph_triton_ms": tg, "graph_reference_ms": rg, "graph_speedup": _ratio(rg, tg)}
             if moved is not None and what == "fwd":
                 gbs = moved / (t_ms * 1e-3) / 1e9
                 row |= {"bytes": int(moved), "GBps": round(gbs, 2), "pct_of_copy": round(100 * gbs / peak, 1)}
@@ -234,20 +262,27 @@ def train_steps(model, ids: torch.Tensor, steps: int, block_size: int = 8) -> li
         with backend(name):
             rows.append({"backend": name, "ms": round(timeit(step, device, steps), 3)})
     for r in rows[1:]:
-        r["speedup"] = float(f"{rows[0]['ms'] / r['ms']:.4g}")
+        r["speedup"] = _ratio(rows[0]["ms"], r["ms"])
     return rows
 
 
 def format_table(res: dict) -> str:
+    graphs = any("graph_speedup" in r for r in res["rows"])
     head = f"{'kernel':<11} {'shapes':<6} {'pass':<8} {'triton ms':>10} {'torch ms':>10} {'speedup':>8} " \
-           f"{'GB/s':>8} {'% copy':>7}"
+           f"{'GB/s':>8} {'% copy':>7}" + (f" {'graph speedup':>13}" if graphs else "")
     lines = [f"device: {res['device']}  torch {res['torch']}  triton {res['triton']}  dtype {res['dtype']}",
              f"copy bandwidth (read + write): {res['copy_GBps']:.1f} GB/s", head, "-" * len(head)]
+
+    def times(x):
+        return f"{x:>7.2f}x" if x is not None else f"{'':>8}"
     for r in res["rows"]:
         gbs = f"{r['GBps']:>8.1f} {r['pct_of_copy']:>6.1f}%" if "GBps" in r else f"{'':>8} {'':>7}"
-        sp = f"{r['speedup']:>7.2f}x" if r["speedup"] is not None else f"{'':>8}"
         lines.append(f"{r['kernel']:<11} {r['shapes']:<6} {r['pass']:<8} {r['triton_ms']:>10.3f} "
-                     f"{r['reference_ms']:>10.3f} {sp} {gbs}")
+                     f"{r['reference_ms']:>10.3f} {times(r['speedup'])} {gbs}"
+                     + (f" {times(r.get('graph_speedup')):>13}" if graphs else ""))
+    if graphs:
+        lines.append("graph speedup: the same forward passes, each side replayed from a CUDA graph (device "
+                     "time only, as inside a captured decoding step; blank: not capturable)")
     if res.get("train"):
         t = res["train"]
         lines += ["", f"training step ({t['shape']}): reference {t['rows'][0]['ms']:.1f} ms, "
