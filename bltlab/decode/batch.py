@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from ..entropy import entropy_of_logits
 from ..model import BLT
 from ..tokens import MASK, ids_to_bytes
-from .common import (BATCH_MODES, STATIC_BATCH_MODES, Generation, Sampler, Stopper, check_request, mode_size,
-                     new_counters)
+from .common import (BATCH_MODES, STATIC_BATCH_MODES, Generation, Sampler, Stopper, batch_counters, check_request,
+                     count_push, mode_size)
 from .diffusion import check_knobs, choose_unmask
 from .state import HASH_CONTEXT, SeqState
 from .static_modes import (generate_static_batch, generate_static_batch_diffusion, generate_static_batch_hybrid,
@@ -75,9 +75,7 @@ def push_rows(m: BLT, rows: list[SeqState], new_ids: list[list[int]], counters: 
     logits = m.head(m.dec_norm(x))
     for b, st in enumerate(rows):
         st.last_logits = logits[b, -1]
-    counters["n_ent"] += 1
-    counters["n_dec"] += 1
-    counters["n_enc"] += n_glob > 0
+    count_push(counters, n_glob > 0)
     return logits
 
 
@@ -126,11 +124,10 @@ def generate_batch(model: BLT, prompts: list[str | bytes], mode: str = "blt", ma
         return generate_static_batch_diffusion(model, prompts, mode_size(mode), max_bytes, stop, alpha, gamma, compiled)
     sampler = Sampler(temperature, top_p, seed)
     prompt_ids = [check_request(p, max_bytes, model.cfg.max_bytes) for p in prompts]
-    counters = new_counters()
+    counters = batch_counters()  # the prefill, per row below (ragged lengths), counted as one batched pass
     rows = [SeqState(model) for _ in prompts]
     for st, ids in zip(rows, prompt_ids):
-        st.push(ids)  # prefill per row (ragged lengths), counted once as a batched pass below
-    counters.update(n_dec=1, n_ent=1, n_enc=1)
+        st.push(ids)
     stoppers = [Stopper(max_bytes, stop) for _ in prompts]
     active = list(range(len(prompts)))
     while active:

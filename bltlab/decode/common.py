@@ -140,6 +140,20 @@ def new_counters() -> dict:
     return {"n_dec": 0, "n_enc": 0, "n_ent": 0}
 
 
+def batch_counters() -> dict:
+    """A batch's shared pass counters after its prefill, counted as one batched pass of every part
+    (however ragged the prompts); `n_loc` counts batched local-encoder passes. A batch has no
+    per-row cost counters (KV-cache elements, hash rows)."""
+    return {"n_dec": 1, "n_enc": 1, "n_ent": 1, "n_loc": 1}
+
+
+def count_push(counters: dict, closed: bool) -> None:
+    """One batched pass of new bytes through every part; the global model's only if a patch closed."""
+    for k in ("n_ent", "n_dec", "n_loc"):
+        counters[k] += 1
+    counters["n_enc"] += bool(closed)
+
+
 def finish(mode: str, prompt_ids: list[int], stopper: "Stopper", counters: dict, trace: list,
            stats: dict) -> Generation:
     """Package a finished generation; `stats` are the state's extra cost counters."""

@@ -13,7 +13,7 @@ import torch
 from ..entropy import entropy_of_logits
 from ..model import BLT
 from ..tokens import EOS, OFFSET, ids_to_bytes
-from .common import MODES, Generation, Stopper, check_request, finish, mode_size, new_counters
+from .common import MODES, Generation, Stopper, batch_counters, check_request, count_push, finish, mode_size
 from .diffusion import check_knobs
 from .hybrid import check_hybrid
 from .static import StaticState, static_state
@@ -273,9 +273,7 @@ def generate_static_batch(model: BLT, prompts: list[str | bytes], max_bytes: int
     olog = s.olog.tolist()
     for j in range(max(fed) - 1):
         pushed = [b for b in range(len(prompts)) if fed[b] - 1 > j]
-        counters["n_dec"] += 1
-        counters["n_ent"] += 1
-        counters["n_enc"] += any(olog[b][n0[b] + j] for b in pushed)
+        count_push(counters, any(olog[b][n0[b] + j] for b in pushed))
     return _batch_result("blt", prompt_ids, stoppers, counters)
 
 
@@ -288,9 +286,7 @@ def _batch_begin(model: BLT, prompts: list[str | bytes], max_bytes: int, stop: s
     prompt_ids = [check_request(p, max_bytes, model.cfg.max_bytes) for p in prompts]
     s = static_state(model, len(prompts), compiled)
     s.prefill(prompt_ids, freeze)
-    counters = new_counters()
-    counters.update(n_dec=1, n_ent=1, n_enc=1)
-    return prompt_ids, s, counters, [Stopper(max_bytes, stop) for _ in prompts]
+    return prompt_ids, s, batch_counters(), [Stopper(max_bytes, stop) for _ in prompts]
 
 
 def _denoise_rows(s: StaticState, size: int, by_entropy: bool, rows: list[int]) -> int:
@@ -310,9 +306,7 @@ def _push_rows(s: StaticState, L: int, counters: dict) -> None:
     (and one of the global model if a row closed a patch): one host read."""
     before = s.ncomp.clone()
     s.run(L)
-    counters["n_ent"] += 1
-    counters["n_dec"] += 1
-    counters["n_enc"] += bool(((s.ncomp > before) & s.move).any())
+    count_push(counters, bool(((s.ncomp > before) & s.move).any()))
 
 
 def _batch_result(mode: str, prompt_ids: list[list[int]], stoppers: list[Stopper], counters: dict) -> list[Generation]:
@@ -366,6 +360,7 @@ def generate_static_batch_speculative(model: BLT, prompts: list[str | bytes], k:
             for _ in range(room - 1):
                 s.run_draft()
             counters["n_dec"] += room - 1
+            counters["n_loc"] += room - 1  # a draft byte goes through the encoder too
         else:
             s.run_close()
             counters["n_enc"] += 1
@@ -388,9 +383,7 @@ def generate_static_batch_speculative(model: BLT, prompts: list[str | bytes], k:
             s.run(L)
             at = s.t.new_tensor(start)[:, None] + s.kpos[:L]
             out = torch.cat((s.pred.gather(1, at), (s.ncomp > before).long()[:, None]), 1).tolist()
-            counters["n_ent"] += 1
-            counters["n_dec"] += 1
-            counters["n_enc"] += any(out[b][L] for b in active)
+            count_push(counters, any(out[b][L] for b in active))
             for b in active:
                 d = drafts[b]
                 for i in range(1, len(d)):  # out[b][i - 1] is the exact greedy byte at start + i
