@@ -59,6 +59,11 @@ def _timed(fn, device: torch.device):
     return out, time.perf_counter() - t0
 
 
+def _engine(model: BLT, mode: str, batch: int, engine: str) -> str:
+    """The engine a greedy job runs on (what `generate` / `generate_batch` pick for it)."""
+    return (pick_engine if batch == 1 else pick_batch_engine)(model, mode, 0.0, engine)
+
+
 def time_mode(model: BLT, prompts: list[bytes], mode: str, max_bytes: int, batch: int,
               device: torch.device, engine: str = "auto") -> dict:
     """Greedy generation of every prompt with `mode` on `engine`; batch 1 = one prompt at a time."""
@@ -74,8 +79,7 @@ def time_mode(model: BLT, prompts: list[bytes], mode: str, max_bytes: int, batch
         n_bytes += sum(len(g.output) for g in gens)
         for k in counters:  # a batch shares its pass counters: count them once per batch
             counters[k] += gens[0].counters.get(k, 0) if batch > 1 else sum(g.counters.get(k, 0) for g in gens)
-    engine = (pick_engine if batch == 1 else pick_batch_engine)(model, mode, 0.0, engine)
-    return {"mode": mode, "engine": engine, "batch": batch, "prompts": len(prompts), "bytes": n_bytes, "seconds": secs,
+    return {"mode": mode, "engine": _engine(model, mode, batch, engine), "batch": batch, "prompts": len(prompts), "bytes": n_bytes, "seconds": secs,
             "bytes_per_s": n_bytes / secs if secs else 0.0, "counters": counters}
 
 
@@ -182,7 +186,7 @@ def run_speed(model: BLT, prompts: list[bytes], modes: list[str] | None = None, 
     rows = []
     for mode, b, engine in tqdm(jobs, desc="speed", disable=not progress):
         group = prompts if b == 1 or len(prompts) >= b else (prompts * b)[:b]
-        static = (pick_engine if b == 1 else pick_batch_engine)(model, mode, 0.0, engine) != "eager"
+        static = _engine(model, mode, b, engine) != "eager"
         warm = (group, max_bytes) if static and device.type == "cuda" else (group[:b], 2)
         time_mode(model, warm[0], mode, warm[1], b, device, engine)  # warm-up: allocations, kernels, graphs
         row = time_mode(model, group, mode, max_bytes, b, device, engine)
