@@ -182,6 +182,43 @@ def test_rms_norm(dev, dtype, N, D, residual):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("lead,D,out", [((1,), 32, 48), ((2, 9), 40, 33), ((17,), 24, 100)])
+@pytest.mark.parametrize("residual", [False, True])
+@pytest.mark.parametrize("swiglu", [False, True])
+def test_norm_linear(dev, dtype, lead, D, out, residual, swiglu):
+    """RMSNorm fused into its projection: rows past one block, outputs past several, D past one
+    chunk and not a power of two; both parts equal the unfused ops."""
+    from bltlab.kernels import norm_proj as K
+
+    torch.manual_seed(D * out)
+    x = torch.randn(*lead, D, device=dev, dtype=dtype)
+    r = torch.randn(*lead, D, device=dev, dtype=dtype) if residual else None
+    g = (1 + 0.3 * torch.randn(D, device=dev)).to(dtype)
+    w = (torch.randn(2 * out if swiglu else out, D, device=dev) / D ** 0.5).to(dtype)
+    got, want = K.norm_linear_triton(x, g, 1e-5, w, r, swiglu), K.norm_linear_reference(x, g, 1e-5, w, r, swiglu)
+    for a, b, what in zip(got, want, ("sum", "projection")):
+        assert a.shape == b.shape and a.dtype == b.dtype, what
+        close(a, b, TOL[dtype][0], what)
+    if not residual:
+        assert got[0] is x
+
+
+def test_norm_linear_dispatch(dev):
+    """The op takes the kernel only where no gradient is needed; mismatched shapes are refused."""
+    from bltlab.kernels import norm_proj as K
+
+    x, g, w = torch.randn(3, 16, device=dev), torch.ones(16, device=dev), torch.randn(20, 16, device=dev)
+    with kernels.backend("triton"):
+        s, y = kernels.norm_linear(x, g, 1e-5, w)
+        close(y, K.norm_linear_reference(x, g, 1e-5, w)[1], 1e-5, "dispatch")
+        w.requires_grad_()
+        _, y = kernels.norm_linear(x, g, 1e-5, w)
+        assert y.requires_grad  # the reference ran: the kernel has no backward
+        with pytest.raises(ValueError, match="do not fit"):
+            K.norm_linear_triton(x, g, 1e-5, torch.randn(20, 15, device=dev))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("shape", [(1, 1), (7, 33), (2, 5, 96)])
 @pytest.mark.parametrize("halves", [False, True])
 def test_swiglu(dev, dtype, shape, halves):

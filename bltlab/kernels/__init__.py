@@ -1,9 +1,9 @@
 """Triton kernels behind one switch, each next to the pure-PyTorch reference it must equal.
 
-The library calls the ops below (`rms_norm`, `swiglu`, `logit_entropy`, `confidence`,
-`hash_embedding`, `patch_max`, `attend`; named apart from the modules that hold them). Each op
-sends its tensors either to the reference (the exact PyTorch code the model always ran) or to
-a Triton kernel. The backend:
+The library calls the ops below (`rms_norm`, `swiglu`, `norm_linear`, `logit_entropy`,
+`confidence`, `hash_embedding`, `patch_max`, `attend`; named apart from the modules that hold
+them). Each op sends its tensors either to the reference (the exact PyTorch code the model
+always ran) or to a Triton kernel. The backend:
 
 - `auto` (default): Triton for CUDA tensors, the reference otherwise, so a CPU run computes
   bit for bit what it computed before the kernels existed; except the ops in `AUTO_REFERENCE`,
@@ -15,8 +15,8 @@ a Triton kernel. The backend:
 
 Pick it with `set_backend(name)`, the context manager `backend(name)`, or the environment
 variable `BLTLAB_KERNELS` (read once at import). One module per kernel: entropy.py,
-hash_embed.py, pooling.py, norm_ffn.py, attention.py; bench.py times them, compile_check.py
-compiles them for a GPU without one (docs/kernels.md).
+hash_embed.py, pooling.py, norm_ffn.py, norm_proj.py, attention.py; bench.py times them,
+compile_check.py compiles them for a GPU without one (docs/kernels.md).
 """
 from __future__ import annotations
 
@@ -106,6 +106,17 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.
     """RMSNorm of x (or of x + residual, returned too): see norm_ffn.rms_norm_reference."""
     mod, fast = _pick("norm_ffn", x, weight)
     return (mod.rms_norm_triton if fast else mod.rms_norm_reference)(x, weight, eps, residual)
+
+
+def norm_linear(x: torch.Tensor, norm_weight: torch.Tensor, eps: float, weight: torch.Tensor,
+                residual: torch.Tensor | None = None, swiglu: bool = False):
+    """(x + residual or x, the projection `weight` of its RMSNorm; with swiglu, silu(gate) * up of
+    weight = [gate; up]): see norm_proj.norm_linear_reference. The kernel is forward only, so
+    a call that needs a gradient goes to the reference."""
+    grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, norm_weight, weight, residual))
+    mod, fast = _pick("norm_proj", x, weight)
+    fast = fast and not grad
+    return (mod.norm_linear_triton if fast else mod.norm_linear_reference)(x, norm_weight, eps, weight, residual, swiglu)
 
 
 def swiglu(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

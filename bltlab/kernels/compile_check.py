@@ -17,7 +17,7 @@ I32, F32, I64P = "i32", "fp32", "*i64"
 
 def specs(dt: str, head_dims=(32, 64, 128)):
     """(name, kernel, {arg: type}, {constexpr: value}) for every kernel at activation dtype dt."""
-    from . import attention as A, entropy as E, hash_embed as HE, norm_ffn as N, pooling as PO
+    from . import attention as A, entropy as E, hash_embed as HE, norm_ffn as N, norm_proj as NP, pooling as PO
 
     p, f = f"*{dt}", "*fp32"
     out = [("entropy", E._confidence_kernel, dict(x_ptr=p, ent_ptr=f, conf_ptr=f, arg_ptr=I64P, V=I32, stride=I32),
@@ -27,6 +27,11 @@ def specs(dt: str, head_dims=(32, 64, 128)):
                                                          eps=F32), dict(HAS_RES=res, BLOCK=128)),
                 (f"rms_bwd res={res}", N._rms_bwd, dict(s_ptr=p, gy_ptr=f, gs_in_ptr=p, w_ptr=f, rstd_ptr=f, gs_ptr=f,
                                                          gw_ptr=f, N=I32, D=I32), dict(HAS_GS=res, BLOCK=128))]
+    for res in (False, True):
+        for act in (False, True):
+            out.append((f"norm_linear res={res} swiglu={act}", NP._norm_linear_fwd,
+                        dict(x_ptr=p, r_ptr=p, s_ptr=p, g_ptr=p, w_ptr=p, y_ptr=p, N=I32, D=I32, OUT=I32, eps=F32),
+                        dict(HAS_RES=res, SWIGLU=act, BLOCK_R=16, BLOCK_O=32, BLOCK_K=64, DOT_FP32=dt == "fp32")))
     rows = dict(n=I32, W=I32, sa=I32, sb=I32)  # a and b read as rows of width W at row strides sa, sb
     out += [("swiglu_fwd", N._swiglu_fwd, dict(a_ptr=p, b_ptr=p, y_ptr=p, **rows), dict(BLOCK=1024)),
             ("swiglu_bwd", N._swiglu_bwd, dict(a_ptr=p, b_ptr=p, g_ptr=p, ga_ptr=p, gb_ptr=p, **rows), dict(BLOCK=1024)),
