@@ -182,7 +182,7 @@ def test_rms_norm(dev, dtype, N, D, residual):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("lead,D,out", [((1,), 32, 48), ((2, 9), 40, 33), ((17,), 24, 100)])
+@pytest.mark.parametrize("lead,D,out", [((1,), 32, 48), ((2, 9), 40, 33), ((17,), 24, 100), ((3,), 20, 8)])
 @pytest.mark.parametrize("residual", [False, True])
 @pytest.mark.parametrize("swiglu", [False, True])
 def test_norm_linear(dev, dtype, lead, D, out, residual, swiglu):

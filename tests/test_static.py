@@ -6,7 +6,7 @@ import dataclasses
 import pytest
 import torch
 
-from bltlab import decode
+from bltlab import decode, kernels
 from bltlab.config import PatchConfig, get_config
 from bltlab.decode import generate, generate_batch, static
 from bltlab.decode.common import allowed
@@ -304,6 +304,26 @@ def test_state_is_reused_and_reloaded(model):
     first = generate(model, "abc", "blt", max_bytes=30, engine="static")
     generate(model, "something else entirely", "blt", max_bytes=50, engine="static")
     assert generate(model, "abc", "blt", max_bytes=30, engine="static").output == first.output
+
+
+def test_steps_with_the_triton_kernels_equal_the_references(model):
+    """Every step kind with the Triton kernels, as a GPU runs them (here in Triton's interpreter),
+    against the same steps on the PyTorch references: logits, entropies, bytes, denoising scores."""
+    prompts = [encode("def f(x):"), encode("EN: Hi")]
+    out = {}
+    for name in ("reference", "triton"):
+        with kernels.backend(name):
+            s = StaticState(model, 2)
+            s.prefill(prompts)
+            s.run()  # a byte with the global step
+            s.dt.copy_(s.t)
+            s.run_draft()
+            s.run_close()
+            s.begin_block(False, 0.5)
+            s.run_denoise(4, False)
+            out[name] = [x.clone().float() for x in (s.logits, s.ent, s.ids, s.scores, s.table)]
+    for a, b in zip(out["triton"], out["reference"]):
+        assert torch.allclose(a, b, atol=1e-4, rtol=1e-4), float((a - b).abs().max())
 
 
 def test_weights_written_in_place_reach_the_state():

@@ -85,19 +85,19 @@ def _rotate(x: torch.Tensor, rot) -> torch.Tensor:
     return torch.view_as_real(xc * rot).flatten(-2).type_as(x)
 
 
-def _attend_slots(c, xn: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """SlotCrossAttention on normed queries xn [B, L, D], with the slots' keys and values
+def _attend_slots(c, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """SlotCrossAttention on projected queries q [B, L, D], with the slots' keys and values
     [B', H, k, hd] already projected (`StaticState.slot_kv`): one slot set per query (B' = B L)
     or one per row for the whole pass (B' = B)."""
-    B, L, D = xn.shape
-    q = c.wq(xn).view(k.shape[0], -1, c.heads, D // c.heads).transpose(1, 2)  # [B', H, L', hd]
-    o = F.scaled_dot_product_attention(q, k, v)
+    B, L, D = q.shape
+    o = F.scaled_dot_product_attention(q.view(k.shape[0], -1, c.heads, D // c.heads).transpose(1, 2), k, v)
     return c.wo(o.transpose(1, 2).reshape(B, L, D))
 
 
-def _add_norm(norm, x: torch.Tensor, r: torch.Tensor | None):
-    """(x + r, norm(x + r)): the residual add inside the norm's kernel; (x, norm(x)) if r is None."""
-    return (x, norm(x)) if r is None else norm(x, r)
+def _norm_proj(norm, x: torch.Tensor, r: torch.Tensor | None, weight: torch.Tensor, swiglu: bool = False):
+    """(x + r, the projection `weight` of norm(x + r)), r None meaning 0: the residual add, the norm
+    and the projection (with `swiglu`, its activation too) in one kernel on the Triton path."""
+    return kernels.norm_linear(x, norm.weight, norm.eps, weight, r, swiglu)
 
 
 def _block(layer: Block, w, x, r, rot, kv, at, mask, rows, slots=None):
@@ -109,17 +109,16 @@ def _block(layer: Block, w, x, r, rot, kv, at, mask, rows, slots=None):
     (`_attend_slots`)."""
     B, L, D = x.shape
     if layer.cross is not None:
-        x, xn = _add_norm(layer.cross_norm, x, r)
-        r = _attend_slots(layer.cross, xn, *slots)
-    x, xn = _add_norm(layer.attn_norm, x, r)
+        x, q = _norm_proj(layer.cross_norm, x, r, layer.cross.wq.weight)
+        r = _attend_slots(layer.cross, q, *slots)
+    x, qkv = _norm_proj(layer.attn_norm, x, r, w[0])
     a = layer.attn
-    qkv = F.linear(xn, w[0]).view(B, L, 3, a.heads, D // a.heads).permute(2, 0, 3, 1, 4)
+    qkv = qkv.view(B, L, 3, a.heads, D // a.heads).permute(2, 0, 3, 1, 4)
     qkv = _rotate(qkv, rot)  # [3, B, H, L, hd]: values by angle 0, so that one write stores k and v
     kv[:, rows[:, None], :, at] = qkv[1:].permute(1, 3, 0, 2, 4)
     o = F.scaled_dot_product_attention(qkv[0], kv[0], kv[1], attn_mask=mask)
-    x, hn = layer.ffn_norm(x, a.wo(o.transpose(1, 2).reshape(B, L, D)))
-    h = F.linear(hn, w[1])  # [B, L, 2F]: gate | up
-    return x, layer.ffn.w2(kernels.swiglu(*h.chunk(2, -1)))
+    x, h = _norm_proj(layer.ffn_norm, x, a.wo(o.transpose(1, 2).reshape(B, L, D)), w[1], swiglu=True)
+    return x, layer.ffn.w2(h)  # h: silu(gate) * up, [B, L, F]
 
 
 def unmask_rule(logits: torch.Tensor, masked: torch.Tensor, knob: torch.Tensor,
@@ -330,7 +329,8 @@ class StaticState:
         x = m.entropy.emb(self.ids.gather(1, pos))
         x, r = self._layers(m.entropy.layers, self.ent_kv, x, self.rot(m.entropy.layers, pos), pos,
                             self._mask(pos, m.entropy.cfg.window))
-        self.ent.scatter_(1, pos + 1, entropy_of_logits(m.entropy.head(m.entropy.norm(x, r)[1])).float())
+        logits = _norm_proj(m.entropy.norm, x, r, m.entropy.head.weight)[1]
+        self.ent.scatter_(1, pos + 1, entropy_of_logits(logits).float())
         # one byte: whether it opens a patch is in `signal` already (every step that moves t, cur,
         # forced or ids[t] sets it)
         opens = self.signal[:, 1:].bool() if L == 1 else self._opens(pos)
@@ -373,7 +373,8 @@ class StaticState:
         gpos = self.ncomp[:, None] + self.kpos[:P]
         g, r = self._layers(m.global_layers, self.glob_kv, g, self.rot(m.global_layers, gpos), gpos,
                             self._mask(gpos, 0))
-        self.table[b[:, None], gpos + 1] = self.slot_kv(m.slot_rows(m.global_norm(g, r)[1]))
+        slots = _norm_proj(m.global_norm, g, r, m.slot_proj.weight)[1]  # m.slot_rows, norm fused
+        self.table[b[:, None], gpos + 1] = self.slot_kv(slots.view(*slots.shape[:2], self.cfg.cross_k, -1))
 
     def _pool(self, bytes_: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """PatchPooling.from_layout on gathered bytes [B, P, lmax, d] (valid [B, P, lmax]), with one
@@ -385,8 +386,9 @@ class StaticState:
         H, hd = p.heads, d // p.heads
         bias = self._additive(valid | self.first[:L])  # [B, P, lmax]
         q0 = p.q_proj((bytes_ + bias[..., None]).amax(2)).view(B, P, p.k, d)
-        q = p.wq(p.q_norm(q0)).view(B * P, p.k, H, hd).transpose(1, 2)  # [B P, H, k, hd]
-        kv = F.linear(p.kv_norm(bytes_), self.fused["pool"][0]).view(B * P, L, 2, H, hd).permute(2, 0, 3, 1, 4)
+        q = _norm_proj(p.q_norm, q0, None, p.wq.weight)[1].view(B * P, p.k, H, hd).transpose(1, 2)  # [B P, H, k, hd]
+        kv = _norm_proj(p.kv_norm, bytes_, None, self.fused["pool"][0])[1]
+        kv = kv.view(B * P, L, 2, H, hd).permute(2, 0, 3, 1, 4)
         o = F.scaled_dot_product_attention(q, kv[0], kv[1], attn_mask=bias.view(B * P, 1, 1, L))
         o = p.wo(o.transpose(1, 2).reshape(B, P, p.k, d))
         return p.out((q0 + o).reshape(B, P, p.k * d))
@@ -425,7 +427,7 @@ class StaticState:
         mask = self._additive(allow[:, None])  # [B, 1, size, S]
         x, r = self._layers(m.dec_layers, self.dec_kv, m.noisy_embed(noisy), self.rot(m.dec_layers, pos), pos,
                             mask, self.table[b, self.ncomp])
-        logits = m.head(m.dec_norm(x, r)[1]).float() + self.forbid  # [B, size, 260]
+        logits = _norm_proj(m.dec_norm, x, r, m.head.weight)[1].float() + self.forbid  # [B, size, 260]
         masked = noisy == MASK
         chosen, rank, ent, conf = unmask_rule(logits, masked & self.move[:, None], self.knob, by_entropy)
         pick = logits.argmax(-1)
@@ -456,7 +458,7 @@ class StaticState:
         and the last logits; returns the greedy byte after the last one."""
         m, b = self.m, self.rows
         x, r = self._layers(m.dec_layers, self.dec_kv, h, local[1], pos, local[0], slots)
-        logits = m.head(m.dec_norm(x, r)[1])  # [B, L, 260]
+        logits = _norm_proj(m.dec_norm, x, r, m.head.weight)[1]  # [B, L, 260]
         # waiting rows keep theirs (detached: an out= op takes no input that needs a gradient)
         torch.where(self.move[:, None], logits[:, -1].detach(), self.logits, out=self.logits)
         pred = (logits.float() + self.forbid).argmax(-1)
