@@ -130,6 +130,17 @@ def case_swiglu(s, dt, dev):
             3 * a.numel() * a.element_size(), True)
 
 
+def case_norm_linear(s, dt, dev):
+    from . import norm_proj
+    N, d, F = s["B"], s["d"], s["hidden"]  # a decoding kernel: one byte of each of B rows
+    x, r = (torch.randn(N, d, device=dev).to(dt) for _ in range(2))
+    g, w = torch.ones(d, device=dev).to(dt), (torch.randn(2 * F, d, device=dev) / d ** 0.5).to(dt)
+    n = x.element_size()
+    moved = 3 * N * d * n + w.numel() * n + N * F * n  # read x, r, W; write x + r, silu(gate) * up
+    return (lambda: norm_proj.norm_linear_triton(x, g, 1e-5, w, r, True),
+            lambda: norm_proj.norm_linear_reference(x, g, 1e-5, w, r, True), moved, False)
+
+
 def case_hash_embed(s, dt, dev):
     from . import hash_embed
     full = torch.randint(4, V, (s["B"], s["T"]), device=dev)
@@ -172,7 +183,7 @@ def case_attention(s, dt, dev):
             None, True)  # compute-bound: no GB/s
 
 
-KERNELS = {"entropy": case_entropy, "rms_norm": case_rms_norm, "swiglu": case_swiglu,
+KERNELS = {"entropy": case_entropy, "rms_norm": case_rms_norm, "swiglu": case_swiglu, "norm_linear": case_norm_linear,
            "hash_embed": case_hash_embed, "patch_max": case_patch_max, "attention": case_attention}
 
 
