@@ -79,7 +79,8 @@ def time_mode(model: BLT, prompts: list[bytes], mode: str, max_bytes: int, batch
         n_bytes += sum(len(g.output) for g in gens)
         for k in counters:  # a batch shares its pass counters: count them once per batch
             counters[k] += gens[0].counters.get(k, 0) if batch > 1 else sum(g.counters.get(k, 0) for g in gens)
-    return {"mode": mode, "engine": _engine(model, mode, batch, engine), "batch": batch, "prompts": len(prompts), "bytes": n_bytes, "seconds": secs,
+    return {"mode": mode, "engine": _engine(model, mode, batch, engine), "batch": batch, "prompts": len(prompts),
+            "bytes": n_bytes, "seconds": secs,
             "bytes_per_s": n_bytes / secs if secs else 0.0, "counters": counters}
 
 

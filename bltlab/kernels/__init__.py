@@ -113,10 +113,11 @@ def norm_linear(x: torch.Tensor, norm_weight: torch.Tensor, eps: float, weight: 
     """(x + residual or x, the projection `weight` of its RMSNorm; with swiglu, silu(gate) * up of
     weight = [gate; up]): see norm_proj.norm_linear_reference. The kernel is forward only, so
     a call that needs a gradient goes to the reference."""
-    grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, norm_weight, weight, residual))
+    tensors = [t for t in (x, norm_weight, weight, residual) if t is not None]
+    grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
     mod, fast = _pick("norm_proj", x, weight)
-    fast = fast and not grad
-    return (mod.norm_linear_triton if fast else mod.norm_linear_reference)(x, norm_weight, eps, weight, residual, swiglu)
+    fn = mod.norm_linear_triton if fast and not grad else mod.norm_linear_reference
+    return fn(x, norm_weight, eps, weight, residual, swiglu)
 
 
 def swiglu(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

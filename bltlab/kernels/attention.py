@@ -15,9 +15,10 @@ output and logsumexp. Each tile is first judged from a few bounds (the query blo
 greatest position, clean limit and noisy block id; the same for the key block), O(BLOCK) work
 instead of the O(BLOCK^2) mask: a tile the mask surely empties (above the diagonal, outside the
 window, other noisy blocks) is skipped without loading keys, a tile it surely fills (clean keys
-all visible to every query) is computed without a mask, and only the tiles in between build it. Rows with no allowed key give 0 (SDPA would give NaN; the model
-never makes one). Dots run in fp32 under the interpreter (its bf16 tl.dot is wrong) and for
-fp32 inputs; bf16/fp16 inputs use the tensor cores with fp32 accumulation on a GPU.
+all visible to every query) is computed without a mask, and only the tiles in between build it.
+Rows with no allowed key give 0 (SDPA would give NaN; the model never makes one). Dots run in
+fp32 under the interpreter (its bf16 tl.dot is wrong) and for fp32 inputs; bf16/fp16 inputs use
+the tensor cores with fp32 accumulation on a GPU.
 
 Backward (Triton, FlashAttention-2 style): delta = rowsum(dO * O) (one PyTorch reduction),
 then one kernel per block of keys accumulates dK, dV over all query blocks, and one kernel per

@@ -94,11 +94,11 @@ def norm_linear_triton(x, norm_weight, eps: float, weight, residual=None, swiglu
     D = x.shape[-1]
     out = weight.shape[0] // 2 if swiglu else weight.shape[0]
     if weight.shape[1] != D or (residual is not None and residual.shape != x.shape):
-        raise ValueError(f"norm_linear: x {tuple(x.shape)}, residual {None if residual is None else tuple(residual.shape)}"
-                         f" and weight {tuple(weight.shape)} do not fit")
+        rs = None if residual is None else tuple(residual.shape)
+        raise ValueError(f"norm_linear: x {tuple(x.shape)}, residual {rs} and weight {tuple(weight.shape)} do not fit")
     if torch.result_type(x, norm_weight) != weight.dtype or (residual is not None and residual.dtype != x.dtype):
-        raise ValueError(f"norm_linear needs the norm's output dtype to be the weight's ({weight.dtype}) and x, residual "
-                         f"of one dtype")
+        raise ValueError(f"norm_linear needs the norm's output dtype to be the weight's ({weight.dtype}) and x, "
+                         "residual of one dtype")
     x2 = x.reshape(-1, D).contiguous()
     r2 = x2 if residual is None else residual.reshape(-1, D).contiguous()
     s = x if residual is None else torch.empty(x.shape, dtype=x.dtype, device=x.device)
