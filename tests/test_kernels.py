@@ -219,6 +219,38 @@ def test_norm_linear_dispatch(dev):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("B,L,H,hd", [(1, 1, 2, 8), (2, 9, 3, 6), (3, 2, 4, 10)])
+@pytest.mark.parametrize("residual", [False, True])
+def test_norm_qkv(dev, dtype, B, L, H, hd, residual):
+    """q|k|v with RoPE and the cache write in the epilogue: rows past one block, pairs past
+    several, heads whose size is no power of two, cache rows out of order; the queries, the sum
+    and the whole cache (entries not written included) equal the unfused ops."""
+    from bltlab.kernels import norm_proj as K
+
+    torch.manual_seed(B * L * H)
+    D, S = H * hd, 24
+    x, r = (torch.randn(B, L, D, device=dev, dtype=dtype) for _ in range(2))
+    g = (1 + 0.3 * torch.randn(D, device=dev)).to(dtype)
+    w = (torch.randn(3 * D, D, device=dev) / D ** 0.5).to(dtype)
+    pos = torch.randint(0, S - L, (B, 1), device=dev) + torch.arange(L, device=dev)
+    inv = 1.0 / 10000 ** (torch.arange(0, hd, 2, device=dev, dtype=torch.float32) / hd)
+    ang = pos.float()[..., None] * inv  # as layers.rope
+    rot = torch.stack((ang.cos(), ang.sin()), -1)
+    rows = torch.arange(B, device=dev).flip(0) + 1  # cache rows: B + 1 of them, the first unused
+    kv = torch.randn(2, B + 1, H, S, hd, device=dev).to(dtype)
+    kv_ref = kv.clone()
+    r = r if residual else None
+    got = K.norm_qkv_triton(x, g, 1e-5, w, r, rot, pos, kv, rows)
+    want = K.norm_qkv_reference(x, g, 1e-5, w, r, rot, pos, kv_ref, rows)
+    for a, b, what in zip((*got, kv), (*want, kv_ref), ("sum", "queries", "cache")):
+        assert a.shape == b.shape and a.dtype == b.dtype, what
+        close(a, b, TOL[dtype][0], what)
+    assert not torch.equal(kv, kv_ref.new_zeros(kv.shape)) and torch.equal(kv[:, 0], kv_ref[:, 0])
+    with pytest.raises(ValueError, match="do not fit"):
+        K.norm_qkv_triton(x, g, 1e-5, w, r, rot, pos[:, :-1], kv, rows)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("shape", [(1, 1), (7, 33), (2, 5, 96)])
 @pytest.mark.parametrize("halves", [False, True])
 def test_swiglu(dev, dtype, shape, halves):

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 
 from .. import kernels
 from ..entropy import entropy_of_logits
-from ..layers import Block, causal_mask, rotate
+from ..layers import Block, causal_mask
 from ..model import BLT
 from ..patching import WHITESPACE
 from ..tokens import MASK, OFFSET, PAD
@@ -75,16 +75,6 @@ def _weights_version(model: BLT) -> tuple:
     return tuple((p.data_ptr(), p._version) for p in model.parameters())
 
 
-def _rotate(x: torch.Tensor, rot) -> torch.Tensor:
-    """layers.rotate by `StaticState.rot`'s angles: cos + i sin as one complex product (one kernel
-    where the real form takes seven), or a pair (cos, sin) in the real form (under torch.compile,
-    which fuses it anyway)."""
-    if isinstance(rot, tuple):
-        return rotate(x, *rot)
-    xc = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))  # pairs (x1, x2) as x1 + i x2
-    return torch.view_as_real(xc * rot).flatten(-2).type_as(x)
-
-
 def _attend_slots(c, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """SlotCrossAttention on projected queries q [B, L, D], with the slots' keys and values
     [B', H, k, hd] already projected (`StaticState.slot_kv`): one slot set per query (B' = B L)
@@ -103,21 +93,17 @@ def _norm_proj(norm, x: torch.Tensor, r: torch.Tensor | None, weight: torch.Tens
 def _block(layer: Block, w, x, r, rot, kv, at, mask, rows, slots=None):
     """One layer over L new positions per row, on input x + r ([B, L, D] each, r None or the previous
     layer's last branch, left for this layer's first norm to add); returns its output the same way.
-    w: `_fused(model)[id(layer)]`, rot: RoPE angles at the positions for queries, keys and values
-    (`StaticState.rot`), kv: [2, B, H, S, hd] static cache (keys, values) written at indices `at`
-    [B, L], mask: [B, 1, L, S] float (0 or -inf), slots: (keys, values) for a cross-attending layer
+    w: `_fused(model)[id(layer)]`, rot: RoPE's (cos, sin) at the positions (`StaticState.rot`), kv:
+    [2, B, H, S, hd] static cache (keys, values) written at indices `at` [B, L], mask: [B, 1, L, S] float (0 or -inf), slots: (keys, values) for a cross-attending layer
     (`_attend_slots`)."""
     B, L, D = x.shape
     if layer.cross is not None:
         x, q = _norm_proj(layer.cross_norm, x, r, layer.cross.wq.weight)
         r = _attend_slots(layer.cross, q, *slots)
-    x, qkv = _norm_proj(layer.attn_norm, x, r, w[0])
-    a = layer.attn
-    qkv = qkv.view(B, L, 3, a.heads, D // a.heads).permute(2, 0, 3, 1, 4)
-    qkv = _rotate(qkv, rot)  # [3, B, H, L, hd]: values by angle 0, so that one write stores k and v
-    kv[:, rows[:, None], :, at] = qkv[1:].permute(1, 3, 0, 2, 4)
-    o = F.scaled_dot_product_attention(qkv[0], kv[0], kv[1], attn_mask=mask)
-    x, h = _norm_proj(layer.ffn_norm, x, a.wo(o.transpose(1, 2).reshape(B, L, D)), w[1], swiglu=True)
+    norm = layer.attn_norm  # q|k|v, RoPE and the cache write in one kernel on the Triton path
+    x, q = kernels.norm_qkv(x, norm.weight, norm.eps, w[0], r, rot, at, kv, rows)  # q: [B, H, L, hd]
+    o = F.scaled_dot_product_attention(q, kv[0], kv[1], attn_mask=mask)
+    x, h = _norm_proj(layer.ffn_norm, x, layer.attn.wo(o.transpose(1, 2).reshape(B, L, D)), w[1], swiglu=True)
     return x, layer.ffn.w2(h)  # h: silu(gate) * up, [B, L, F]
 
 
@@ -212,22 +198,17 @@ class StaticState:
         self.fused = _fused(model)
         self.version = None  # _weights_version when `fused` and the table's start row were made
 
-    def rot(self, layers, pos: torch.Tensor):
-        """RoPE angles of `layers` at positions pos [B, L] for queries, keys and values (angle 0: values
-        are not rotated), from a table computed once exactly as layers.rope computes them: cos + i sin
-        [3, B, 1, L, hd/2] for `_rotate`, or under torch.compile the pair (cos, sin) of the real form."""
+    def rot(self, layers, pos: torch.Tensor) -> torch.Tensor:
+        """RoPE's angles of `layers` at positions pos [B, L] as (cos, sin) [B, L, hd/2, 2], from a table
+        computed once exactly as layers.rope computes them."""
         a = layers[0].attn
         hd = a.wq.out_features // a.heads
         key = (a.theta, hd)
         if key not in self._rot:
             inv = 1.0 / a.theta ** (torch.arange(0, hd, 2, device=self.dev, dtype=torch.float32) / hd)
             ang = torch.arange(self.T, device=self.dev).float()[:, None] * inv  # [T, hd/2]
-            ang = torch.stack((ang, ang, torch.zeros_like(ang)))  # [3, T, hd/2]
-            self._rot[key] = (ang.cos(), ang.sin(), torch.polar(torch.ones_like(ang), ang))
-        cos, sin, cis = self._rot[key]
-        if torch.compiler.is_compiling():
-            return cos[:, pos].unsqueeze(2), sin[:, pos].unsqueeze(2)
-        return cis[:, pos].unsqueeze(2)
+            self._rot[key] = torch.stack((ang.cos(), ang.sin()), -1)
+        return self._rot[key][pos]
 
     # ---- a new request --------------------------------------------------------------------------
     @torch.no_grad()

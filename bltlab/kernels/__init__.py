@@ -1,6 +1,6 @@
 """Triton kernels behind one switch, each next to the pure-PyTorch reference it must equal.
 
-The library calls the ops below (`rms_norm`, `swiglu`, `norm_linear`, `logit_entropy`,
+The library calls the ops below (`rms_norm`, `swiglu`, `norm_linear`, `norm_qkv`, `logit_entropy`,
 `confidence`, `hash_embedding`, `patch_max`, `attend`; named apart from the modules that hold
 them). Each op sends its tensors either to the reference (the exact PyTorch code the model
 always ran) or to a Triton kernel. The backend:
@@ -101,6 +101,11 @@ def _pick(name: str, *tensors: torch.Tensor):
     return _module(name, fast and not tensors[0].is_cuda), fast
 
 
+def _forward_only(*tensors: torch.Tensor | None) -> bool:
+    """Whether a forward-only kernel may take these: no gradient is asked of them."""
+    return not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors))
+
+
 # ---- the ops the library calls --------------------------------------------------------------
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None):
     """RMSNorm of x (or of x + residual, returned too): see norm_ffn.rms_norm_reference."""
@@ -113,11 +118,23 @@ def norm_linear(x: torch.Tensor, norm_weight: torch.Tensor, eps: float, weight: 
     """(x + residual or x, the projection `weight` of its RMSNorm; with swiglu, silu(gate) * up of
     weight = [gate; up]): see norm_proj.norm_linear_reference. The kernel is forward only, so
     a call that needs a gradient goes to the reference."""
-    tensors = [t for t in (x, norm_weight, weight, residual) if t is not None]
-    grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
     mod, fast = _pick("norm_proj", x, weight)
-    fn = mod.norm_linear_triton if fast and not grad else mod.norm_linear_reference
+    fast = fast and _forward_only(x, norm_weight, weight, residual)
+    fn = mod.norm_linear_triton if fast else mod.norm_linear_reference
     return fn(x, norm_weight, eps, weight, residual, swiglu)
+
+
+def norm_qkv(x: torch.Tensor, norm_weight: torch.Tensor, eps: float, weight: torch.Tensor,
+             residual: torch.Tensor | None, rot: torch.Tensor, pos: torch.Tensor, kv: torch.Tensor,
+             rows: torch.Tensor):
+    """Self-attention's input side in decoding: norm_linear's (s, query|key|value) with RoPE on the
+    queries and keys (rot [B, L, hd/2, 2]: cos, sin), the keys and values written into the cache
+    kv [2, B', H, S, hd] at rows [B] and positions pos [B, L]; returns (s, queries [B, H, L, hd]):
+    see norm_proj.norm_qkv_reference. Forward only, as norm_linear."""
+    mod, fast = _pick("norm_proj", x, weight)
+    fast = fast and _forward_only(x, norm_weight, weight, residual)
+    fn = mod.norm_qkv_triton if fast else mod.norm_qkv_reference
+    return fn(x, norm_weight, eps, weight, residual, rot, pos, kv, rows)
 
 
 def swiglu(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -7,8 +7,15 @@ SwiGLU's gate|up, the cross-attention's query, the output head), and at a few ro
 each of those is a kernel launch of a few microseconds: one kernel here replaces two (three
 with the SwiGLU). Each program takes BLOCK_R rows x BLOCK_O outputs: it recomputes its rows'
 norm (two passes over D: sum of squares, then the normalised chunks into the dot), and the
-programs of output block 0 store s. Forward only: the static decoding engine runs it under
-no_grad, and `kernels.norm_linear` sends anything that needs a gradient to the reference.
+programs of output block 0 store s.
+
+`norm_qkv` is the same for self-attention's query|key|value, with RoPE and the KV-cache write
+as its epilogue: each program takes output pairs (2j, 2j + 1), the pairs RoPE rotates, rotates
+the queries' and keys', stores the queries in attention's [B, H, L, hd] layout and the keys
+and values straight into the static cache (one kernel where there were three or more).
+
+Forward only: the static decoding engine runs these under no_grad, and `kernels.norm_linear`
+/ `kernels.norm_qkv` send anything that needs a gradient to the reference.
 """
 from __future__ import annotations
 
@@ -19,13 +26,14 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from ..layers import rotate
 from .attention import _dot
 from .norm_ffn import rms_norm_reference, swiglu_reference
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-# ---- reference -------------------------------------------------------------------------------
+# ---- references ------------------------------------------------------------------------------
 def norm_linear_reference(x, norm_weight, eps: float, weight, residual=None, swiglu: bool = False):
     """(x + residual or x, the projection of its RMSNorm): what the unfused layers compute."""
     s, n = rms_norm_reference(x, norm_weight, eps, residual) if residual is not None \
@@ -34,7 +42,25 @@ def norm_linear_reference(x, norm_weight, eps: float, weight, residual=None, swi
     return s, swiglu_reference(*y.chunk(2, -1)) if swiglu else y
 
 
-# ---- kernel ----------------------------------------------------------------------------------
+def norm_qkv_reference(x, norm_weight, eps: float, weight, residual, rot, pos, kv, rows):
+    """norm_linear_reference's (s, q|k|v) for x [B, L, D], weight [3D, D]; then RoPE on the queries
+    and keys by rot [B, L, hd/2, 2] (cos, sin of each position's angles: layers.rope's), the keys
+    and values written to kv [2, B', H, S, hd] at cache row rows[b] [B], positions pos [B, L].
+    Returns (s, queries [B, H, L, hd])."""
+    s, y = norm_linear_reference(x, norm_weight, eps, weight, residual)
+    B, L, D = x.shape
+    qkv = y.view(B, L, 3, kv.shape[2], kv.shape[-1])
+    if torch.compiler.is_compiling():  # the real form, which the compiler fuses
+        qk = rotate(qkv[:, :, :2], rot[:, :, None, None, :, 0], rot[:, :, None, None, :, 1])
+    else:  # the same products as one complex multiplication: one kernel where the real form takes seven
+        c = torch.view_as_complex(qkv[:, :, :2].float().unflatten(-1, (-1, 2)))
+        qk = torch.view_as_real(c * torch.view_as_complex(rot)[:, :, None, None]).flatten(-2).type_as(y)
+    kv[0][rows[:, None], :, pos] = qk[:, :, 1]
+    kv[1][rows[:, None], :, pos] = qkv[:, :, 2]
+    return s, qk[:, :, 0].transpose(1, 2)
+
+
+# ---- kernels ---------------------------------------------------------------------------------
 @triton.jit
 def _sum(x_ptr, r_ptr, rows, ks, m, D, HAS_RES: tl.constexpr):
     """s = x + r on a [BLOCK_R, BLOCK_K] tile, rounded to x's dtype as the unfused add is; fp32."""
@@ -46,13 +72,12 @@ def _sum(x_ptr, r_ptr, rows, ks, m, D, HAS_RES: tl.constexpr):
 
 
 @triton.jit
-def _norm_linear_fwd(x_ptr, r_ptr, s_ptr, g_ptr, w_ptr, y_ptr, N, D, OUT, eps,
-                     HAS_RES: tl.constexpr, SWIGLU: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_O: tl.constexpr,
-                     BLOCK_K: tl.constexpr, DOT_FP32: tl.constexpr):
-    """y[rows, outs] for OUT outputs (with SWIGLU, gate rows outs and up rows OUT + outs of W)."""
-    rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
-    outs = tl.program_id(1) * BLOCK_O + tl.arange(0, BLOCK_O)
-    rm, om = rows < N, outs < OUT
+def _norm_proj2(x_ptr, r_ptr, s_ptr, g_ptr, w_ptr, rows, outs_a, outs_b, om, N, D, eps, HAS_RES: tl.constexpr,
+                TWO: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_K: tl.constexpr,
+                DOT_FP32: tl.constexpr):
+    """fp32 [BLOCK_R, BLOCK_O] accumulators n @ W[outs_a].T and (with TWO) n @ W[outs_b].T, n the
+    RMSNorm of x + r on `rows`; the programs of output block 0 store x + r."""
+    rm = rows < N
     ss = tl.zeros([BLOCK_R], dtype=tl.float32)
     for k0 in range(0, D, BLOCK_K):
         ks = k0 + tl.arange(0, BLOCK_K)
@@ -63,8 +88,8 @@ def _norm_linear_fwd(x_ptr, r_ptr, s_ptr, g_ptr, w_ptr, y_ptr, N, D, OUT, eps,
                 tl.store(s_ptr + rows[:, None] * D + ks[None, :], s.to(s_ptr.dtype.element_ty), mask=m)
         ss += tl.sum(s * s, 1)
     rstd = 1.0 / tl.sqrt(ss / D + eps)
-    acc = tl.zeros([BLOCK_R, BLOCK_O], dtype=tl.float32)
-    up = tl.zeros([BLOCK_R, BLOCK_O], dtype=tl.float32)
+    acc_a = tl.zeros([BLOCK_R, BLOCK_O], dtype=tl.float32)
+    acc_b = tl.zeros([BLOCK_R, BLOCK_O], dtype=tl.float32)
     for k0 in range(0, D, BLOCK_K):
         ks = k0 + tl.arange(0, BLOCK_K)
         km = (ks < D)[None, :]
@@ -72,43 +97,117 @@ def _norm_linear_fwd(x_ptr, r_ptr, s_ptr, g_ptr, w_ptr, y_ptr, N, D, OUT, eps,
         g = tl.load(g_ptr + ks, mask=ks < D, other=0.0).to(tl.float32)
         n = ((s * rstd[:, None]).to(x_ptr.dtype.element_ty).to(tl.float32) * g[None, :]).to(w_ptr.dtype.element_ty)
         wm = om[:, None] & km
-        w = tl.load(w_ptr + outs[:, None] * D + ks[None, :], mask=wm, other=0.0)
+        w = tl.load(w_ptr + outs_a[:, None] * D + ks[None, :], mask=wm, other=0.0)
         if DOT_FP32:
             n, w = n.to(tl.float32), w.to(tl.float32)
-        acc += _dot(n, tl.trans(w), DOT_FP32)
-        if SWIGLU:
-            u = tl.load(w_ptr + (OUT + outs)[:, None] * D + ks[None, :], mask=wm, other=0.0)
+        acc_a += _dot(n, tl.trans(w), DOT_FP32)
+        if TWO:
+            u = tl.load(w_ptr + outs_b[:, None] * D + ks[None, :], mask=wm, other=0.0)
             if DOT_FP32:
                 u = u.to(tl.float32)
-            up += _dot(n, tl.trans(u), DOT_FP32)
-    y = acc
+            acc_b += _dot(n, tl.trans(u), DOT_FP32)
+    return acc_a, acc_b
+
+
+@triton.jit
+def _norm_linear_fwd(x_ptr, r_ptr, s_ptr, g_ptr, w_ptr, y_ptr, N, D, OUT, eps,
+                     HAS_RES: tl.constexpr, SWIGLU: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_O: tl.constexpr,
+                     BLOCK_K: tl.constexpr, DOT_FP32: tl.constexpr):
+    """y[rows, outs] for OUT outputs (with SWIGLU, gate rows outs and up rows OUT + outs of W)."""
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    outs = tl.program_id(1) * BLOCK_O + tl.arange(0, BLOCK_O)
+    om = outs < OUT
+    y, up = _norm_proj2(x_ptr, r_ptr, s_ptr, g_ptr, w_ptr, rows, outs, OUT + outs, om, N, D, eps, HAS_RES, SWIGLU,
+                        BLOCK_R, BLOCK_O, BLOCK_K, DOT_FP32)
     if SWIGLU:  # silu(a) * b on the projections rounded to their dtype, as the unfused ops see them
-        a = acc.to(y_ptr.dtype.element_ty).to(tl.float32)
+        a = y.to(y_ptr.dtype.element_ty).to(tl.float32)
         y = a * tl.sigmoid(a) * up.to(y_ptr.dtype.element_ty).to(tl.float32)
-    tl.store(y_ptr + rows[:, None] * OUT + outs[None, :], y.to(y_ptr.dtype.element_ty), mask=rm[:, None] & om[None, :])
+    tl.store(y_ptr + rows[:, None] * OUT + outs[None, :], y.to(y_ptr.dtype.element_ty),
+             mask=(rows < N)[:, None] & om[None, :])
 
 
-# ---- launcher --------------------------------------------------------------------------------
-def norm_linear_triton(x, norm_weight, eps: float, weight, residual=None, swiglu: bool = False):
-    """Like norm_linear_reference (forward only); x, residual [..., D], weight [OUT or 2F, D]."""
+@triton.jit
+def _norm_qkv_fwd(x_ptr, r_ptr, s_ptr, g_ptr, w_ptr, rot_ptr, pos_ptr, crow_ptr, q_ptr, kv_ptr, N, L, D, H, HD,
+                  eps, s_kv, s_b, s_h, s_s, HAS_RES: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_O: tl.constexpr,
+                  BLOCK_K: tl.constexpr, DOT_FP32: tl.constexpr):
+    """Output pairs j (columns 2j, 2j + 1 of q|k|v) of rows n = b L + l: rotated (queries, keys) by
+    rot[n, (2j mod hd) / 2], stored to q[b, h, l] or the cache kv[part - 1, crow[b], h, pos[n]]."""
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    pairs = tl.program_id(1) * BLOCK_O + tl.arange(0, BLOCK_O)
+    pm = pairs < 3 * D // 2
+    a, b = _norm_proj2(x_ptr, r_ptr, s_ptr, g_ptr, w_ptr, rows, 2 * pairs, 2 * pairs + 1, pm, N, D, eps, HAS_RES,
+                       True, BLOCK_R, BLOCK_O, BLOCK_K, DOT_FP32)
+    a = a.to(w_ptr.dtype.element_ty).to(tl.float32)  # the projection's rounding, as RoPE reads it
+    b = b.to(w_ptr.dtype.element_ty).to(tl.float32)
+    rm = rows < N
+    m = rm[:, None] & pm[None, :]
+    col = 2 * pairs
+    part, h, d = col // D, (col % D) // HD, col % HD  # [BLOCK_O]: 0 query, 1 key, 2 value
+    ang = rot_ptr + (rows[:, None] * (HD // 2) + (d // 2)[None, :]) * 2
+    c = tl.load(ang, mask=m, other=1.0)
+    sn = tl.load(ang + 1, mask=m, other=0.0)
+    turn = (part < 2)[None, :]  # values are not rotated
+    ye = tl.where(turn, a * c - b * sn, a)
+    yo = tl.where(turn, a * sn + b * c, b)
+    bi, li = rows // L, rows % L
+    q = q_ptr + ((bi[:, None] * H + h[None, :]) * L + li[:, None]) * HD + d[None, :]
+    qm = m & (part == 0)[None, :]
+    tl.store(q, ye.to(q_ptr.dtype.element_ty), mask=qm)
+    tl.store(q + 1, yo.to(q_ptr.dtype.element_ty), mask=qm)
+    crow = tl.load(crow_ptr + bi, mask=rm, other=0)
+    pos = tl.load(pos_ptr + rows, mask=rm, other=0)
+    c = kv_ptr + (tl.maximum(part - 1, 0) * s_kv + h * s_h + d)[None, :] + (crow * s_b + pos * s_s)[:, None]
+    cm = m & (part > 0)[None, :]
+    tl.store(c, ye.to(kv_ptr.dtype.element_ty), mask=cm)
+    tl.store(c + 1, yo.to(kv_ptr.dtype.element_ty), mask=cm)
+
+
+# ---- launchers -------------------------------------------------------------------------------
+def _inputs(name: str, x, norm_weight, weight, residual, out: int):
+    """Checked flat inputs (x2, r2 [N, D]) and outputs (s, and the blocks for `out` outputs)."""
     D = x.shape[-1]
-    out = weight.shape[0] // 2 if swiglu else weight.shape[0]
     if weight.shape[1] != D or (residual is not None and residual.shape != x.shape):
         rs = None if residual is None else tuple(residual.shape)
-        raise ValueError(f"norm_linear: x {tuple(x.shape)}, residual {rs} and weight {tuple(weight.shape)} do not fit")
+        raise ValueError(f"{name}: x {tuple(x.shape)}, residual {rs} and weight {tuple(weight.shape)} do not fit")
     if torch.result_type(x, norm_weight) != weight.dtype or (residual is not None and residual.dtype != x.dtype):
-        raise ValueError(f"norm_linear needs the norm's output dtype to be the weight's ({weight.dtype}) and x, "
+        raise ValueError(f"{name} needs the norm's output dtype to be the weight's ({weight.dtype}) and x, "
                          "residual of one dtype")
     x2 = x.reshape(-1, D).contiguous()
     r2 = x2 if residual is None else residual.reshape(-1, D).contiguous()
     s = x if residual is None else torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    interp = not x.is_cuda
+    blocks = dict(BLOCK_R=16, BLOCK_O=16 if interp else 32, BLOCK_K=16 if interp else 64,
+                  DOT_FP32=interp or weight.dtype == torch.float32)
+    grid = (triton.cdiv(x2.shape[0], blocks["BLOCK_R"]), triton.cdiv(out, blocks["BLOCK_O"]))
+    return x2, r2, s, blocks, grid
+
+
+def norm_linear_triton(x, norm_weight, eps: float, weight, residual=None, swiglu: bool = False):
+    """Like norm_linear_reference (forward only); x, residual [..., D], weight [OUT or 2F, D]."""
+    out = weight.shape[0] // 2 if swiglu else weight.shape[0]
+    x2, r2, s, blocks, grid = _inputs("norm_linear", x, norm_weight, weight, residual, out)
     y = torch.empty(*x.shape[:-1], out, dtype=weight.dtype, device=x.device)
-    N = x2.shape[0]
-    if N and out:
-        interp = not x.is_cuda
-        blocks = dict(BLOCK_R=16, BLOCK_O=16 if interp else 32, BLOCK_K=16 if interp else 64,
-                      DOT_FP32=interp or weight.dtype == torch.float32)
-        grid = (triton.cdiv(N, blocks["BLOCK_R"]), triton.cdiv(out, blocks["BLOCK_O"]))
-        _norm_linear_fwd[grid](x2, r2, s, norm_weight.contiguous(), weight.contiguous(), y, N, D, out, eps,
-                               HAS_RES=residual is not None, SWIGLU=swiglu, **blocks)
+    if x2.shape[0] and out:
+        _norm_linear_fwd[grid](x2, r2, s, norm_weight.contiguous(), weight.contiguous(), y, x2.shape[0], x2.shape[1],
+                               out, eps, HAS_RES=residual is not None, SWIGLU=swiglu, **blocks)
     return s, y
+
+
+def norm_qkv_triton(x, norm_weight, eps: float, weight, residual, rot, pos, kv, rows):
+    """Like norm_qkv_reference (forward only): writes kv in place, returns (s, queries)."""
+    B, L, D = x.shape
+    H, hd = kv.shape[2], kv.shape[4]
+    if (weight.shape[0] != 3 * D or H * hd != D or hd % 2 or rot.shape != (B, L, hd // 2, 2)
+            or pos.shape != (B, L) or rows.shape != (B,)):
+        raise ValueError(f"norm_qkv: x {tuple(x.shape)}, weight {tuple(weight.shape)}, cache {tuple(kv.shape)}, "
+                         f"angles {tuple(rot.shape)}, positions {tuple(pos.shape)} and rows {tuple(rows.shape)} "
+                         "do not fit")
+    if kv.dtype != weight.dtype or kv.stride(-1) != 1 or rot.dtype != torch.float32:
+        raise ValueError("norm_qkv needs a cache of the weight's dtype with unit stride per head dim, fp32 angles")
+    x2, r2, s, blocks, grid = _inputs("norm_qkv", x, norm_weight, weight, residual, 3 * D // 2)
+    q = torch.empty(B, H, L, hd, dtype=weight.dtype, device=x.device)
+    if x2.shape[0]:
+        _norm_qkv_fwd[grid](x2, r2, s, norm_weight.contiguous(), weight.contiguous(), rot.contiguous(),
+                            pos.contiguous(), rows.contiguous(), q, kv, B * L, L, D, H, hd, eps, kv.stride(0),
+                            kv.stride(1), kv.stride(2), kv.stride(3), HAS_RES=residual is not None, **blocks)
+    return s, q
