@@ -245,6 +245,7 @@ def test_norm_qkv(dev, dtype, B, L, H, hd, residual):
     for a, b, what in zip((*got, kv), (*want, kv_ref), ("sum", "queries", "cache")):
         assert a.shape == b.shape and a.dtype == b.dtype, what
         close(a, b, TOL[dtype][0], what)
+    assert got[1].transpose(1, 2).is_contiguous()  # [B, L, H, hd] underneath, as attention's output is read
     assert not torch.equal(kv, kv_ref.new_zeros(kv.shape)) and torch.equal(kv[:, 0], kv_ref[:, 0])
     with pytest.raises(ValueError, match="do not fit"):
         K.norm_qkv_triton(x, g, 1e-5, w, r, rot, pos[:, :-1], kv, rows)

@@ -141,6 +141,21 @@ def case_norm_linear(s, dt, dev):
             lambda: norm_proj.norm_linear_reference(x, g, 1e-5, w, r, True), moved, False)
 
 
+def case_norm_qkv(s, dt, dev):
+    from . import norm_proj
+    N, d, H, T = s["B"], s["d"], s["heads"], s["T"]  # one byte of each of B rows, caches of T positions
+    hd = d // H
+    x, r = (torch.randn(N, 1, d, device=dev).to(dt) for _ in range(2))
+    g, w = torch.ones(d, device=dev).to(dt), (torch.randn(3 * d, d, device=dev) / d ** 0.5).to(dt)
+    pos = torch.randint(0, T, (N, 1), device=dev)
+    rot = torch.randn(N, 1, hd // 2, 2, device=dev)
+    kv, kv_ref = (torch.zeros(2, N, H, T, hd, device=dev).to(dt) for _ in range(2))
+    rows, n = torch.arange(N, device=dev), x.element_size()
+    moved = 6 * N * d * n + w.numel() * n  # read x, r, W; write x + r, queries, keys, values
+    return (lambda: norm_proj.norm_qkv_triton(x, g, 1e-5, w, r, rot, pos, kv, rows),
+            lambda: norm_proj.norm_qkv_reference(x, g, 1e-5, w, r, rot, pos, kv_ref, rows), moved, False)
+
+
 def case_hash_embed(s, dt, dev):
     from . import hash_embed
     full = torch.randint(4, V, (s["B"], s["T"]), device=dev)
@@ -184,7 +199,7 @@ def case_attention(s, dt, dev):
 
 
 KERNELS = {"entropy": case_entropy, "rms_norm": case_rms_norm, "swiglu": case_swiglu, "norm_linear": case_norm_linear,
-           "hash_embed": case_hash_embed, "patch_max": case_patch_max, "attention": case_attention}
+           "norm_qkv": case_norm_qkv, "hash_embed": case_hash_embed, "patch_max": case_patch_max, "attention": case_attention}
 
 
 def _ratio(ref_ms: float | None, fast_ms: float | None) -> float | None:

@@ -32,6 +32,10 @@ def specs(dt: str, head_dims=(32, 64, 128)):
             out.append((f"norm_linear res={res} swiglu={act}", NP._norm_linear_fwd,
                         dict(x_ptr=p, r_ptr=p, s_ptr=p, g_ptr=p, w_ptr=p, y_ptr=p, N=I32, D=I32, OUT=I32, eps=F32),
                         dict(HAS_RES=res, SWIGLU=act, BLOCK_R=16, BLOCK_O=32, BLOCK_K=64, DOT_FP32=dt == "fp32")))
+        out.append((f"norm_qkv res={res}", NP._norm_qkv_fwd,
+                    dict(x_ptr=p, r_ptr=p, s_ptr=p, g_ptr=p, w_ptr=p, rot_ptr=f, pos_ptr=I64P, crow_ptr=I64P, q_ptr=p,
+                         kv_ptr=p, N=I32, L=I32, D=I32, HD=I32, eps=F32, s_kv=I32, s_b=I32, s_h=I32, s_s=I32),
+                    dict(HAS_RES=res, BLOCK_R=16, BLOCK_O=32, BLOCK_K=64, DOT_FP32=dt == "fp32")))
     rows = dict(n=I32, W=I32, sa=I32, sb=I32)  # a and b read as rows of width W at row strides sa, sb
     out += [("swiglu_fwd", N._swiglu_fwd, dict(a_ptr=p, b_ptr=p, y_ptr=p, **rows), dict(BLOCK=1024)),
             ("swiglu_bwd", N._swiglu_bwd, dict(a_ptr=p, b_ptr=p, g_ptr=p, ga_ptr=p, gb_ptr=p, **rows), dict(BLOCK=1024)),

@@ -11,8 +11,9 @@ programs of output block 0 store s.
 
 `norm_qkv` is the same for self-attention's query|key|value, with RoPE and the KV-cache write
 as its epilogue: each program takes output pairs (2j, 2j + 1), the pairs RoPE rotates, rotates
-the queries' and keys', stores the queries in attention's [B, H, L, hd] layout and the keys
-and values straight into the static cache (one kernel where there were three or more).
+the queries' and keys', stores the queries laid out [B, L, H, hd] (attention's output follows
+the queries' layout, and so reads as [B, L, D] without a copy) and the keys and values straight
+into the static cache (one kernel where there were three or more).
 
 Forward only: the static decoding engine runs these under no_grad, and `kernels.norm_linear`
 / `kernels.norm_qkv` send anything that needs a gradient to the reference.
@@ -46,7 +47,7 @@ def norm_qkv_reference(x, norm_weight, eps: float, weight, residual, rot, pos, k
     """norm_linear_reference's (s, q|k|v) for x [B, L, D], weight [3D, D]; then RoPE on the queries
     and keys by rot [B, L, hd/2, 2] (cos, sin of each position's angles: layers.rope's), the keys
     and values written to kv [2, B', H, S, hd] at cache row rows[b] [B], positions pos [B, L].
-    Returns (s, queries [B, H, L, hd])."""
+    Returns (s, queries [B, H, L, hd], laid out [B, L, H, hd])."""
     s, y = norm_linear_reference(x, norm_weight, eps, weight, residual)
     B, L, D = x.shape
     qkv = y.view(B, L, 3, kv.shape[2], kv.shape[-1])
@@ -127,11 +128,11 @@ def _norm_linear_fwd(x_ptr, r_ptr, s_ptr, g_ptr, w_ptr, y_ptr, N, D, OUT, eps,
 
 
 @triton.jit
-def _norm_qkv_fwd(x_ptr, r_ptr, s_ptr, g_ptr, w_ptr, rot_ptr, pos_ptr, crow_ptr, q_ptr, kv_ptr, N, L, D, H, HD,
+def _norm_qkv_fwd(x_ptr, r_ptr, s_ptr, g_ptr, w_ptr, rot_ptr, pos_ptr, crow_ptr, q_ptr, kv_ptr, N, L, D, HD,
                   eps, s_kv, s_b, s_h, s_s, HAS_RES: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_O: tl.constexpr,
                   BLOCK_K: tl.constexpr, DOT_FP32: tl.constexpr):
     """Output pairs j (columns 2j, 2j + 1 of q|k|v) of rows n = b L + l: rotated (queries, keys) by
-    rot[n, (2j mod hd) / 2], stored to q[b, h, l] or the cache kv[part - 1, crow[b], h, pos[n]]."""
+    rot[n, (2j mod hd) / 2], stored to q[b, l, h] or the cache kv[part - 1, crow[b], h, pos[n]]."""
     rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
     pairs = tl.program_id(1) * BLOCK_O + tl.arange(0, BLOCK_O)
     pm = pairs < 3 * D // 2
@@ -149,12 +150,11 @@ def _norm_qkv_fwd(x_ptr, r_ptr, s_ptr, g_ptr, w_ptr, rot_ptr, pos_ptr, crow_ptr,
     turn = (part < 2)[None, :]  # values are not rotated
     ye = tl.where(turn, a * c - b * sn, a)
     yo = tl.where(turn, a * sn + b * c, b)
-    bi, li = rows // L, rows % L
-    q = q_ptr + ((bi[:, None] * H + h[None, :]) * L + li[:, None]) * HD + d[None, :]
+    q = q_ptr + rows[:, None] * D + (h * HD + d)[None, :]  # laid out [B, L, H, hd]
     qm = m & (part == 0)[None, :]
     tl.store(q, ye.to(q_ptr.dtype.element_ty), mask=qm)
     tl.store(q + 1, yo.to(q_ptr.dtype.element_ty), mask=qm)
-    crow = tl.load(crow_ptr + bi, mask=rm, other=0)
+    crow = tl.load(crow_ptr + rows // L, mask=rm, other=0)
     pos = tl.load(pos_ptr + rows, mask=rm, other=0)
     c = kv_ptr + (tl.maximum(part - 1, 0) * s_kv + h * s_h + d)[None, :] + (crow * s_b + pos * s_s)[:, None]
     cm = m & (part > 0)[None, :]
@@ -205,9 +205,9 @@ def norm_qkv_triton(x, norm_weight, eps: float, weight, residual, rot, pos, kv, 
     if kv.dtype != weight.dtype or kv.stride(-1) != 1 or rot.dtype != torch.float32:
         raise ValueError("norm_qkv needs a cache of the weight's dtype with unit stride per head dim, fp32 angles")
     x2, r2, s, blocks, grid = _inputs("norm_qkv", x, norm_weight, weight, residual, 3 * D // 2)
-    q = torch.empty(B, H, L, hd, dtype=weight.dtype, device=x.device)
+    q = torch.empty(B, L, H, hd, dtype=weight.dtype, device=x.device).transpose(1, 2)
     if x2.shape[0]:
         _norm_qkv_fwd[grid](x2, r2, s, norm_weight.contiguous(), weight.contiguous(), rot.contiguous(),
-                            pos.contiguous(), rows.contiguous(), q, kv, B * L, L, D, H, hd, eps, kv.stride(0),
+                            pos.contiguous(), rows.contiguous(), q, kv, B * L, L, D, hd, eps, kv.stride(0),
                             kv.stride(1), kv.stride(2), kv.stride(3), HAS_RES=residual is not None, **blocks)
     return s, q
