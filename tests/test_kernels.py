@@ -234,8 +234,8 @@ def test_norm_qkv(dev, dtype, B, L, H, hd, residual):
     w = (torch.randn(3 * D, D, device=dev) / D ** 0.5).to(dtype)
     pos = torch.randint(0, S - L, (B, 1), device=dev) + torch.arange(L, device=dev)
     inv = 1.0 / 10000 ** (torch.arange(0, hd, 2, device=dev, dtype=torch.float32) / hd)
-    ang = pos.float()[..., None] * inv  # as layers.rope
-    rot = torch.stack((ang.cos(), ang.sin()), -1)
+    ang = torch.arange(S, device=dev).float()[:, None] * inv  # as layers.rope
+    rot = torch.stack((ang.cos(), ang.sin()), -1)  # [S, hd/2, 2]
     rows = torch.arange(B, device=dev).flip(0) + 1  # cache rows: B + 1 of them, the first unused
     kv = torch.randn(2, B + 1, H, S, hd, device=dev).to(dtype)
     kv_ref = kv.clone()

@@ -306,6 +306,19 @@ def test_state_is_reused_and_reloaded(model):
     assert generate(model, "abc", "blt", max_bytes=30, engine="static").output == first.output
 
 
+@pytest.mark.parametrize("window", [0, 5, 40])
+def test_band_masks_equal_causal_masks(window):
+    """A pass's mask gathered from its window's band equals layers.causal_mask over the whole
+    cache, in additive form, at any positions (the first and the last included)."""
+    from bltlab.layers import causal_mask
+
+    s = StaticState(tiny(), 2)
+    s.bands[window] = s._band(window)
+    pos = torch.tensor([[0, 1, 2], [s.T - 3, s.T - 2, s.T - 1]])
+    want = torch.where(causal_mask(pos, s.keys[None], window), 0.0, float("-inf"))
+    assert torch.equal(s._masks(pos, window)[0], want)
+
+
 def test_steps_with_the_triton_kernels_equal_the_references(model):
     """Every step kind with the Triton kernels, as a GPU runs them (here in Triton's interpreter),
     against the same steps on the PyTorch references: logits, entropies, bytes, denoising scores."""

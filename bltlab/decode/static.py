@@ -38,7 +38,7 @@ import torch.nn.functional as F
 
 from .. import kernels
 from ..entropy import entropy_of_logits
-from ..layers import Block, causal_mask
+from ..layers import Block
 from ..model import BLT
 from ..patching import WHITESPACE
 from ..tokens import MASK, OFFSET, PAD
@@ -93,9 +93,9 @@ def _norm_proj(norm, x: torch.Tensor, r: torch.Tensor | None, weight: torch.Tens
 def _block(layer: Block, w, x, r, rot, kv, at, mask, rows, slots=None):
     """One layer over L new positions per row, on input x + r ([B, L, D] each, r None or the previous
     layer's last branch, left for this layer's first norm to add); returns its output the same way.
-    w: `_fused(model)[id(layer)]`, rot: RoPE's (cos, sin) at the positions (`StaticState.rot`), kv:
-    [2, B, H, S, hd] static cache (keys, values) written at indices `at` [B, L], mask: [B, 1, L, S] float (0 or -inf), slots: (keys, values) for a cross-attending layer
-    (`_attend_slots`)."""
+    w: `_fused(model)[id(layer)]`, rot: RoPE's (cos, sin) by position (`StaticState.rot`), kv:
+    [2, B, H, S, hd] static cache (keys, values) written at indices `at` [B, L], mask: [B, 1, L, S]
+    float (0 or -inf), slots: (keys, values) for a cross-attending layer (`_attend_slots`)."""
     B, L, D = x.shape
     if layer.cross is not None:
         x, q = _norm_proj(layer.cross_norm, x, r, layer.cross.wq.weight)
@@ -187,6 +187,8 @@ class StaticState:
         self.first = self.kpos == 0  # a patch's first byte, in its gathered layout
         self.hctx = torch.arange(HASH_CONTEXT + T, device=dev)  # pids columns of bytes t - 8 ..
         self.bias = p.new_tensor([0.0, float("-inf")])  # the masks' additive form
+        self.back = S - 1 - self.keys  # index of the offset q - k in a band: q + back[k]
+        self.bands = {w: self._band(w) for w in {model.entropy.cfg.window, self.cfg.local_window, 0}}
         self.forbid = allowed(torch.zeros(260, device=dev))  # -inf at ids decoding never emits, else 0
         self.lmax = self.cfg.patch.max_patch or self.cfg.max_bytes  # longest possible patch
         self.ws = torch.tensor(list(WHITESPACE), device=dev) + OFFSET
@@ -198,9 +200,9 @@ class StaticState:
         self.fused = _fused(model)
         self.version = None  # _weights_version when `fused` and the table's start row were made
 
-    def rot(self, layers, pos: torch.Tensor) -> torch.Tensor:
-        """RoPE's angles of `layers` at positions pos [B, L] as (cos, sin) [B, L, hd/2, 2], from a table
-        computed once exactly as layers.rope computes them."""
+    def rot(self, layers) -> torch.Tensor:
+        """RoPE's angles of `layers` at every position as (cos, sin) [T, hd/2, 2], computed once exactly
+        as layers.rope computes them."""
         a = layers[0].attn
         hd = a.wq.out_features // a.heads
         key = (a.theta, hd)
@@ -208,7 +210,7 @@ class StaticState:
             inv = 1.0 / a.theta ** (torch.arange(0, hd, 2, device=self.dev, dtype=torch.float32) / hd)
             ang = torch.arange(self.T, device=self.dev).float()[:, None] * inv  # [T, hd/2]
             self._rot[key] = torch.stack((ang.cos(), ang.sin()), -1)
-        return self._rot[key][pos]
+        return self._rot[key]
 
     # ---- a new request --------------------------------------------------------------------------
     @torch.no_grad()
@@ -274,13 +276,17 @@ class StaticState:
         bool mask would be converted in every layer)."""
         return torch.where(allow, self.bias[0], self.bias[1])
 
-    def _mask(self, qpos: torch.Tensor, window: int) -> torch.Tensor:
-        """[B, 1, L, S] causal over the whole static cache, additive."""
-        return self._additive(causal_mask(qpos, self.keys[None], window))
+    def _band(self, window: int) -> torch.Tensor:
+        """A causal mask by offset: band[q - k + S - 1] is 0 where a query at q may read the key at k
+        (0 <= q - k, and < window if window > 0), else -inf."""
+        off = torch.arange(1 - self.back.numel(), self.T, device=self.dev)  # q - k
+        return self._additive((off >= 0) & ((off < window) | (window == 0)))
 
-    def _local(self, pos: torch.Tensor):
-        """The local encoder's and decoder's mask and RoPE angles at pos (same shapes and base)."""
-        return self._mask(pos, self.cfg.local_window), self.rot(self.m.enc_layers, pos)
+    def _masks(self, pos: torch.Tensor, *windows: int) -> list[torch.Tensor]:
+        """[B, 1, L, S] additive causal masks over the whole static cache for queries at pos [B, L], one
+        per window (0: none): one gather each from the window's band (layers.causal_mask's rule)."""
+        at = (pos[..., None] + self.back)[:, None]  # index of the offset q - k
+        return [self.bands[w][at] for w in windows]
 
     def slot_kv(self, slots: torch.Tensor) -> torch.Tensor:
         """Decoder slots [B, P, k, d_local] -> every decoder layer's cross-attention keys and values
@@ -308,15 +314,14 @@ class StaticState:
         pos = t[:, None] + self.kpos[:L]  # [B, L]
         # entropy model: H_{u + 1} for every u, which the patch decisions after byte t need
         x = m.entropy.emb(self.ids.gather(1, pos))
-        x, r = self._layers(m.entropy.layers, self.ent_kv, x, self.rot(m.entropy.layers, pos), pos,
-                            self._mask(pos, m.entropy.cfg.window))
+        emask, local = self._masks(pos, m.entropy.cfg.window, self.cfg.local_window)
+        x, r = self._layers(m.entropy.layers, self.ent_kv, x, self.rot(m.entropy.layers), pos, emask)
         logits = _norm_proj(m.entropy.norm, x, r, m.entropy.head.weight)[1]
         self.ent.scatter_(1, pos + 1, entropy_of_logits(logits).float())
         # one byte: whether it opens a patch is in `signal` already (every step that moves t, cur,
         # forced or ids[t] sets it)
         opens = self.signal[:, 1:].bool() if L == 1 else self._opens(pos)
         self.olog.scatter_(1, pos, opens)
-        local = self._local(pos)
         h = self._encode(pos, local)
         rows = self.ncomp[:, None].expand(-1, L)  # table row each byte's decoder reads: p(u)
         if with_global:
@@ -352,8 +357,8 @@ class StaticState:
         idx = start[..., None] + self.kpos[:self.lmax]  # [B, P, lmax]
         g = self._pool(self.h[b[:, None, None], idx.clamp(max=self.T - 1)], idx < end[..., None])
         gpos = self.ncomp[:, None] + self.kpos[:P]
-        g, r = self._layers(m.global_layers, self.glob_kv, g, self.rot(m.global_layers, gpos), gpos,
-                            self._mask(gpos, 0))
+        g, r = self._layers(m.global_layers, self.glob_kv, g, self.rot(m.global_layers), gpos,
+                            self._masks(gpos, 0)[0])
         slots = _norm_proj(m.global_norm, g, r, m.slot_proj.weight)[1]  # m.slot_rows, norm fused
         self.table[b[:, None], gpos + 1] = self.slot_kv(slots.view(*slots.shape[:2], self.cfg.cross_k, -1))
 
@@ -406,7 +411,7 @@ class StaticState:
         k = self.keys[None, None]
         allow = (k < (t + size)[:, None, None]) & (pos[..., None] - k < self.cfg.local_window)
         mask = self._additive(allow[:, None])  # [B, 1, size, S]
-        x, r = self._layers(m.dec_layers, self.dec_kv, m.noisy_embed(noisy), self.rot(m.dec_layers, pos), pos,
+        x, r = self._layers(m.dec_layers, self.dec_kv, m.noisy_embed(noisy), self.rot(m.dec_layers), pos,
                             mask, self.table[b, self.ncomp])
         logits = _norm_proj(m.dec_norm, x, r, m.head.weight)[1].float() + self.forbid  # [B, size, 260]
         masked = noisy == MASK
@@ -421,24 +426,24 @@ class StaticState:
         self.nstep += masked.any(1)
         self.left.copy_((noisy == MASK).sum(1))
 
-    def _encode(self, pos: torch.Tensor, local) -> torch.Tensor:
+    def _encode(self, pos: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Local encoder over positions pos [B, L] (hash n-grams reach HASH_CONTEXT ids back, PAD
-        before byte 0) -> h [B, L, d_local], kept in `h` for pooling; local: `_local(pos)`."""
+        before byte 0) -> h [B, L, d_local], kept in `h` for pooling; mask: the local window's there."""
         m, L = self.m, pos.shape[1]
         e = m.embed
         full = self.pids.gather(1, pos[:, :1] + self.hctx[:HASH_CONTEXT + L])  # ids t - 8 .. t + L - 1
         x = kernels.hash_embedding(full, L, [n for _, n in e.keys], e.vocab, e.byte.weight, [w.weight for w in e.tables])
-        x, r = self._layers(m.enc_layers, self.enc_kv, x, local[1], pos, local[0])
+        x, r = self._layers(m.enc_layers, self.enc_kv, x, self.rot(m.enc_layers), pos, mask)
         h = x + r
         self.h[self.rows[:, None], pos] = h
         return h
 
-    def _decode(self, pos: torch.Tensor, h: torch.Tensor, slots: torch.Tensor, local) -> torch.Tensor:
+    def _decode(self, pos: torch.Tensor, h: torch.Tensor, slots: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Decoder over pos [B, L] from the encoder's h there, reading `slots` (table rows: one per
         byte, or one per row for the whole pass); keeps the greedy byte after each position in `pred`
         and the last logits; returns the greedy byte after the last one."""
         m, b = self.m, self.rows
-        x, r = self._layers(m.dec_layers, self.dec_kv, h, local[1], pos, local[0], slots)
+        x, r = self._layers(m.dec_layers, self.dec_kv, h, self.rot(m.dec_layers), pos, mask, slots)
         logits = _norm_proj(m.dec_norm, x, r, m.head.weight)[1]  # [B, L, 260]
         # waiting rows keep theirs (detached: an out= op takes no input that needs a gradient)
         torch.where(self.move[:, None], logits[:, -1].detach(), self.logits, out=self.logits)
@@ -451,7 +456,7 @@ class StaticState:
         newest global output (table row ncomp); writes the greedy byte to ids[dt + 1]. Its cache
         entries lie past t: the verifying `advance` rewrites them."""
         pos = self.dt[:, None]
-        local = self._local(pos)
+        local = self._masks(pos, self.cfg.local_window)[0]
         h = self._encode(pos, local)
         self.ids[self.rows, self.dt + 1] = self._decode(pos, h, self.table[self.rows, self.ncomp], local)
         self.dt += 1

@@ -128,8 +128,9 @@ def norm_qkv(x: torch.Tensor, norm_weight: torch.Tensor, eps: float, weight: tor
              residual: torch.Tensor | None, rot: torch.Tensor, pos: torch.Tensor, kv: torch.Tensor,
              rows: torch.Tensor):
     """Self-attention's input side in decoding: norm_linear's (s, query|key|value) with RoPE on the
-    queries and keys (rot [B, L, hd/2, 2]: cos, sin), the keys and values written into the cache
-    kv [2, B', H, S, hd] at rows [B] and positions pos [B, L]; returns (s, queries [B, H, L, hd]):
+    queries and keys at positions pos [B, L] (rot [T, hd/2, 2]: cos, sin of each position's
+    angles), the keys and values written into the cache kv [2, B', H, S, hd] at rows [B] and
+    positions pos; returns (s, queries [B, H, L, hd]):
     see norm_proj.norm_qkv_reference. Forward only, as norm_linear."""
     mod, fast = _pick("norm_proj", x, weight)
     fast = fast and _forward_only(x, norm_weight, weight, residual)

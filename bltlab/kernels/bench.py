@@ -148,7 +148,7 @@ def case_norm_qkv(s, dt, dev):
     x, r = (torch.randn(N, 1, d, device=dev).to(dt) for _ in range(2))
     g, w = torch.ones(d, device=dev).to(dt), (torch.randn(3 * d, d, device=dev) / d ** 0.5).to(dt)
     pos = torch.randint(0, T, (N, 1), device=dev)
-    rot = torch.randn(N, 1, hd // 2, 2, device=dev)
+    rot = torch.randn(T, hd // 2, 2, device=dev)  # angles' (cos, sin) by position
     kv, kv_ref = (torch.zeros(2, N, H, T, hd, device=dev).to(dt) for _ in range(2))
     rows, n = torch.arange(N, device=dev), x.element_size()
     moved = 6 * N * d * n + w.numel() * n  # read x, r, W; write x + r, queries, keys, values

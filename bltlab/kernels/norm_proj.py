@@ -45,10 +45,11 @@ def norm_linear_reference(x, norm_weight, eps: float, weight, residual=None, swi
 
 def norm_qkv_reference(x, norm_weight, eps: float, weight, residual, rot, pos, kv, rows):
     """norm_linear_reference's (s, q|k|v) for x [B, L, D], weight [3D, D]; then RoPE on the queries
-    and keys by rot [B, L, hd/2, 2] (cos, sin of each position's angles: layers.rope's), the keys
-    and values written to kv [2, B', H, S, hd] at cache row rows[b] [B], positions pos [B, L].
-    Returns (s, queries [B, H, L, hd], laid out [B, L, H, hd])."""
+    and keys at positions pos [B, L] (rot [T, hd/2, 2]: cos, sin of each position's angles, as
+    layers.rope computes them), the keys and values written to kv [2, B', H, S, hd] at cache row
+    rows[b] [B], positions pos. Returns (s, queries [B, H, L, hd], laid out [B, L, H, hd])."""
     s, y = norm_linear_reference(x, norm_weight, eps, weight, residual)
+    rot = rot[pos]  # [B, L, hd/2, 2]
     B, L, D = x.shape
     qkv = y.view(B, L, 3, kv.shape[2], kv.shape[-1])
     if torch.compiler.is_compiling():  # the real form, which the compiler fuses
@@ -132,7 +133,7 @@ def _norm_qkv_fwd(x_ptr, r_ptr, s_ptr, g_ptr, w_ptr, rot_ptr, pos_ptr, crow_ptr,
                   eps, s_kv, s_b, s_h, s_s, HAS_RES: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_O: tl.constexpr,
                   BLOCK_K: tl.constexpr, DOT_FP32: tl.constexpr):
     """Output pairs j (columns 2j, 2j + 1 of q|k|v) of rows n = b L + l: rotated (queries, keys) by
-    rot[n, (2j mod hd) / 2], stored to q[b, l, h] or the cache kv[part - 1, crow[b], h, pos[n]]."""
+    rot[pos[n], (2j mod hd) / 2], stored to q[b, l, h] or the cache kv[part - 1, crow[b], h, pos[n]]."""
     rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
     pairs = tl.program_id(1) * BLOCK_O + tl.arange(0, BLOCK_O)
     pm = pairs < 3 * D // 2
@@ -144,7 +145,8 @@ def _norm_qkv_fwd(x_ptr, r_ptr, s_ptr, g_ptr, w_ptr, rot_ptr, pos_ptr, crow_ptr,
     m = rm[:, None] & pm[None, :]
     col = 2 * pairs
     part, h, d = col // D, (col % D) // HD, col % HD  # [BLOCK_O]: 0 query, 1 key, 2 value
-    ang = rot_ptr + (rows[:, None] * (HD // 2) + (d // 2)[None, :]) * 2
+    pos = tl.load(pos_ptr + rows, mask=rm, other=0)
+    ang = rot_ptr + (pos[:, None] * (HD // 2) + (d // 2)[None, :]) * 2
     c = tl.load(ang, mask=m, other=1.0)
     sn = tl.load(ang + 1, mask=m, other=0.0)
     turn = (part < 2)[None, :]  # values are not rotated
@@ -155,7 +157,6 @@ def _norm_qkv_fwd(x_ptr, r_ptr, s_ptr, g_ptr, w_ptr, rot_ptr, pos_ptr, crow_ptr,
     tl.store(q, ye.to(q_ptr.dtype.element_ty), mask=qm)
     tl.store(q + 1, yo.to(q_ptr.dtype.element_ty), mask=qm)
     crow = tl.load(crow_ptr + rows // L, mask=rm, other=0)
-    pos = tl.load(pos_ptr + rows, mask=rm, other=0)
     c = kv_ptr + (tl.maximum(part - 1, 0) * s_kv + h * s_h + d)[None, :] + (crow * s_b + pos * s_s)[:, None]
     cm = m & (part > 0)[None, :]
     tl.store(c, ye.to(kv_ptr.dtype.element_ty), mask=cm)
@@ -197,7 +198,7 @@ def norm_qkv_triton(x, norm_weight, eps: float, weight, residual, rot, pos, kv, 
     """Like norm_qkv_reference (forward only): writes kv in place, returns (s, queries)."""
     B, L, D = x.shape
     H, hd = kv.shape[2], kv.shape[4]
-    if (weight.shape[0] != 3 * D or H * hd != D or hd % 2 or rot.shape != (B, L, hd // 2, 2)
+    if (weight.shape[0] != 3 * D or H * hd != D or hd % 2 or rot.shape[1:] != (hd // 2, 2)
             or pos.shape != (B, L) or rows.shape != (B,)):
         raise ValueError(f"norm_qkv: x {tuple(x.shape)}, weight {tuple(weight.shape)}, cache {tuple(kv.shape)}, "
                          f"angles {tuple(rot.shape)}, positions {tuple(pos.shape)} and rows {tuple(rows.shape)} "
