@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
+from tqdm import tqdm
 
 from bltlab import kernels
 from bltlab.checkpoint import SHIPPED, load_model
@@ -76,7 +77,7 @@ def main() -> None:
              "denoise(8)": lambda: (s.begin_block(False, 0.9), s.denoise(8, False))}
     rows = []
     with torch.no_grad():
-        for name, step in steps.items():
+        for name, step in tqdm(steps.items(), desc="steps", unit="step"):  # minutes: interpreted kernels
             row = {"step": name}
             saved = [x.clone() for x in s.live]
             for triton in (False, True):

@@ -181,18 +181,30 @@ def test_rms_norm(dev, dtype, N, D, residual):
         close(a, b, bwd if dtype == torch.bfloat16 else 1e-5, "rms grad")
 
 
+def residual_of(x, kind):
+    """None, a residual like x, or ("projected") one as (h, P) for h @ P.T, h 7 wider than x."""
+    if not kind:
+        return None
+    if kind is True:
+        return torch.randn_like(x)
+    D = x.shape[-1]
+    h = torch.randn(*x.shape[:-1], D + 7, device=x.device, dtype=x.dtype)
+    return h, (torch.randn(D, D + 7, device=x.device) / D ** 0.5).to(x.dtype)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("lead,D,out", [((1,), 32, 48), ((2, 9), 40, 33), ((17,), 24, 100), ((3,), 20, 8)])
-@pytest.mark.parametrize("residual", [False, True])
+@pytest.mark.parametrize("residual", [False, True, "projected"])
 @pytest.mark.parametrize("swiglu", [False, True])
 def test_norm_linear(dev, dtype, lead, D, out, residual, swiglu):
     """RMSNorm fused into its projection: rows past one block, outputs past several, D past one
-    chunk and not a power of two; both parts equal the unfused ops."""
+    chunk and not a power of two; the residual given or as a projection (h, P) of a width past
+    one chunk; both parts equal the unfused ops."""
     from bltlab.kernels import norm_proj as K
 
     torch.manual_seed(D * out)
     x = torch.randn(*lead, D, device=dev, dtype=dtype)
-    r = torch.randn(*lead, D, device=dev, dtype=dtype) if residual else None
+    r = residual_of(x, residual)
     g = (1 + 0.3 * torch.randn(D, device=dev)).to(dtype)
     w = (torch.randn(2 * out if swiglu else out, D, device=dev) / D ** 0.5).to(dtype)
     got, want = K.norm_linear_triton(x, g, 1e-5, w, r, swiglu), K.norm_linear_reference(x, g, 1e-5, w, r, swiglu)
@@ -216,11 +228,17 @@ def test_norm_linear_dispatch(dev):
         assert y.requires_grad  # the reference ran: the kernel has no backward
         with pytest.raises(ValueError, match="do not fit"):
             K.norm_linear_triton(x, g, 1e-5, torch.randn(20, 15, device=dev))
+        h = torch.randn(3, 9, device=dev, requires_grad=True)  # a projected residual needing a gradient
+        _, y = kernels.norm_linear(x, g, 1e-5, w.detach(), (h, torch.randn(16, 9, device=dev)))
+        assert y.requires_grad
+        for P in (torch.randn(15, 9, device=dev), torch.randn(16, 8, device=dev)):  # P [D, FP] fits neither
+            with pytest.raises(ValueError, match="do not fit"):
+                K.norm_linear_triton(x, g, 1e-5, w.detach(), (h.detach(), P))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("B,L,H,hd", [(1, 1, 2, 8), (2, 9, 3, 6), (3, 2, 4, 10)])
-@pytest.mark.parametrize("residual", [False, True])
+@pytest.mark.parametrize("residual", [False, True, "projected"])
 def test_norm_qkv(dev, dtype, B, L, H, hd, residual):
     """q|k|v with RoPE and the cache write in the epilogue: rows past one block, pairs past
     several, heads whose size is no power of two, cache rows out of order; the queries, the sum
@@ -229,7 +247,7 @@ def test_norm_qkv(dev, dtype, B, L, H, hd, residual):
 
     torch.manual_seed(B * L * H)
     D, S = H * hd, 24
-    x, r = (torch.randn(B, L, D, device=dev, dtype=dtype) for _ in range(2))
+    x = torch.randn(B, L, D, device=dev, dtype=dtype)
     g = (1 + 0.3 * torch.randn(D, device=dev)).to(dtype)
     w = (torch.randn(3 * D, D, device=dev) / D ** 0.5).to(dtype)
     pos = torch.randint(0, S - L, (B, 1), device=dev) + torch.arange(L, device=dev)
@@ -239,7 +257,7 @@ def test_norm_qkv(dev, dtype, B, L, H, hd, residual):
     rows = torch.arange(B, device=dev).flip(0) + 1  # cache rows: B + 1 of them, the first unused
     kv = torch.randn(2, B + 1, H, S, hd, device=dev).to(dtype)
     kv_ref = kv.clone()
-    r = r if residual else None
+    r = residual_of(x, residual)
     got = K.norm_qkv_triton(x, g, 1e-5, w, r, rot, pos, kv, rows)
     want = K.norm_qkv_reference(x, g, 1e-5, w, r, rot, pos, kv_ref, rows)
     for a, b, what in zip((*got, kv), (*want, kv_ref), ("sum", "queries", "cache")):

@@ -75,24 +75,38 @@ def _weights_version(model: BLT) -> tuple:
     return tuple((p.data_ptr(), p._version) for p in model.parameters())
 
 
-def _attend_slots(c, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+# A projection left to the next norm's kernel (`kernels.norm_linear`'s residual (h, W)) is read
+# whole, twice, by every program of that kernel, from L2 at about 110 GB/s per SM on an H100: worth
+# it while that costs less than the ~3 us launch it saves. A first estimate, not a measurement:
+# bench-kernels' norm_linear_proj case times the fused kernel against the two launches.
+LATER_MAX_BYTES = 128 * 1024
+
+
+def _project_later(h: torch.Tensor, W: torch.Tensor):
+    """h @ W.T, as (h, W) for the next norm's kernel to compute when W is small enough, else now."""
+    return (h, W) if W.numel() * W.element_size() <= LATER_MAX_BYTES else F.linear(h, W)
+
+
+def _attend_slots(c, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
     """SlotCrossAttention on projected queries q [B, L, D], with the slots' keys and values
     [B', H, k, hd] already projected (`StaticState.slot_kv`): one slot set per query (B' = B L)
-    or one per row for the whole pass (B' = B)."""
+    or one per row for the whole pass (B' = B). Returns its output as `_project_later` does."""
     B, L, D = q.shape
     o = F.scaled_dot_product_attention(q.view(k.shape[0], -1, c.heads, D // c.heads).transpose(1, 2), k, v)
-    return c.wo(o.transpose(1, 2).reshape(B, L, D))
+    return _project_later(o.transpose(1, 2).reshape(B, L, D), c.wo.weight)
 
 
-def _norm_proj(norm, x: torch.Tensor, r: torch.Tensor | None, weight: torch.Tensor, swiglu: bool = False):
-    """(x + r, the projection `weight` of norm(x + r)), r None meaning 0: the residual add, the norm
-    and the projection (with `swiglu`, its activation too) in one kernel on the Triton path."""
+def _norm_proj(norm, x: torch.Tensor, r, weight: torch.Tensor, swiglu: bool = False):
+    """(x + r, the projection `weight` of norm(x + r)), r None meaning 0 or (h, W) meaning h @ W.T
+    (`_project_later`): the residual (or the projection giving it), the norm and the projection
+    (with `swiglu`, its activation too) in one kernel on the Triton path."""
     return kernels.norm_linear(x, norm.weight, norm.eps, weight, r, swiglu)
 
 
 def _block(layer: Block, w, x, r, rot, kv, at, mask, rows, slots=None):
-    """One layer over L new positions per row, on input x + r ([B, L, D] each, r None or the previous
-    layer's last branch, left for this layer's first norm to add); returns its output the same way.
+    """One layer over L new positions per row, on input x + r (x [B, L, D]; r None or the previous
+    layer's last branch, as `_project_later` gives it, left for this layer's first norm's kernel to
+    add); returns its output the same way.
     w: `_fused(model)[id(layer)]`, rot: RoPE's (cos, sin) by position (`StaticState.rot`), kv:
     [2, B, H, S, hd] static cache (keys, values) written at indices `at` [B, L], mask: [B, 1, L, S]
     float (0 or -inf), slots: (keys, values) for a cross-attending layer (`_attend_slots`)."""
@@ -103,8 +117,9 @@ def _block(layer: Block, w, x, r, rot, kv, at, mask, rows, slots=None):
     norm = layer.attn_norm  # q|k|v, RoPE and the cache write in one kernel on the Triton path
     x, q = kernels.norm_qkv(x, norm.weight, norm.eps, w[0], r, rot, at, kv, rows)  # q: [B, H, L, hd]
     o = F.scaled_dot_product_attention(q, kv[0], kv[1], attn_mask=mask)
-    x, h = _norm_proj(layer.ffn_norm, x, layer.attn.wo(o.transpose(1, 2).reshape(B, L, D)), w[1], swiglu=True)
-    return x, layer.ffn.w2(h)  # h: silu(gate) * up, [B, L, F]
+    o = o.transpose(1, 2).reshape(B, L, D)  # a view: q's layout is [B, L, H, hd], and so is o's
+    x, h = _norm_proj(layer.ffn_norm, x, _project_later(o, layer.attn.wo.weight), w[1], swiglu=True)
+    return x, _project_later(h, layer.ffn.w2.weight)  # h: silu(gate) * up, [B, L, F]
 
 
 def unmask_rule(logits: torch.Tensor, masked: torch.Tensor, knob: torch.Tensor,
@@ -298,7 +313,7 @@ class StaticState:
     def _layers(self, layers, caches, x, rot, pos, mask, slots=None):
         """x through `layers` at positions pos [B, L] (their caches written there); slots: the decoder's
         table rows [B or B L, layers, 2, H, k, hd] (`_attend_slots`). Returns the output as a pair
-        (x, r) whose sum it is (`_block`): the next norm adds them."""
+        (x, r) whose sum it is, r as `_project_later` gives it: the next norm's kernel adds it."""
         r = None
         for i, (layer, kv) in enumerate(zip(layers, caches)):
             x, r = _block(layer, self.fused[id(layer)], x, r, rot, kv, pos, mask, self.rows,
@@ -434,7 +449,7 @@ class StaticState:
         full = self.pids.gather(1, pos[:, :1] + self.hctx[:HASH_CONTEXT + L])  # ids t - 8 .. t + L - 1
         x = kernels.hash_embedding(full, L, [n for _, n in e.keys], e.vocab, e.byte.weight, [w.weight for w in e.tables])
         x, r = self._layers(m.enc_layers, self.enc_kv, x, self.rot(m.enc_layers), pos, mask)
-        h = x + r
+        h = x + (F.linear(*r) if isinstance(r, tuple) else r)
         self.h[self.rows[:, None], pos] = h
         return h
 

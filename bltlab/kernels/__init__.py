@@ -101,9 +101,11 @@ def _pick(name: str, *tensors: torch.Tensor):
     return _module(name, fast and not tensors[0].is_cuda), fast
 
 
-def _forward_only(*tensors: torch.Tensor | None) -> bool:
-    """Whether a forward-only kernel may take these: no gradient is asked of them."""
-    return not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors))
+def _forward_only(*tensors) -> bool:
+    """Whether a forward-only kernel may take these (tensors, None or tuples of tensors): no gradient
+    is asked of them."""
+    flat = [u for t in tensors for u in (t if isinstance(t, tuple) else (t,)) if u is not None]
+    return not (torch.is_grad_enabled() and any(t.requires_grad for t in flat))
 
 
 # ---- the ops the library calls --------------------------------------------------------------
@@ -114,10 +116,11 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.
 
 
 def norm_linear(x: torch.Tensor, norm_weight: torch.Tensor, eps: float, weight: torch.Tensor,
-                residual: torch.Tensor | None = None, swiglu: bool = False):
+                residual: torch.Tensor | tuple | None = None, swiglu: bool = False):
     """(x + residual or x, the projection `weight` of its RMSNorm; with swiglu, silu(gate) * up of
-    weight = [gate; up]): see norm_proj.norm_linear_reference. The kernel is forward only, so
-    a call that needs a gradient goes to the reference."""
+    weight = [gate; up]): see norm_proj.norm_linear_reference. residual: a tensor like x, or (h, P)
+    for h @ P.T, computed inside the kernel. The kernel is forward only, so a call that needs a
+    gradient goes to the reference."""
     mod, fast = _pick("norm_proj", x, weight)
     fast = fast and _forward_only(x, norm_weight, weight, residual)
     fn = mod.norm_linear_triton if fast else mod.norm_linear_reference
@@ -125,7 +128,7 @@ def norm_linear(x: torch.Tensor, norm_weight: torch.Tensor, eps: float, weight: 
 
 
 def norm_qkv(x: torch.Tensor, norm_weight: torch.Tensor, eps: float, weight: torch.Tensor,
-             residual: torch.Tensor | None, rot: torch.Tensor, pos: torch.Tensor, kv: torch.Tensor,
+             residual: torch.Tensor | tuple | None, rot: torch.Tensor, pos: torch.Tensor, kv: torch.Tensor,
              rows: torch.Tensor):
     """Self-attention's input side in decoding: norm_linear's (s, query|key|value) with RoPE on the
     queries and keys at positions pos [B, L] (rot [T, hd/2, 2]: cos, sin of each position's

@@ -141,6 +141,18 @@ def case_norm_linear(s, dt, dev):
             lambda: norm_proj.norm_linear_reference(x, g, 1e-5, w, r, True), moved, False)
 
 
+def case_norm_linear_proj(s, dt, dev):
+    from . import norm_proj
+    N, d, F = s["B"], s["d"], s["hidden"]  # as norm_linear, the residual given as the SwiGLU's down
+    x, h = torch.randn(N, d, device=dev).to(dt), torch.randn(N, F, device=dev).to(dt)  # projection h @ P.T
+    g, P = torch.ones(d, device=dev).to(dt), (torch.randn(d, F, device=dev) / F ** 0.5).to(dt)
+    w = (torch.randn(2 * F, d, device=dev) / d ** 0.5).to(dt)
+    n = x.element_size()
+    moved = 2 * N * d * n + N * F * n + P.numel() * n + w.numel() * n + N * F * n  # x, h, P, W; x + h P^T, y
+    return (lambda: norm_proj.norm_linear_triton(x, g, 1e-5, w, (h, P), True),
+            lambda: norm_proj.norm_linear_reference(x, g, 1e-5, w, (h, P), True), moved, False)
+
+
 def case_norm_qkv(s, dt, dev):
     from . import norm_proj
     N, d, H, T = s["B"], s["d"], s["heads"], s["T"]  # one byte of each of B rows, caches of T positions
@@ -199,7 +211,8 @@ def case_attention(s, dt, dev):
 
 
 KERNELS = {"entropy": case_entropy, "rms_norm": case_rms_norm, "swiglu": case_swiglu, "norm_linear": case_norm_linear,
-           "norm_qkv": case_norm_qkv, "hash_embed": case_hash_embed, "patch_max": case_patch_max, "attention": case_attention}
+           "norm_linear_proj": case_norm_linear_proj, "norm_qkv": case_norm_qkv, "hash_embed": case_hash_embed,
+           "patch_max": case_patch_max, "attention": case_attention}
 
 
 def _ratio(ref_ms: float | None, fast_ms: float | None) -> float | None:

@@ -27,15 +27,16 @@ def specs(dt: str, head_dims=(32, 64, 128)):
                                                          eps=F32), dict(HAS_RES=res, BLOCK=128)),
                 (f"rms_bwd res={res}", N._rms_bwd, dict(s_ptr=p, gy_ptr=f, gs_in_ptr=p, w_ptr=f, rstd_ptr=f, gs_ptr=f,
                                                          gw_ptr=f, N=I32, D=I32), dict(HAS_GS=res, BLOCK=128))]
-    for res in (False, True):
+    for res, pre in ((False, False), (True, False), (True, True)):  # PRE: the residual is h @ P.T
+        flags = dict(HAS_RES=res, PRE=pre, BLOCK_R=16, BLOCK_O=32, BLOCK_K=64, DOT_FP32=dt == "fp32")
         for act in (False, True):
-            out.append((f"norm_linear res={res} swiglu={act}", NP._norm_linear_fwd,
-                        dict(x_ptr=p, r_ptr=p, s_ptr=p, g_ptr=p, w_ptr=p, y_ptr=p, N=I32, D=I32, OUT=I32, eps=F32),
-                        dict(HAS_RES=res, SWIGLU=act, BLOCK_R=16, BLOCK_O=32, BLOCK_K=64, DOT_FP32=dt == "fp32")))
-        out.append((f"norm_qkv res={res}", NP._norm_qkv_fwd,
-                    dict(x_ptr=p, r_ptr=p, s_ptr=p, g_ptr=p, w_ptr=p, rot_ptr=f, pos_ptr=I64P, crow_ptr=I64P, q_ptr=p,
-                         kv_ptr=p, N=I32, L=I32, D=I32, HD=I32, eps=F32, s_kv=I32, s_b=I32, s_h=I32, s_s=I32),
-                    dict(HAS_RES=res, BLOCK_R=16, BLOCK_O=32, BLOCK_K=64, DOT_FP32=dt == "fp32")))
+            out.append((f"norm_linear res={res} pre={pre} swiglu={act}", NP._norm_linear_fwd,
+                        dict(x_ptr=p, r_ptr=p, p_ptr=p, s_ptr=p, g_ptr=p, w_ptr=p, y_ptr=p, N=I32, D=I32, FP=I32,
+                             OUT=I32, eps=F32), dict(SWIGLU=act, **flags)))
+        out.append((f"norm_qkv res={res} pre={pre}", NP._norm_qkv_fwd,
+                    dict(x_ptr=p, r_ptr=p, p_ptr=p, s_ptr=p, g_ptr=p, w_ptr=p, rot_ptr=f, pos_ptr=I64P, crow_ptr=I64P,
+                         q_ptr=p, kv_ptr=p, N=I32, L=I32, D=I32, FP=I32, HD=I32, eps=F32, s_kv=I32, s_b=I32, s_h=I32,
+                         s_s=I32), flags))
     rows = dict(n=I32, W=I32, sa=I32, sb=I32)  # a and b read as rows of width W at row strides sa, sb
     out += [("swiglu_fwd", N._swiglu_fwd, dict(a_ptr=p, b_ptr=p, y_ptr=p, **rows), dict(BLOCK=1024)),
             ("swiglu_bwd", N._swiglu_bwd, dict(a_ptr=p, b_ptr=p, g_ptr=p, ga_ptr=p, gb_ptr=p, **rows), dict(BLOCK=1024)),
@@ -87,7 +88,7 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     rows = check(args.arch, ("bf16",) if args.quick else ("fp32", "bf16"), (32,) if args.quick else (32, 64, 128))
     for r in rows:
-        print(f"{'OK  ' if r['ok'] else 'FAIL'} {r['kernel']:<22} {r['dtype']:<5} "
+        print(f"{'OK  ' if r['ok'] else 'FAIL'} {r['kernel']:<40} {r['dtype']:<5} "
               + (f"{r['seconds']:>5.1f}s shared {r['shared_bytes']} B" if r["ok"] else r["error"]))
     bad = sum(not r["ok"] for r in rows)
     print(f"{len(rows) - bad}/{len(rows)} kernels compiled for sm_{args.arch}")
