@@ -71,6 +71,14 @@ def norm_qkv_reference(x, norm_weight, eps: float, weight, residual, rot, pos, k
 
 # ---- kernels ---------------------------------------------------------------------------------
 @triton.jit
+def _mm(a, b, DOT_FP32: tl.constexpr):
+    """a @ b.T with an fp32 accumulator; with DOT_FP32, both operands in fp32 first."""
+    if DOT_FP32:
+        a, b = a.to(tl.float32), b.to(tl.float32)
+    return _dot(a, tl.trans(b), DOT_FP32)
+
+
+@triton.jit
 def _sum(x_ptr, r_ptr, p_ptr, rows, ks, rm, D, FP, HAS_RES: tl.constexpr, PRE: tl.constexpr, BLOCK_R: tl.constexpr,
          BLOCK_K: tl.constexpr, DOT_FP32: tl.constexpr):
     """s = x + r on a [BLOCK_R, BLOCK_K] tile (columns ks), rounded to x's dtype as the unfused add
@@ -85,9 +93,7 @@ def _sum(x_ptr, r_ptr, p_ptr, rows, ks, rm, D, FP, HAS_RES: tl.constexpr, PRE: t
                 fm = (fs < FP)[None, :]
                 h = tl.load(r_ptr + rows[:, None] * FP + fs[None, :], mask=rm[:, None] & fm, other=0.0)
                 pw = tl.load(p_ptr + ks[:, None] * FP + fs[None, :], mask=(ks < D)[:, None] & fm, other=0.0)
-                if DOT_FP32:
-                    h, pw = h.to(tl.float32), pw.to(tl.float32)
-                r += _dot(h, tl.trans(pw), DOT_FP32)
+                r += _mm(h, pw, DOT_FP32)
             r = r.to(x_ptr.dtype.element_ty).to(tl.float32)
         else:
             r = tl.load(r_ptr + rows[:, None] * D + ks[None, :], mask=m, other=0.0).to(tl.float32)
@@ -122,14 +128,9 @@ def _norm_proj2(x_ptr, r_ptr, p_ptr, s_ptr, g_ptr, w_ptr, rows, outs_a, outs_b, 
         n = ((s * rstd[:, None]).to(x_ptr.dtype.element_ty).to(tl.float32) * g[None, :]).to(w_ptr.dtype.element_ty)
         wm = om[:, None] & km
         w = tl.load(w_ptr + outs_a[:, None] * D + ks[None, :], mask=wm, other=0.0)
-        if DOT_FP32:
-            n, w = n.to(tl.float32), w.to(tl.float32)
-        acc_a += _dot(n, tl.trans(w), DOT_FP32)
+        acc_a += _mm(n, w, DOT_FP32)
         if TWO:
-            u = tl.load(w_ptr + outs_b[:, None] * D + ks[None, :], mask=wm, other=0.0)
-            if DOT_FP32:
-                u = u.to(tl.float32)
-            acc_b += _dot(n, tl.trans(u), DOT_FP32)
+            acc_b += _mm(n, tl.load(w_ptr + outs_b[:, None] * D + ks[None, :], mask=wm, other=0.0), DOT_FP32)
     return acc_a, acc_b
 
 
