@@ -35,6 +35,11 @@ def varied_prompts(n: int = 52) -> list:
 PROMPTS = varied_prompts()
 
 
+def own_reads(g) -> dict:
+    """A generation's per-sequence cost counters (a batch row's own, not shared with the batch)."""
+    return {k: g.counters[k] for k in ("kv_read", "hash_rows")}
+
+
 def test_cached_blt_equals_no_cache_reference(model):
     for p in PROMPTS:
         ref = generate_reference(model, p, 16)
@@ -199,6 +204,7 @@ def test_batch_equals_one_row_at_a_time(model, mode, kw):
     batch = generate_batch(model, prompts, mode, max_bytes=14, stop=stop, **kw)
     assert [g.output for g in batch] == [g.output for g in single]
     assert [g.stop_reason for g in batch] == [g.stop_reason for g in single]
+    assert [own_reads(g) for g in batch] == [own_reads(g) for g in single]  # each row's KV-cache and hash reads
     assert len({len(g.output) for g in batch}) > 1  # rows really stopped at different points
     assert batch[0].counters["batch"] == 10
 

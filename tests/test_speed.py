@@ -28,10 +28,10 @@ def test_rows_roofline_and_hf_baselines(tiny):
         assert r["x_hf_blt"] > 0 and r["x_hf_llama"] > 0
     batch1, batch2 = res["rows"][0], res["rows"][3]
     assert batch2["counters"]["n_dec"] < batch1["counters"]["n_dec"]  # one batched pass serves both rows
-    # a batch counts its passes' weights, the local encoder's too (one per pushed pass), not per-row reads
-    assert [r["reads"] for r in res["rows"]] == ["full"] * 3 + ["weights"] * 2
-    assert batch2["counters"]["n_loc"] == batch2["counters"]["n_ent"] >= 1 and batch2["counters"]["kv_read"] == 0
-    assert format_table(res).count("*") == 2 + 1  # the two batch rows and the footnote
+    # a batch counts its passes' weights once (the local encoder's: one per pushed pass) and every
+    # row's own KV-cache and hash reads: those of its prompt alone
+    assert batch2["counters"]["n_loc"] == batch2["counters"]["n_ent"] >= 1
+    assert all(batch2["counters"][k] == batch1["counters"][k] > 0 for k in ("kv_read", "hash_rows"))
     assert res["hf"]["hf_blt"]["use_cache"] is False and res["hf"]["hf_blt"]["params"] > 0
     assert "× HF BLT" in format_table(res)
 

@@ -16,7 +16,7 @@ from bltlab.decode.static import StaticState, static_state, unmask_rule
 from bltlab.entropy import entropy_of_logits
 from bltlab.model import BLT
 from bltlab.tokens import OFFSET, encode
-from test_decode import PROMPTS
+from test_decode import PROMPTS, own_reads
 
 
 def tiny(patch: PatchConfig | None = None, **kw) -> BLT:
@@ -286,8 +286,10 @@ def test_batch_static_only_modes_equal_one_prompt_at_a_time(sharp, mode, kw):
         kw["stop"] = generate(sharp, prompts[0], mode, max_bytes=40, engine="eager").output[6:8]
     alone = [generate(sharp, p, mode, engine="eager", **kw) for p in prompts]
     batch = generate_batch(sharp, prompts, mode, **kw)  # auto: the static engine
-    assert [(g.output, g.stop_reason) for g in batch] == [(g.output, g.stop_reason) for g in alone]
-    assert all(g.counters["batch"] == 7 and g.counters == batch[0].counters | {"bytes": len(g.output)} for g in batch)
+    assert [(g.output, g.stop_reason, own_reads(g)) for g in batch] == \
+           [(g.output, g.stop_reason, own_reads(g)) for g in alone]
+    assert all(g.counters["batch"] == 7 and g.counters == batch[0].counters | {"bytes": len(g.output)} | own_reads(g)
+               for g in batch)
     if kw["max_bytes"] > 1:
         assert len({g.counters["bytes"] for g in alone}) > 1 or "stop" not in kw
         assert batch[0].counters["n_dec"] < sum(g.counters["n_dec"] for g in alone)  # passes shared by rows

@@ -4,7 +4,8 @@ every other mode too: static_modes.py).
 Each row keeps its own exact `SeqState` (patches, slot table, global cache: per-patch work
 stays per row); the per-byte passes (entropy model, local encoder, decoder) and the
 denoising passes run once for all active rows, with each row's KV cache padded to the
-longest and masked. Counters count batched passes: one pass serves every active row.
+longest and masked. Pass counters count batched passes: one pass serves every active row; each
+row's cost counters (KV-cache elements read, hash rows) count what its own passes read, unpadded.
 """
 from __future__ import annotations
 
@@ -13,9 +14,9 @@ import torch.nn.functional as F
 
 from ..entropy import entropy_of_logits
 from ..model import BLT
-from ..tokens import MASK, ids_to_bytes
+from ..tokens import MASK
 from .common import (BATCH_MODES, STATIC_BATCH_MODES, Generation, Sampler, Stopper, batch_counters, check_request,
-                     count_push, mode_size)
+                     count_push, finish_batch, mode_size)
 from .diffusion import check_knobs, choose_unmask
 from .state import HASH_CONTEXT, SeqState
 from .static_modes import (generate_static_batch, generate_static_batch_diffusion, generate_static_batch_hybrid,
@@ -27,12 +28,17 @@ def _pad(ts: list[torch.Tensor], S: int) -> torch.Tensor:
     return torch.cat([F.pad(t, (0, 0, 0, S - t.shape[2])) for t in ts])
 
 
-def run_rows(layers, x: torch.Tensor, pos: torch.Tensor, caches: list[list], window: int, slots=None,
-             causal: bool = True, extend: bool = True) -> torch.Tensor:
-    """Layers over L new positions of B rows whose caches differ in length. x: [B, L, d], pos: [B, L].
-    New keys are causal among themselves (or all visible with causal=False, a diffusion block)."""
+def run_rows(layers, x: torch.Tensor, pos: torch.Tensor, rows: list[SeqState], cache: str, window: int,
+             slots=None, causal: bool = True, extend: bool = True) -> torch.Tensor:
+    """Layers over L new positions of B rows whose caches (attribute `cache` of each row) differ in
+    length. x: [B, L, d], pos: [B, L]. New keys are causal among themselves (or all visible with
+    causal=False, a diffusion block). Adds each row's own KV-cache reads to its stats."""
     B, L = pos.shape
-    lens = torch.tensor([c[0][0].shape[2] if c else 0 for c in caches], device=x.device)
+    caches = [getattr(st, cache) for st in rows]
+    n0 = [c[0][0].shape[2] if c else 0 for c in caches]
+    for st, n in zip(rows, n0):
+        st.stats["kv_read"] += 2 * len(layers) * min(n, window) * x.shape[-1]
+    lens = torch.tensor(n0, device=x.device)
     S = int(lens.max())
     j = torch.arange(S, device=x.device)
     old = (j[None, None, :] < lens[:, None, None]) & (pos[:, :, None] - j[None, None, :] < window)  # [B, L, S]
@@ -59,11 +65,11 @@ def push_rows(m: BLT, rows: list[SeqState], new_ids: list[list[int]], counters: 
     new = torch.tensor(new_ids, dtype=torch.long, device=dev)
     B, L = new.shape
     pos = torch.stack([torch.arange(len(st), len(st) + L, device=dev) for st in rows])
-    x = run_rows(m.entropy.layers, m.entropy.emb(new), pos, [st.ent_cache for st in rows], 1 << 30)
+    x = run_rows(m.entropy.layers, m.entropy.emb(new), pos, rows, "ent_cache", 1 << 30)
     ent = entropy_of_logits(m.entropy.head(m.entropy.norm(x)))
     emb = torch.cat([m.embed(new[b:b + 1], torch.tensor([st.ids[-HASH_CONTEXT:]], device=dev))
                      for b, st in enumerate(rows)])
-    h = run_rows(m.enc_layers, emb, pos, [st.enc_cache for st in rows], m.cfg.local_window)
+    h = run_rows(m.enc_layers, emb, pos, rows, "enc_cache", m.cfg.local_window)
     slots, n_glob = [], 0
     for b, st in enumerate(rows):
         st.ent += ent[b].tolist()
@@ -71,7 +77,8 @@ def push_rows(m: BLT, rows: list[SeqState], new_ids: list[list[int]], counters: 
         n_glob += n
         slots.append(st.table[:, table_rows])
         st.stats["n_loc"] += 1
-    x = run_rows(m.dec_layers, h, pos, [st.dec_cache for st in rows], m.cfg.local_window, slots=torch.cat(slots))
+        st.stats["hash_rows"] += L * (1 + len(m.embed.tables))
+    x = run_rows(m.dec_layers, h, pos, rows, "dec_cache", m.cfg.local_window, slots=torch.cat(slots))
     logits = m.head(m.dec_norm(x))
     for b, st in enumerate(rows):
         st.last_logits = logits[b, -1]
@@ -87,8 +94,8 @@ def block_rows(m: BLT, rows: list[SeqState], noisy: list[list[int]]) -> torch.Te
     L = x.shape[1]
     pos = torch.stack([torch.arange(len(st), len(st) + L, device=dev) for st in rows])
     slots = torch.cat([st.table[:, -1:].expand(1, L, -1, -1) for st in rows])
-    x = run_rows(m.dec_layers, x, pos, [st.dec_cache for st in rows], m.cfg.local_window, slots=slots,
-                 causal=False, extend=False)
+    x = run_rows(m.dec_layers, x, pos, rows, "dec_cache", m.cfg.local_window, slots=slots, causal=False,
+                 extend=False)
     return m.head(m.dec_norm(x))
 
 
@@ -98,9 +105,9 @@ def generate_batch(model: BLT, prompts: list[str | bytes], mode: str = "blt", ma
                    eta: float = 1.0, block: int = 8, engine: str = "auto") -> list[Generation]:
     """Generate for several prompts at once with `blt` or `blt-d4/8/16`, and on the static engine
     with `blt-s8/16`, `blt-dv4/8/16` and `blt-h` too (eta, block: the hybrid's knobs); one
-    Generation per prompt (each carries the batch's shared pass counters). `engine` as in
-    `generate`: the static engine replays one CUDA graph per step for all rows (static_modes.py);
-    "auto" takes it for the modes that batch only there."""
+    Generation per prompt (each carries the batch's shared pass counters and its own KV-cache
+    and hash reads). `engine` as in `generate`: the static engine replays one CUDA graph per step
+    for all rows (static_modes.py); "auto" takes it for the modes that batch only there."""
     if mode not in BATCH_MODES + STATIC_BATCH_MODES:
         raise ValueError(f"batched generation supports {', '.join(BATCH_MODES + STATIC_BATCH_MODES)}, got {mode!r}")
     if not prompts:
@@ -157,6 +164,4 @@ def generate_batch(model: BLT, prompts: list[str | bytes], mode: str = "blt", ma
         for size in sorted({len(noisy[b]) for b in active}):
             group = [b for b in active if len(noisy[b]) == size]
             push_rows(model, [rows[b] for b in group], [noisy[b] for b in group], counters)
-    return [Generation(mode, ids_to_bytes(ids), bytes(s.out), s.reason,
-                       {**counters, "batch": len(prompts), "bytes": len(s.out)}, [])
-            for ids, s in zip(prompt_ids, stoppers)]
+    return finish_batch(mode, prompt_ids, stoppers, counters, [st.stats for st in rows])

@@ -142,8 +142,8 @@ def new_counters() -> dict:
 
 def batch_counters() -> dict:
     """A batch's shared pass counters after its prefill, counted as one batched pass of every part
-    (however ragged the prompts); `n_loc` counts batched local-encoder passes. A batch has no
-    per-row cost counters (KV-cache elements, hash rows)."""
+    (however ragged the prompts); `n_loc` counts batched local-encoder passes. Each row's cost
+    counters (KV-cache elements, hash rows) are its own: `finish_batch`."""
     return {"n_dec": 1, "n_enc": 1, "n_ent": 1, "n_loc": 1}
 
 
@@ -159,6 +159,17 @@ def finish(mode: str, prompt_ids: list[int], stopper: "Stopper", counters: dict,
     """Package a finished generation; `stats` are the state's extra cost counters."""
     return Generation(mode, ids_to_bytes(prompt_ids), bytes(stopper.out), stopper.reason,
                       {**counters, **stats, "bytes": len(stopper.out)}, trace)
+
+
+def finish_batch(mode: str, prompt_ids: list[list[int]], stoppers: list["Stopper"], counters: dict,
+                 row_stats: list[dict]) -> list[Generation]:
+    """Package a finished batch, a Generation per row: the batch's shared pass counters and the
+    row's own KV-cache and hash reads (`row_stats`: a SeqState's stats per row), which are what
+    that prompt's passes read alone."""
+    return [Generation(mode, ids_to_bytes(ids), bytes(stp.out), stp.reason,
+                       {**counters, "kv_read": st["kv_read"], "hash_rows": st["hash_rows"],
+                        "batch": len(prompt_ids), "bytes": len(stp.out)}, [])
+            for ids, stp, st in zip(prompt_ids, stoppers, row_stats)]
 
 
 class Stopper:

@@ -12,35 +12,22 @@ import torch
 
 from ..entropy import entropy_of_logits
 from ..model import BLT
-from ..tokens import EOS, OFFSET, ids_to_bytes
-from .common import MODES, Generation, Stopper, batch_counters, check_request, count_push, finish, mode_size
+from ..tokens import EOS, OFFSET
+from .common import (MODES, Generation, Stopper, batch_counters, check_request, count_push, finish, finish_batch,
+                     mode_size)
 from .diffusion import check_knobs
 from .hybrid import check_hybrid
 from .static import StaticState, static_state
 
 
-class _Request:
-    """One prompt on the static engine (batch 1): prefilled in one pass, with the counters, cost
-    stats and trace that the eager decoders' SeqState would have."""
+class _Cost:
+    """SeqState's cost counters (state.py) for one row of a static state, step by step: local
+    passes, KV-cache elements read and hash rows, from the row's position n and finished patches."""
 
-    def __init__(self, model: BLT, prompt: str | bytes, max_bytes: int, stop: str | bytes | None, compiled: bool):
-        self.cfg, self.n_tables = model.cfg, len(model.embed.tables)
-        self.ids = check_request(prompt, max_bytes, model.cfg.max_bytes)
-        self.s = s = static_state(model, 1, compiled)
-        s.prefill([self.ids])
-        self.n = n = len(self.ids)  # bytes taken: the state's t
-        starts, ent = s.olog[0, :n].tolist(), s.ent[0, :n].tolist()
-        self.ncomp = sum(starts) - 1  # patches in the slot table
-        self.counters = {"n_dec": 1, "n_enc": int(self.ncomp > 0), "n_ent": 1}
-        self.stats = {"n_loc": 1, "kv_read": 0, "hash_rows": n * (1 + self.n_tables)}
-        self.trace = [{"type": "prefill", "bytes": n - 1, "patch_starts": [i for i, x in enumerate(starts) if x],
-                       "entropy": [round(h, 4) for h in ent], "counters": self.snapshot()}]
-        self.stopper = Stopper(max_bytes, stop)
+    def __init__(self, model: BLT, n: int, ncomp: int):
+        self.cfg, self.n_tables, self.n, self.ncomp = model.cfg, len(model.embed.tables), n, ncomp
+        self.stats = {"n_loc": 1, "kv_read": 0, "hash_rows": n * (1 + self.n_tables)}  # the prefill
 
-    def snapshot(self) -> dict:
-        return {**self.counters, **self.stats}
-
-    # SeqState's cost counters (state.py), step by step
     def _kv(self, layers: int, keys: int, dim: int) -> None:
         self.stats["kv_read"] += 2 * layers * keys * dim
 
@@ -58,6 +45,52 @@ class _Request:
         self.count_local(self.n, L)
         if closed:
             self._kv(c.n_global_layers, self.ncomp, c.d_global)
+
+    def pushed(self, L: int, ncomp: int) -> int:
+        """L bytes at n went through every part, after which `ncomp` patches are finished: count
+        them and move on. Returns the patches closed."""
+        closed = ncomp - self.ncomp
+        self.count_push(L, closed)
+        self.n, self.ncomp = self.n + L, ncomp
+        return closed
+
+    def count_close(self) -> None:
+        """SeqState.close_patch: the patch before n ends, the global model runs on it."""
+        self._kv(self.cfg.n_global_layers, self.ncomp, self.cfg.d_global)
+        self.ncomp += 1
+
+    def count_block_pass(self) -> None:
+        """One denoising pass (SeqState.block_logits)."""
+        self._kv(self.cfg.n_dec_layers, min(self.n, self.cfg.local_window), self.cfg.d_local)
+
+
+def _row_costs(model: BLT, s: StaticState, prompt_ids: list[list[int]]) -> list[_Cost]:
+    """Each prefilled row's cost counters (its prompt's patches are in `olog`)."""
+    starts = s.olog.long().cumsum(1).tolist()
+    return [_Cost(model, len(ids), starts[b][len(ids) - 1] - 1) for b, ids in enumerate(prompt_ids)]
+
+
+class _Request(_Cost):
+    """One prompt on the static engine (batch 1): prefilled in one pass, with the counters, cost
+    stats and trace that the eager decoders' SeqState would have."""
+
+    def __init__(self, model: BLT, prompt: str | bytes, max_bytes: int, stop: str | bytes | None, compiled: bool):
+        self.ids = check_request(prompt, max_bytes, model.cfg.max_bytes)
+        self.s = s = static_state(model, 1, compiled)
+        s.prefill([self.ids])
+        n = len(self.ids)  # bytes taken: the state's t
+        starts, ent = s.olog[0, :n].tolist(), s.ent[0, :n].tolist()
+        super().__init__(model, n, sum(starts) - 1)  # ncomp: patches in the slot table
+        self.counters = {"n_dec": 1, "n_enc": int(self.ncomp > 0), "n_ent": 1}
+        self.trace = [{"type": "prefill", "bytes": n - 1, "patch_starts": [i for i, x in enumerate(starts) if x],
+                       "entropy": [round(h, 4) for h in ent], "counters": self.snapshot()}]
+        self.stopper = Stopper(max_bytes, stop)
+
+    def snapshot(self) -> dict:
+        return {**self.counters, **self.stats}
+
+    def count_push(self, L: int, closed: int) -> None:
+        super().count_push(L, closed)
         self.counters["n_ent"] += 1
         self.counters["n_dec"] += 1
         self.counters["n_enc"] += closed > 0
@@ -68,8 +101,7 @@ class _Request:
         s, n = self.s, self.n
         s.run(L, with_global)
         out = torch.cat((s.pred[0, n:n + L], s.olog[0, n:n + L].long(), s.ncomp)).tolist()
-        self.count_push(L, out[-1] - self.ncomp)
-        self.n, self.ncomp = n + L, out[-1]
+        self.pushed(L, out[-1])
         return out[:L], out[L:2 * L]
 
     def rollback(self, n: int, byte: int) -> None:
@@ -78,17 +110,14 @@ class _Request:
         self.n, self.ncomp = n, int(self.s.ncomp[0])
 
     def close(self) -> None:
-        """SeqState.close_patch: the patch before n ends (never empty: byte n - 1 is in it), the global
-        model runs on it."""
+        """SeqState.close_patch (never empty: byte n - 1 is in the patch)."""
         self.s.run_close()
-        self._kv(self.cfg.n_global_layers, self.ncomp, self.cfg.d_global)
+        self.count_close()
         self.counters["n_enc"] += 1
-        self.ncomp += 1
 
     def count_block_pass(self) -> None:
-        """One denoising pass (SeqState.block_logits)."""
+        super().count_block_pass()
         self.counters["n_dec"] += 1
-        self._kv(self.cfg.n_dec_layers, min(self.n, self.cfg.local_window), self.cfg.d_local)
 
     def denoise(self, size: int, alpha: float | None, gamma: float | None, keep_first: bool = False):
         """`denoise_block`: fill the block of `size` slots at n (slot 0 = byte n with keep_first).
@@ -147,10 +176,9 @@ def _autoregressive(r: _Request) -> None:
     events = []  # (position, byte, opened, counters) per pushed byte
     while not stopper.push(tok):
         s.run(1, with_global=bool(opens))
-        r.count_push(1, opens)
-        r.ncomp += opens
-        events.append((r.n, tok, bool(opens), r.snapshot()))
-        r.n += 1
+        pos = r.n
+        r.pushed(1, r.ncomp + opens)
+        events.append((pos, tok, bool(opens), r.snapshot()))
         tok, opens = s.signal[0].tolist()
     ent = s.ent[0, :r.n + 1].tolist()
     for pos, byte, opened, snap in events:
@@ -270,11 +298,11 @@ def generate_static_batch(model: BLT, prompts: list[str | bytes], max_bytes: int
             s.run()
             steps += 1
     # row b was pushed at steps 0 .. fed[b] - 2 (its last byte ended it); count passes as generate_batch
-    olog = s.olog.tolist()
+    olog, costs = s.olog.tolist(), _row_costs(model, s, prompt_ids)
     for j in range(max(fed) - 1):
         pushed = [b for b in range(len(prompts)) if fed[b] - 1 > j]
-        count_push(counters, any(olog[b][n0[b] + j] for b in pushed))
-    return _batch_result("blt", prompt_ids, stoppers, counters)
+        count_push(counters, any([costs[b].pushed(1, costs[b].ncomp + olog[b][n0[b] + j]) for b in pushed]))
+    return finish_batch("blt", prompt_ids, stoppers, counters, [c.stats for c in costs])
 
 
 def _batch_begin(model: BLT, prompts: list[str | bytes], max_bytes: int, stop: str | bytes | None,
@@ -289,30 +317,26 @@ def _batch_begin(model: BLT, prompts: list[str | bytes], max_bytes: int, stop: s
     return prompt_ids, s, batch_counters(), [Stopper(max_bytes, stop) for _ in prompts]
 
 
-def _denoise_rows(s: StaticState, size: int, by_entropy: bool, rows: list[int]) -> int:
+def _denoise_rows(s: StaticState, size: int, by_entropy: bool, rows: list[int], costs: list[_Cost]) -> int:
     """Denoising passes over the blocks at t (one replay each) until none of `rows` has a masked
-    slot left; returns how many."""
-    passes = 0
-    while True:
+    slot left, each counted for the rows that still had one; returns how many."""
+    passes, todo = 0, rows
+    while todo:
         s.run_denoise(size, by_entropy)
         passes += 1
+        for b in todo:
+            costs[b].count_block_pass()
         left = s.left.tolist()
-        if not any(left[b] for b in rows):
-            return passes
+        todo = [b for b in todo if left[b]]
+    return passes
 
 
-def _push_rows(s: StaticState, L: int, counters: dict) -> None:
-    """The next L bytes of the rows `move` holds through every part, counted as one batched pass
-    (and one of the global model if a row closed a patch): one host read."""
-    before = s.ncomp.clone()
+def _push_rows(s: StaticState, L: int, counters: dict, rows: list[int], costs: list[_Cost]) -> None:
+    """The next L bytes of `rows` (those `move` holds) through every part, counted as one batched
+    pass (and one of the global model if a row closed a patch): one host read."""
     s.run(L)
-    count_push(counters, bool(((s.ncomp > before) & s.move).any()))
-
-
-def _batch_result(mode: str, prompt_ids: list[list[int]], stoppers: list[Stopper], counters: dict) -> list[Generation]:
-    return [Generation(mode, ids_to_bytes(ids), bytes(stp.out), stp.reason,
-                       {**counters, "batch": len(prompt_ids), "bytes": len(stp.out)}, [])
-            for ids, stp in zip(prompt_ids, stoppers)]
+    ncomp = s.ncomp.tolist()
+    count_push(counters, any([costs[b].pushed(L, ncomp[b]) for b in rows]))
 
 
 @torch.no_grad()
@@ -325,19 +349,22 @@ def generate_static_batch_diffusion(model: BLT, prompts: list[str | bytes], bloc
     pushes its block in one more; a row that has stopped is left where it is (`move`)."""
     alpha, gamma = check_knobs(alpha, gamma)
     prompt_ids, s, counters, stoppers = _batch_begin(model, prompts, max_bytes, stop, compiled, freeze=True)
+    costs = _row_costs(model, s, prompt_ids)
     active = list(range(len(prompts)))
     while active:
         s.run_close()
         counters["n_enc"] += 1
+        for b in active:
+            costs[b].count_close()
         size = min(block, max_bytes - len(stoppers[active[0]].out))  # every running row has as many bytes
         s.begin_block(False, alpha if gamma is None else gamma)
-        counters["n_dec"] += _denoise_rows(s, size, gamma is not None, active)
+        counters["n_dec"] += _denoise_rows(s, size, gamma is not None, active, costs)
         out = s.noisy[:, :size].tolist()
         active = [b for b in active if not any(stoppers[b].push(t) for t in out[b])]
         s.only(active)
         if active:
-            _push_rows(s, size, counters)
-    return _batch_result(f"blt-d{block}", prompt_ids, stoppers, counters)
+            _push_rows(s, size, counters, active, costs)
+    return finish_batch(f"blt-d{block}", prompt_ids, stoppers, counters, [c.stats for c in costs])
 
 
 @torch.no_grad()
@@ -349,8 +376,10 @@ def generate_static_batch_speculative(model: BLT, prompts: list[str | bytes], k:
     replay per block size), one verification pass as long as the longest draft serves every row,
     the host reads the drafts and the predictions once each, and each row keeps its own accepted
     prefix (one rollback for the rows that rejected a byte). Each row gets the bytes that `generate`
-    gives its prompt; counters count batched passes, as `generate_batch`'s do."""
+    gives its prompt; counters count batched passes, as `generate_batch`'s do, and each row's cost
+    counters what its prompt alone reads."""
     prompt_ids, s, counters, stoppers = _batch_begin(model, prompts, max_bytes, stop, compiled, freeze=True)
+    costs = _row_costs(model, s, prompt_ids)
     active = list(range(len(prompts)))
     while active:
         rooms = {b: min(k, max_bytes - len(stoppers[b].out)) for b in active}
@@ -370,32 +399,46 @@ def generate_static_batch_speculative(model: BLT, prompts: list[str | bytes], k:
                 s.run_denoise(size, False)
                 counters["n_dec"] += 1
             s.only(active)
+            for b in active:
+                costs[b].count_close()
+                if rooms[b] > 1:
+                    costs[b].count_block_pass()
         start = s.t.tolist()
         ids = s.ids.tolist()
         drafts = {}
         for b in active:  # drafts[b][0]: the byte the last verification settled
             d = ids[b][start[b]:start[b] + rooms[b]]
-            drafts[b] = d[:d.index(EOS) + 1] if EOS in d else d
-        L = max(len(d) - (d[-1] == EOS) for d in drafts.values())
+            drafts[b] = d = d[:d.index(EOS) + 1] if EOS in d else d
+            if self_draft:  # what the row's own drafts read
+                for u in range(start[b], start[b] + len(d) - 1):
+                    costs[b].count_local(u)
+        body = {b: len(d) - (d[-1] == EOS) for b, d in drafts.items()}  # the bytes a row verifies
+        L = max(body.values())
         accepted, rejected = {b: 1 for b in active}, {}
         if L:  # a row whose draft is shorter either stops at its end or rejects a byte before it
             before = s.ncomp.clone()
             s.run(L)
             at = s.t.new_tensor(start)[:, None] + s.kpos[:L]
-            out = torch.cat((s.pred.gather(1, at), (s.ncomp > before).long()[:, None]), 1).tolist()
-            count_push(counters, any(out[b][L] for b in active))
+            # per row: the greedy byte after each position, the patches started up to it, any closed
+            out = torch.cat((s.pred.gather(1, at), s.olog.long().cumsum(1).gather(1, at),
+                             (s.ncomp > before).long()[:, None]), 1).tolist()
+            count_push(counters, any(out[b][-1] for b in active))
             for b in active:
-                d = drafts[b]
+                d, starts = drafts[b], out[b][L:2 * L]
+                if body[b]:  # its own pass over its draft (patches: those started before its end)
+                    costs[b].pushed(body[b], starts[body[b] - 1] - 1)
                 for i in range(1, len(d)):  # out[b][i - 1] is the exact greedy byte at start + i
                     if d[i] != out[b][i - 1]:
                         rejected[b] = (start[b] + i, out[b][i - 1])
+                        costs[b].n, costs[b].ncomp = start[b] + i, starts[i - 1] - 1
                         break
                     accepted[b] += 1
         if rejected:
             s.rollback([n for n, _ in rejected.values()], [c for _, c in rejected.values()], list(rejected))
         active = [b for b in active if not any(stoppers[b].push(t) for t in drafts[b][:accepted[b]])]
         s.only(active)
-    return _batch_result(f"blt-{'s' if self_draft else 'dv'}{k}", prompt_ids, stoppers, counters)
+    return finish_batch(f"blt-{'s' if self_draft else 'dv'}{k}", prompt_ids, stoppers, counters,
+                        [c.stats for c in costs])
 
 
 @torch.no_grad()
@@ -412,6 +455,7 @@ def generate_static_batch_hybrid(model: BLT, prompts: list[str | bytes], eta: fl
     alpha, gamma = check_knobs(alpha, gamma)
     check_hybrid(eta, block)
     prompt_ids, s, counters, stoppers = _batch_begin(model, prompts, max_bytes, stop, compiled, freeze=True)
+    costs = _row_costs(model, s, prompt_ids)
     active = list(range(len(prompts)))
     while active:
         h, first = entropy_of_logits(s.logits).tolist(), s.signal[:, 0].tolist()
@@ -422,15 +466,18 @@ def generate_static_batch_hybrid(model: BLT, prompts: list[str | bytes], eta: fl
             s.only(blocks)
             s.run_close()
             counters["n_enc"] += 1
+            for b in blocks:
+                costs[b].count_close()
             s.begin_block(True, alpha if gamma is None else gamma)
             for size in sorted({sizes[b] for b in blocks}):
                 group = [b for b in blocks if sizes[b] == size]
                 s.only(group)
-                counters["n_dec"] += _denoise_rows(s, size, gamma is not None, group)
+                counters["n_dec"] += _denoise_rows(s, size, gamma is not None, group, costs)
             noisy = s.noisy.tolist()
             out.update({b: noisy[b][:sizes[b]] for b in blocks})
         active = [b for b in active if not any(stoppers[b].push(t) for t in out[b])]
         for L in sorted({len(out[b]) for b in active}, reverse=True):
-            s.only([b for b in active if len(out[b]) == L])
-            _push_rows(s, L, counters)
-    return _batch_result("blt-h", prompt_ids, stoppers, counters)
+            group = [b for b in active if len(out[b]) == L]
+            s.only(group)
+            _push_rows(s, L, counters, group, costs)
+    return finish_batch("blt-h", prompt_ids, stoppers, counters, [c.stats for c in costs])
