@@ -25,7 +25,7 @@ from bltlab.tokens import encode
 FREE = {"view", "_unsafe_view", "unsqueeze", "squeeze", "permute", "t", "transpose", "slice", "select", "expand",
         "alias", "detach", "as_strided", "split", "unbind", "_reshape_alias", "lift_fresh", "empty", "empty_like",
         "empty_strided", "new_empty", "view_as_complex", "view_as_real"}  # no kernel behind them
-USED = ("norm_ffn", "norm_proj", "entropy", "hash_embed")  # the kernel modules a static step calls
+USED = ("norm_ffn", "norm_proj", "entropy", "hash_embed", "step")  # the kernel modules a static step calls
 
 
 class CountOps(TorchDispatchMode):

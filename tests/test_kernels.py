@@ -289,6 +289,49 @@ def test_swiglu(dev, dtype, shape, halves):
         close(x, y, bwd, "swiglu grad")
 
 
+# ---- the end of a static decoding step --------------------------------------------------------
+@pytest.mark.parametrize("rule", ["global", "relative", "fixed", "space"])
+@pytest.mark.parametrize("max_patch", [0, 4])
+@pytest.mark.parametrize("L", [None, 1, 3])  # None: the signal only, else after a pass of L bytes
+def test_step_end(dev, rule, max_patch, L):
+    """Next ids, positions and the (byte, opens) signal equal the reference's exactly, on 16 rows
+    whose positions, prompts, entropies, forced starts and open patches differ."""
+    from bltlab.kernels import step as K
+    from bltlab.patching import WHITESPACE
+    from bltlab.tokens import MASK, OFFSET
+
+    g = torch.Generator().manual_seed(sum(map(ord, rule)) + max_patch + (L or 0))
+    B, T = 16, 40
+    pids = torch.randint(0, MASK, (B, 8 + T), generator=g)
+    pids[torch.rand(B, 8 + T, generator=g) < 0.3] = ord(" ") + OFFSET  # whitespace in every row
+    t = torch.randint(0, T - 8, (B,), generator=g)
+    t[0] = 0
+    state = dict(t=t, signal=torch.zeros(B, 2, dtype=torch.long), ent=2 * torch.rand(B, T + 1, generator=g),
+                 forced=torch.rand(B, T, generator=g) < 0.2, cur=(t - torch.randint(0, 4, (B,), generator=g)).clamp(0))
+    is_ws = torch.zeros(MASK + 1, dtype=torch.bool)
+    is_ws[torch.tensor(list(WHITESPACE)) + OFFSET] = True
+    nxt = torch.randint(0, MASK, (B, 3), generator=g)[:, -1]  # a column: strided, as the engine's is
+    given = torch.randint(0, MASK, (B, T), generator=g)
+    plen, move = torch.randint(1, T, (B,), generator=g), torch.rand(B, generator=g) < 0.7
+    runs = []
+    for fn in (K.step_end_triton, K.step_end_reference):
+        p = pids.clone().to(dev)
+        st = {k: v.clone().to(dev) for k, v in state.items()}
+        adv = None if L is None else (L, nxt.to(dev), given.to(dev), plen.to(dev), move.to(dev))
+        fn(p[:, 8:], st["t"], st["signal"], st["ent"], st["forced"], st["cur"], is_ws.to(dev), rule, 1.0, 3,
+           max_patch, adv)
+        runs.append((p.cpu(), st["t"].cpu(), st["signal"].cpu()))
+    for x, y, what in zip(runs[0], runs[1], ("ids", "t", "signal")):
+        assert torch.equal(x, y), what
+    opens = runs[1][2][:, 1]
+    assert 0 < int(opens.sum()) < B  # both outcomes occur
+    if L is not None:
+        assert not torch.equal(runs[1][1], t) and not torch.equal(runs[1][0], pids)
+    with pytest.raises(ValueError, match="patch rule"):
+        K.step_end_reference(pids[:, 8:], t, state["signal"], state["ent"], state["forced"], state["cur"], is_ws,
+                             "entropy", 1.0, 3, max_patch)
+
+
 # ---- attention with the block-diffusion mask -------------------------------------------------
 def hybrid_mask(B, T, starts, bs, window):
     """model.forward_hybrid's AttnMask and the dense mask it built before AttnMask existed."""

@@ -206,7 +206,8 @@ class StaticState:
         self.bands = {w: self._band(w) for w in {model.entropy.cfg.window, self.cfg.local_window, 0}}
         self.forbid = allowed(torch.zeros(260, device=dev))  # -inf at ids decoding never emits, else 0
         self.lmax = self.cfg.patch.max_patch or self.cfg.max_bytes  # longest possible patch
-        self.ws = torch.tensor(list(WHITESPACE), device=dev) + OFFSET
+        self.is_ws = torch.zeros(MASK + 1, dtype=torch.bool, device=dev)  # ids of whitespace bytes
+        self.is_ws[torch.tensor(list(WHITESPACE)) + OFFSET] = True
         self.rows = torch.arange(B, device=dev)
         self.graphs: dict = {}  # CUDA graphs, one per step kind and length
         self.live = (self.ids, self.ent, self.t, self.cur, self.ncomp, self.signal, self.dt,
@@ -266,7 +267,8 @@ class StaticState:
     # ---- the step ------------------------------------------------------------------------------
     def _opens(self, pos: torch.Tensor) -> torch.Tensor:
         """[B, L] bool: byte u (pos [B, L], consecutive from t) opens a patch: patch_starts' rule
-        and its closed form for the max length, counted from the open patch's start `cur`."""
+        and its closed form for the max length, counted from the open patch's start `cur` (for byte
+        t alone, kernels.step_end decides it in `_signal`)."""
         b, pc = self.rows[:, None], self.cfg.patch
         if pc.rule == "global":
             nat = self.ent[b, pos] > pc.threshold
@@ -277,11 +279,9 @@ class StaticState:
             if pc.rule == "relative":
                 nat = (self.ent[b, pos] - self.ent[b, prev]) > pc.threshold
             else:
-                nat = torch.isin(self.ids[b, prev], self.ws) & ~torch.isin(self.ids[b, pos], self.ws)
+                nat = self.is_ws[self.ids[b, prev]] & ~self.is_ws[self.ids[b, pos]]
         nat = nat | self.forced[b, pos]
         if pc.max_patch > 0:  # forced starts lie every max_patch bytes after the last natural one
-            if pos.shape[1] == 1:  # cur < byte t <= cur + max_patch unless t starts a patch already
-                return nat | (pos - self.cur[:, None] == pc.max_patch)
             last = torch.where(nat, pos, self.cur[:, None]).cummax(1).values
             nat = nat | ((pos > last) & ((pos - last) % pc.max_patch == 0))
         return nat
@@ -359,10 +359,7 @@ class StaticState:
             self.cur.copy_(torch.where(self.move, incl[:, -1], self.cur))
         slots = self.table[b[:, None], rows].flatten(0, 1)  # [B L, layers, 2, H, k, hd]
         nxt = self._decode(pos, h, slots, local)
-        t1 = t + L
-        self.ids[b, t1] = torch.where(t1 < self.plen, self.given[b, t1], nxt)  # the prompt first
-        self.t.add_(self.move, alpha=L)
-        self._signal()
+        self._signal((L, nxt, self.given, self.plen, self.move))  # ids[t + L]: the prompt's first
 
     def _global(self, start: torch.Tensor, end: torch.Tensor) -> None:
         """Global model on the patches [start, end) ([B, P] each) as patches ncomp .. ncomp + P - 1;
@@ -494,10 +491,12 @@ class StaticState:
         """The steps after this move these rows only (the others keep t and their patches)."""
         self.move.copy_(torch.isin(self.rows, torch.tensor(rows, dtype=torch.long, device=self.dev)))
 
-    def _signal(self) -> None:
-        """(byte t, does it open a patch?): the two numbers the host reads."""
-        self.signal[:, 0] = self.ids[self.rows, self.t]
-        self.signal[:, 1] = self._opens(self.t[:, None])[:, 0]
+    def _signal(self, advance: tuple | None = None) -> None:
+        """(byte t, does it open a patch?): the two numbers the host reads; with `advance` the
+        rows first take their next ids and move (one kernel: kernels.step_end)."""
+        pc = self.cfg.patch
+        kernels.step_end(self.ids, self.t, self.signal, self.ent, self.forced, self.cur, self.is_ws, pc.rule,
+                         pc.threshold, pc.stride, pc.max_patch, advance)
 
     # ---- CUDA graphs -------------------------------------------------------------------------
     # Each run_* is its step as a CUDA-graph replay on a GPU (captured on first use), eager elsewhere.

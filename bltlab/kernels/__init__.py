@@ -1,8 +1,8 @@
 """Triton kernels behind one switch, each next to the pure-PyTorch reference it must equal.
 
 The library calls the ops below (`rms_norm`, `swiglu`, `norm_linear`, `norm_qkv`, `logit_entropy`,
-`confidence`, `hash_embedding`, `patch_max`, `attend`; named apart from the modules that hold
-them). Each op sends its tensors either to the reference (the exact PyTorch code the model
+`confidence`, `hash_embedding`, `patch_max`, `attend`, `step_end`; named apart from the modules
+that hold them). Each op sends its tensors either to the reference (the exact PyTorch code the model
 always ran) or to a Triton kernel. The backend:
 
 - `auto` (default): Triton for CUDA tensors, the reference otherwise, so a CPU run computes
@@ -15,8 +15,8 @@ always ran) or to a Triton kernel. The backend:
 
 Pick it with `set_backend(name)`, the context manager `backend(name)`, or the environment
 variable `BLTLAB_KERNELS` (read once at import). One module per kernel: entropy.py,
-hash_embed.py, pooling.py, norm_ffn.py, norm_proj.py, attention.py; bench.py times them,
-compile_check.py compiles them for a GPU without one (docs/kernels.md).
+hash_embed.py, pooling.py, norm_ffn.py, norm_proj.py, attention.py, step.py; bench.py times
+them, compile_check.py compiles them for a GPU without one (docs/kernels.md).
 """
 from __future__ import annotations
 
@@ -172,6 +172,16 @@ def patch_max(h: torch.Tensor, pids: torch.Tensor, n_patches: int, gathered=None
     mod, fast = _pick("pooling", h)
     return mod.patch_max_triton(h, pids, n_patches) if fast else mod.patch_max_reference(h, pids, n_patches,
                                                                                          gathered)
+
+
+def step_end(ids: torch.Tensor, t: torch.Tensor, signal: torch.Tensor, ent: torch.Tensor, forced: torch.Tensor,
+             cur: torch.Tensor, is_ws: torch.Tensor, rule: str, threshold: float, stride: int, max_patch: int,
+             advance: tuple | None = None) -> None:
+    """The end of a static decoding step, in place: with `advance` = (L, nxt, given, plen, move) the
+    next ids and positions, then signal = (byte t, does it open a patch): see step.step_end_reference."""
+    mod, fast = _pick("step", ids)
+    (mod.step_end_triton if fast else mod.step_end_reference)(ids, t, signal, ent, forced, cur, is_ws, rule,
+                                                              threshold, stride, max_patch, advance)
 
 
 def attend(q, k, v, mask, is_causal: bool = False) -> torch.Tensor:

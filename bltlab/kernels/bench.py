@@ -210,9 +210,22 @@ def case_attention(s, dt, dev):
             None, True)  # compute-bound: no GB/s
 
 
+def case_step_end(s, dt, dev):
+    from . import step
+    B, T = s["B"], s["T"]  # one step of B rows (no activations: dt unused)
+    ids, given = (torch.randint(4, V, (B, T), device=dev) for _ in range(2))
+    t = torch.randint(0, T // 2, (B,), device=dev)
+    ent, forced = torch.rand(B, T + 1, device=dev), torch.zeros(B, T, dtype=torch.bool, device=dev)
+    is_ws, sig = torch.zeros(V + 1, dtype=torch.bool, device=dev), torch.zeros(B, 2, dtype=torch.long, device=dev)
+    nxt, plen = torch.randint(4, V, (B,), device=dev), torch.full((B,), 2, device=dev)
+    adv = (1, nxt, given, plen, torch.zeros(B, dtype=torch.bool, device=dev))  # no row moves: t stays put
+    args = (ids, t, sig, ent, forced, t.clone(), is_ws, "global", 0.5, 4, 8, adv)
+    return lambda: step.step_end_triton(*args), lambda: step.step_end_reference(*args), None, False  # latency-bound
+
+
 KERNELS = {"entropy": case_entropy, "rms_norm": case_rms_norm, "swiglu": case_swiglu, "norm_linear": case_norm_linear,
            "norm_linear_proj": case_norm_linear_proj, "norm_qkv": case_norm_qkv, "hash_embed": case_hash_embed,
-           "patch_max": case_patch_max, "attention": case_attention}
+           "patch_max": case_patch_max, "attention": case_attention, "step_end": case_step_end}
 
 
 def _ratio(ref_ms: float | None, fast_ms: float | None) -> float | None:

@@ -18,6 +18,7 @@ I32, F32, I64P = "i32", "fp32", "*i64"
 def specs(dt: str, head_dims=(32, 64, 128)):
     """(name, kernel, {arg: type}, {constexpr: value}) for every kernel at activation dtype dt."""
     from . import attention as A, entropy as E, hash_embed as HE, norm_ffn as N, norm_proj as NP, pooling as PO
+    from . import step as S
 
     p, f = f"*{dt}", "*fp32"
     out = [("entropy", E._confidence_kernel, dict(x_ptr=p, ent_ptr=f, conf_ptr=f, arg_ptr=I64P, V=I32, stride=I32),
@@ -48,6 +49,13 @@ def specs(dt: str, head_dims=(32, 64, 128)):
             ("pool_fwd", PO._pool_fwd, dict(h_ptr=p, first_ptr=I64P, size_ptr=I64P, out_ptr=p, arg_ptr=I64P, T=I32,
                                             D=I32, P=I32), dict(BLOCK=128)),
             ("pool_bwd", PO._pool_bwd, dict(g_ptr=p, arg_ptr=I64P, gh_ptr=p, T=I32, D=I32, P=I32), dict(BLOCK=128))]
+    if dt == "bf16":  # no activations: one dtype
+        u8 = "*u8"
+        step = dict(ids_ptr=I64P, t_ptr=I64P, sig_ptr=I64P, ent_ptr=f, forced_ptr=u8, cur_ptr=I64P, ws_ptr=u8,
+                    nxt_ptr=I64P, given_ptr=I64P, plen_ptr=I64P, move_ptr=u8, threshold=F32,
+                    **{a: I32 for a in ("s_ids", "s_ent", "s_forced", "s_given", "s_nxt", "L", "stride", "max_patch")})
+        out += [(f"step_end {rule} advance={adv}", S._step_end, step, dict(RULE=S.RULES.index(rule), ADVANCE=adv))
+                for rule, adv in [(r, True) for r in S.RULES] + [("global", False)]]
     ints = {a: I32 for a in ("sqb", "sqh", "sqm", "skb", "skh", "skn", "svb", "svh", "svn", "sob", "soh", "som", "smq",
                              "smk", "H", "LQ", "LK", "HD", "WINDOW")}
     common = dict(Q=p, K=p, V=p, LSE=f, scale=F32, **{a: I64P for a in ("QPOS", "QLIM", "QBLK", "KPOS", "KBLK")},
