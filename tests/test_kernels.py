@@ -332,6 +332,51 @@ def test_step_end(dev, rule, max_patch, L):
                              "entropy", 1.0, 3, max_patch)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("by_entropy", [False, True])
+@pytest.mark.parametrize("L", [1, 5, 16])
+def test_denoise_end(dev, dtype, by_entropy, L):
+    """The unmasking rule and its bookkeeping equal the reference's: the same slots filled with the
+    same ids, the same log and counts (exactly), the same scores (1e-5), on rows whose masked slots,
+    knobs (α or γ, from nothing-passes to everything-passes) and sharpness differ."""
+    from bltlab.decode.common import allowed
+    from bltlab.kernels import step as K
+    from bltlab.tokens import MASK
+
+    g = torch.Generator().manual_seed(L + 2 * by_entropy)
+    B, T = 8, 40
+    scale = 10 ** (2 * torch.rand(B, L, 1, generator=g) - 0.5)  # sharp and flat slots
+    logits = (torch.randn(B, L, 260, generator=g) * scale).to(dtype)
+    noisy = torch.randint(4, 260, (B, 16), generator=g)
+    noisy[torch.rand(B, 16, generator=g) < 0.6] = MASK
+    noisy[0, :L], noisy[1, :L] = MASK, 7  # all masked; none masked
+    ids, t = torch.randint(4, 260, (B, T), generator=g), torch.randint(0, T - 16, (B,), generator=g)
+    move = torch.ones(B, dtype=torch.bool)
+    move[2] = False  # a row that waits: nothing of it changes but its pass count
+    knob = (torch.rand(B, generator=g, dtype=torch.float64) * (6 if by_entropy else 1))
+    knob[3], knob[4] = (0.0, 100.0) if by_entropy else (2.0, -1.0)  # one slot; every slot
+    if L > 1:  # an exact tie, of which the first slot goes first (a stable sort; the first maximum)
+        logits[5, 1], noisy[5], noisy[5, :2], knob[5] = logits[5, 0], 7, MASK, knob[3]
+    state = dict(nstep=torch.randint(0, 4, (B,), generator=g), filled=torch.full((B, 2, 16), -1),
+                 scores=torch.zeros(B, 2, 16), left=torch.zeros(B, dtype=torch.long))
+    runs = []
+    for fn in (K.denoise_end_triton, K.denoise_end_reference):
+        nz, i = noisy.clone().to(dev), ids.clone().to(dev)
+        st = {k: v.clone().to(dev) for k, v in state.items()}
+        fn(logits.to(dev), allowed(torch.zeros(260)).to(dev), nz[:, :L], i, t.to(dev), move.to(dev), knob.to(dev),
+           by_entropy, st["nstep"], st["filled"], st["scores"], st["left"])
+        runs.append({"noisy": nz.cpu(), "ids": i.cpu(), **{k: v.cpu() for k, v in st.items()}})
+    for k in ("noisy", "ids", "nstep", "filled", "left"):
+        assert torch.equal(runs[0][k], runs[1][k]), k
+    close(runs[0]["scores"], runs[1]["scores"], 1e-5, "scores")
+    was = (noisy[:, :L] == MASK).sum(1)
+    took = was - runs[1]["left"]
+    assert took[2] == 0 and took[1] == 0 and torch.equal(runs[1]["nstep"] - state["nstep"], (was > 0).long())
+    if L > 1:  # the rule really chose: one slot somewhere, several elsewhere, every one where the knob says
+        assert took[3] == 1 and took[4] == was[4] > 1 and len(set(took[took > 0].tolist())) > 1
+        assert runs[1]["noisy"][5, 0] != MASK and runs[1]["noisy"][5, 1] == MASK
+
+
 # ---- attention with the block-diffusion mask -------------------------------------------------
 def hybrid_mask(B, T, starts, bs, window):
     """model.forward_hybrid's AttnMask and the dense mask it built before AttnMask existed."""

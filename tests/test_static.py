@@ -12,7 +12,8 @@ from bltlab.decode import generate, generate_batch, static
 from bltlab.decode.common import allowed
 from bltlab.decode.diffusion import choose_unmask
 from bltlab.decode.state import SeqState
-from bltlab.decode.static import StaticState, static_state, unmask_rule
+from bltlab.decode.static import StaticState, static_state
+from bltlab.kernels.step import unmask_rule
 from bltlab.entropy import entropy_of_logits
 from bltlab.model import BLT
 from bltlab.tokens import OFFSET, encode
@@ -321,14 +322,15 @@ def test_band_masks_equal_causal_masks(window):
     assert torch.equal(s._masks(pos, window)[0], want)
 
 
-def test_steps_with_the_triton_kernels_equal_the_references(model):
+def test_steps_with_the_triton_kernels_equal_the_references(sharp):
     """Every step kind with the Triton kernels, as a GPU runs them (here in Triton's interpreter),
-    against the same steps on the PyTorch references: logits, entropies, bytes, denoising scores."""
+    against the same steps on the PyTorch references: logits, entropies, bytes, positions and
+    signals, denoising by α and by γ (scores, logs, slots left)."""
     prompts = [encode("def f(x):"), encode("EN: Hi")]
     out = {}
     for name in ("reference", "triton"):
         with kernels.backend(name):
-            s = StaticState(model, 2)
+            s = StaticState(sharp, 2)  # far from uniform: no near-ties in the entropies γ sorts
             s.prefill(prompts)
             s.run()  # a byte with the global step
             s.dt.copy_(s.t)
@@ -336,7 +338,10 @@ def test_steps_with_the_triton_kernels_equal_the_references(model):
             s.run_close()
             s.begin_block(False, 0.5)
             s.run_denoise(4, False)
-            out[name] = [x.clone().float() for x in (s.logits, s.ent, s.ids, s.scores, s.table)]
+            out[name] = [x.clone().float() for x in (s.logits, s.ent, s.ids, s.scores, s.table, s.filled, s.left)]
+            s.begin_block(False, 1.5)
+            s.run_denoise(4, True)
+            out[name] += [x.clone().float() for x in (s.ids, s.scores, s.filled, s.left, s.nstep, s.signal, s.t)]
     for a, b in zip(out["triton"], out["reference"]):
         assert torch.allclose(a, b, atol=1e-4, rtol=1e-4), float((a - b).abs().max())
 

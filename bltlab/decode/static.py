@@ -122,28 +122,6 @@ def _block(layer: Block, w, x, r, rot, kv, at, mask, rows, slots=None):
     return x, _project_later(h, layer.ffn.w2.weight)  # h: silu(gate) * up, [B, L, F]
 
 
-def unmask_rule(logits: torch.Tensor, masked: torch.Tensor, knob: torch.Tensor,
-                by_entropy: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """`choose_unmask` for a batch, on the device. logits: [B, L, 260] (allowed, float32), masked:
-    [B, L] bool, knob: [B] float64 (α, or γ with by_entropy). Returns the chosen slots [B, L] bool
-    and each slot's order [B, L] in the eager rule's list (by entropy for γ, else by slot), and the
-    entropy and confidence [B, L] of every slot that the rule looked at."""
-    ent, conf, _ = kernels.confidence(logits)
-    slot = torch.arange(masked.shape[1], device=masked.device).expand_as(masked)
-    if by_entropy:  # the longest prefix by entropy whose sum less its largest term stays below γ
-        e = ent.masked_fill(~masked, float("inf"))
-        order = e.argsort(dim=1, stable=True)
-        se = e.gather(1, order)
-        fits = ((se.cumsum(1) - se) < knob[:, None].float()) & (slot < masked.sum(1, keepdim=True))
-        n = torch.where(knob > 0, fits.sum(1).clamp(min=1), 1)
-        rank = torch.empty_like(order).scatter_(1, order, slot)
-        return masked & (rank < n[:, None]), rank, ent, conf
-    # every slot with confidence above α (compared in float64, as Python compares), at least the best
-    chosen = masked & (conf.double() > knob[:, None])
-    best = conf.masked_fill(~masked, float("-inf")).argmax(1, keepdim=True)
-    return chosen | (masked & (slot == best) & ~chosen.any(1, keepdim=True)), slot, ent, conf
-
-
 def _caches(layers, B: int, S: int, like: torch.Tensor) -> list[torch.Tensor]:
     """Per layer [2, B, H, S, hd]: keys and values in one tensor (one write per pass)."""
     return [like.new_zeros(2, B, layer.attn.heads, S, layer.attn.wq.out_features // layer.attn.heads)
@@ -413,8 +391,9 @@ class StaticState:
     def denoise(self, size: int, by_entropy: bool) -> None:
         """One denoising pass over the block's first `size` slots (SeqState.block_logits: the clean
         decoder cache before t in the window, the block both ways, the newest global output), then
-        `choose_unmask` on the device: fills the chosen slots in `noisy` and `ids`, logs them, and
-        sets `left`. by_entropy: the γ rule, else α (α < 0 fills every slot: BLT-DV's one pass)."""
+        `choose_unmask` on the device (one kernel: kernels.denoise_end): fills the chosen slots in
+        `noisy` and `ids`, logs them, and sets `left`. by_entropy: the γ rule, else α (α < 0 fills
+        every slot: BLT-DV's one pass)."""
         m, b, t = self.m, self.rows, self.t
         pos = t[:, None] + self.kpos[:size]  # [B, size]
         noisy = self.noisy[:, :size]
@@ -425,18 +404,9 @@ class StaticState:
         mask = self._additive(allow[:, None])  # [B, 1, size, S]
         x, r = self._layers(m.dec_layers, self.dec_kv, m.noisy_embed(noisy), self.rot(m.dec_layers), pos,
                             mask, self.table[b, self.ncomp])
-        logits = _norm_proj(m.dec_norm, x, r, m.head.weight)[1].float() + self.forbid  # [B, size, 260]
-        masked = noisy == MASK
-        chosen, rank, ent, conf = unmask_rule(logits, masked & self.move[:, None], self.knob, by_entropy)
-        pick = logits.argmax(-1)
-        self.ids[b[:, None], pos] = torch.where(chosen, pick, self.ids[b[:, None], pos])  # never a MASK
-        noisy.copy_(torch.where(chosen, pick, noisy))
-        log = torch.stack((self.nstep[:, None].expand(-1, size), rank), 1)
-        self.filled[..., :size] = torch.where(chosen[:, None], log, self.filled[..., :size])
-        score = torch.stack((conf, ent), 1)
-        self.scores[..., :size] = torch.where(chosen[:, None], score, self.scores[..., :size])
-        self.nstep += masked.any(1)
-        self.left.copy_((noisy == MASK).sum(1))
+        logits = _norm_proj(m.dec_norm, x, r, m.head.weight)[1]  # [B, size, 260]
+        kernels.denoise_end(logits, self.forbid, noisy, self.ids, t, self.move, self.knob, by_entropy, self.nstep,
+                            self.filled, self.scores, self.left)
 
     def _encode(self, pos: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Local encoder over positions pos [B, L] (hash n-grams reach HASH_CONTEXT ids back, PAD

@@ -1,8 +1,8 @@
 """Triton kernels behind one switch, each next to the pure-PyTorch reference it must equal.
 
 The library calls the ops below (`rms_norm`, `swiglu`, `norm_linear`, `norm_qkv`, `logit_entropy`,
-`confidence`, `hash_embedding`, `patch_max`, `attend`, `step_end`; named apart from the modules
-that hold them). Each op sends its tensors either to the reference (the exact PyTorch code the model
+`confidence`, `hash_embedding`, `patch_max`, `attend`, `step_end`, `denoise_end`; named apart
+from the modules that hold them). Each op sends its tensors either to the reference (the exact PyTorch code the model
 always ran) or to a Triton kernel. The backend:
 
 - `auto` (default): Triton for CUDA tensors, the reference otherwise, so a CPU run computes
@@ -182,6 +182,16 @@ def step_end(ids: torch.Tensor, t: torch.Tensor, signal: torch.Tensor, ent: torc
     mod, fast = _pick("step", ids)
     (mod.step_end_triton if fast else mod.step_end_reference)(ids, t, signal, ent, forced, cur, is_ws, rule,
                                                               threshold, stride, max_patch, advance)
+
+
+def denoise_end(logits: torch.Tensor, forbid: torch.Tensor, noisy: torch.Tensor, ids: torch.Tensor,
+                t: torch.Tensor, move: torch.Tensor, knob: torch.Tensor, by_entropy: bool, nstep: torch.Tensor,
+                filled: torch.Tensor, scores: torch.Tensor, left: torch.Tensor) -> None:
+    """The end of a static denoising step, in place: the unmasking rule (α, or γ with by_entropy)
+    fills the chosen slots and logs them: see step.denoise_end_reference."""
+    mod, fast = _pick("step", logits)
+    (mod.denoise_end_triton if fast else mod.denoise_end_reference)(logits, forbid, noisy, ids, t, move, knob,
+                                                                    by_entropy, nstep, filled, scores, left)
 
 
 def attend(q, k, v, mask, is_causal: bool = False) -> torch.Tensor:

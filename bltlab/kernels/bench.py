@@ -23,6 +23,7 @@ import torch
 
 from . import interpreting
 from ..layers import AttnMask
+from ..tokens import MASK
 
 # B x T bytes (attention: attn_B x T clean bytes + nb noisy blocks of bs), d = d_local, hidden = the local
 # SwiGLU width, `tables` hash tables of `vocab` rows, heads x hd attention, P patches per row
@@ -223,9 +224,23 @@ def case_step_end(s, dt, dev):
     return lambda: step.step_end_triton(*args), lambda: step.step_end_reference(*args), None, False  # latency-bound
 
 
+def case_denoise_end(s, dt, dev):
+    from . import step
+    B, T, L = s["B"], s["T"], s["bs"]  # one denoising step of B rows over blocks of bs slots, the γ rule
+    logits = torch.randn(B, L, V, device=dev).to(dt)
+    noisy, ids = torch.full((B, L), MASK, device=dev), torch.randint(4, V, (B, T), device=dev)
+    t, knob = torch.zeros(B, dtype=torch.long, device=dev), torch.ones(B, dtype=torch.float64, device=dev)
+    move = torch.zeros(B, dtype=torch.bool, device=dev)  # no row moves: every call sees the same state
+    log = (torch.zeros(B, dtype=torch.long, device=dev), torch.zeros(B, 2, L, dtype=torch.long, device=dev),
+           torch.zeros(B, 2, L, device=dev), torch.zeros(B, dtype=torch.long, device=dev))
+    args = (logits, torch.zeros(V, device=dev), noisy, ids, t, move, knob, True, *log)
+    return lambda: step.denoise_end_triton(*args), lambda: step.denoise_end_reference(*args), None, False
+
+
 KERNELS = {"entropy": case_entropy, "rms_norm": case_rms_norm, "swiglu": case_swiglu, "norm_linear": case_norm_linear,
            "norm_linear_proj": case_norm_linear_proj, "norm_qkv": case_norm_qkv, "hash_embed": case_hash_embed,
-           "patch_max": case_patch_max, "attention": case_attention, "step_end": case_step_end}
+           "patch_max": case_patch_max, "attention": case_attention, "step_end": case_step_end,
+           "denoise_end": case_denoise_end}
 
 
 def _ratio(ref_ms: float | None, fast_ms: float | None) -> float | None:

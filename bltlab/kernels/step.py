@@ -1,13 +1,17 @@
-"""The end of a static decoding step in one kernel: the position moves and the signal is set.
+"""The ends of static decoding steps, each in one kernel where PyTorch takes a dozen or more
+small operations (each its own launch in a CUDA graph). One program per row; inference only.
 
-A static step (decode/static.py) ends with a dozen scalar-sized PyTorch ops per row, each its
-own launch in a CUDA graph: after a pass over L bytes from t, every row takes its next id (the
-prompt's while it lasts, else the greedy byte `nxt` after the pass) and the rows that move
-advance t by L; then, after every step, the two numbers the host reads: byte t and whether it
-opens a patch. That decision is patch_starts' rule at one position (patching.py): by entropy
-("global", "relative"), every `stride` bytes ("fixed") or after whitespace ("space"), or a
-forced start, or the open patch (from `cur`) reaching `max_patch` bytes. One program per row.
-Inference only (no backward).
+`step_end`: after a pass over L bytes from t, every row takes its next id (the prompt's while
+it lasts, else the greedy byte `nxt` after the pass) and the rows that move advance t by L;
+then, after every step, the two numbers the host reads: byte t and whether it opens a patch.
+That decision is patch_starts' rule at one position (patching.py): by entropy ("global",
+"relative"), every `stride` bytes ("fixed") or after whitespace ("space"), or a forced start,
+or the open patch (from `cur`) reaching `max_patch` bytes.
+
+`denoise_end`: after a denoising pass over a block of L <= 16 slots, BLT-D's unmasking rule
+(`unmask_rule`: the slots above confidence α, or the longest prefix by entropy within the
+bound γ) and its bookkeeping: the chosen slots take their greedy ids, the step and scores are
+logged, and the masked slots left are counted (the number the host reads).
 """
 from __future__ import annotations
 
@@ -16,6 +20,9 @@ import os
 import torch
 import triton
 import triton.language as tl
+
+from ..tokens import MASK
+from .entropy import confidence_reference
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
 RULES = ("global", "relative", "fixed", "space")  # the kernel's RULE: an index into this
@@ -101,3 +108,124 @@ def step_end_triton(ids: torch.Tensor, t: torch.Tensor, signal: torch.Tensor, en
     _step_end[(ids.shape[0],)](ids, t, signal, ent, as_u8(forced), cur, as_u8(is_ws), nxt, given, plen, as_u8(move),
                                ids.stride(0), ent.stride(0), forced.stride(0), given.stride(0), nxt.stride(0), L,
                                float(threshold), int(stride), int(max_patch), RULE=code, ADVANCE=advance is not None)
+
+
+# ---- the end of a denoising step ---------------------------------------------------------------
+def unmask_rule(logits: torch.Tensor, masked: torch.Tensor, knob: torch.Tensor,
+                by_entropy: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`choose_unmask` (decode/diffusion.py) for a batch. logits: [B, L, V] (allowed, float32),
+    masked: [B, L] bool, knob: [B] float64 (α, or γ with by_entropy). Returns the chosen slots
+    [B, L] bool, each slot's order [B, L] in the eager rule's list (by entropy for γ, else by
+    slot), and the entropy and confidence [B, L] of every slot."""
+    ent, conf, _ = confidence_reference(logits)
+    slot = torch.arange(masked.shape[1], device=masked.device).expand_as(masked)
+    if by_entropy:  # the longest prefix by entropy whose sum less its largest term stays below γ
+        e = ent.masked_fill(~masked, float("inf"))
+        order = e.argsort(dim=1, stable=True)
+        se = e.gather(1, order)
+        fits = ((se.cumsum(1) - se) < knob[:, None].float()) & (slot < masked.sum(1, keepdim=True))
+        n = torch.where(knob > 0, fits.sum(1).clamp(min=1), 1)
+        rank = torch.empty_like(order).scatter_(1, order, slot)
+        return masked & (rank < n[:, None]), rank, ent, conf
+    # every slot with confidence above α (compared in float64, as Python compares), at least the best
+    chosen = masked & (conf.double() > knob[:, None])
+    best = conf.masked_fill(~masked, float("-inf")).argmax(1, keepdim=True)
+    return chosen | (masked & (slot == best) & ~chosen.any(1, keepdim=True)), slot, ent, conf
+
+
+def denoise_end_reference(logits: torch.Tensor, forbid: torch.Tensor, noisy: torch.Tensor, ids: torch.Tensor,
+                          t: torch.Tensor, move: torch.Tensor, knob: torch.Tensor, by_entropy: bool,
+                          nstep: torch.Tensor, filled: torch.Tensor, scores: torch.Tensor, left: torch.Tensor) -> None:
+    """In place, after a denoising pass over the blocks at t: logits [B, L, V] of the block's slots
+    (forbid [V]: 0 or -inf, added first), noisy [B, L] long (MASK where not filled yet), ids
+    [B, T] long, t [B] long, move [B] bool (rows that take part), knob [B] float64. The slots
+    `unmask_rule` chooses take their greedy ids in noisy and in ids at t + slot; filled [B, 2, >= L]
+    long logs (step, order) and scores [B, 2, >= L] fp32 (confidence, entropy) for them; nstep [B]
+    counts the passes of rows that had a masked slot; left [B]: masked slots left."""
+    B, L = noisy.shape
+    logits = logits.float() + forbid
+    masked = noisy == MASK
+    chosen, order, ent, conf = unmask_rule(logits, masked & move[:, None], knob, by_entropy)
+    pick = logits.argmax(-1)
+    b, pos = torch.arange(B, device=ids.device)[:, None], t[:, None] + torch.arange(L, device=ids.device)
+    ids[b, pos] = torch.where(chosen, pick, ids[b, pos])  # never a MASK
+    noisy.copy_(torch.where(chosen, pick, noisy))
+    log = torch.stack((nstep[:, None].expand(-1, L), order), 1)
+    filled[..., :L] = torch.where(chosen[:, None], log, filled[..., :L])
+    scores[..., :L] = torch.where(chosen[:, None], torch.stack((conf, ent), 1), scores[..., :L])
+    nstep += masked.any(1)
+    left.copy_((noisy == MASK).sum(1))
+
+
+@triton.jit
+def _denoise_end(x_ptr, forbid_ptr, noisy_ptr, ids_ptr, t_ptr, move_ptr, knob_ptr, nstep_ptr, filled_ptr,
+                 scores_ptr, left_ptr, L, V, s_xb, s_xl, s_noisy, s_ids, s_fb, s_fk, s_sb, s_sk, MASK_ID,
+                 BY_ENTROPY: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_V: tl.constexpr):
+    b = tl.program_id(0).to(tl.int64)
+    j = tl.arange(0, BLOCK_L)
+    v = tl.arange(0, BLOCK_V)
+    inside = j < L
+    x = tl.load(x_ptr + b * s_xb + j[:, None] * s_xl + v[None, :], mask=inside[:, None] & (v < V)[None, :],
+                other=float("-inf")).to(tl.float32)
+    x = x + tl.load(forbid_ptr + v, mask=v < V, other=0.0)[None, :]
+    # entropy, max probability and argmax of each slot, as entropy._confidence_kernel computes them
+    m = tl.max(x, 1)
+    pick = tl.argmax(x, 1)  # the first maximum
+    m_safe = tl.where(m == float("-inf"), 0.0, m)
+    finite = x != float("-inf")
+    d = tl.where(finite, x - m_safe[:, None], 0.0)
+    e = tl.where(finite, tl.exp(d), 0.0)
+    s = tl.where(inside, tl.sum(e, 1), 1.0)  # >= 1 in a slot (its max counts 1); padding: 1
+    ent = tl.log(s) - tl.sum(e * d, 1) / s
+    conf = 1.0 / s
+    noisy = tl.load(noisy_ptr + b * s_noisy + j, mask=inside, other=0)
+    was = inside & (noisy == MASK_ID)
+    masked = was & (tl.load(move_ptr + b) != 0)
+    knob = tl.load(knob_ptr + b)
+    if BY_ENTROPY:
+        # each slot's rank in a stable sort by entropy (unmasked slots last, as +inf)
+        h = tl.where(masked, ent, float("inf"))
+        hi, hk = h[:, None], h[None, :]
+        before = (hk < hi) | ((hk == hi) & (j[None, :] < j[:, None]))
+        order = tl.sum(before.to(tl.int64), 1)
+        # the prefix sums by rank, accumulated one rank at a time in float64 (as torch.cumsum on a
+        # CPU); the unmasked slots, ranked last, add 0 (their sums are not used)
+        h = tl.where(masked, ent, 0.0)
+        acc = tl.zeros([], dtype=tl.float64)
+        csum = tl.zeros([BLOCK_L], dtype=tl.float32)
+        for p in tl.static_range(BLOCK_L):
+            acc += tl.sum(tl.where(order == p, h, 0.0).to(tl.float64))
+            csum = tl.where(order == p, acc.to(tl.float32), csum)
+        n_masked = tl.sum(masked.to(tl.int64))
+        fits = ((csum - h) < knob.to(tl.float32)) & (order < n_masked)
+        n = tl.where(knob > 0, tl.maximum(tl.sum(fits.to(tl.int64)), 1), 1)
+        chosen = (masked.to(tl.int32) & (order < n).to(tl.int32)) != 0  # (the interpreter wants int1 here)
+    else:
+        order = j.to(tl.int64)
+        chosen = masked & (conf.to(tl.float64) > knob)
+        best = tl.argmax(tl.where(masked, conf, float("-inf")), 0)
+        fallback = masked & (j == best) & (tl.max(chosen.to(tl.int32), 0) == 0)
+        chosen = (chosen.to(tl.int32) | fallback.to(tl.int32)) != 0  # (as above)
+    t = tl.load(t_ptr + b)
+    pick = pick.to(tl.int64)
+    tl.store(ids_ptr + b * s_ids + t + j, pick, mask=chosen)
+    tl.store(noisy_ptr + b * s_noisy + j, pick, mask=chosen)
+    nstep = tl.load(nstep_ptr + b)
+    tl.store(filled_ptr + b * s_fb + j, tl.zeros([BLOCK_L], dtype=tl.int64) + nstep, mask=chosen)
+    tl.store(filled_ptr + b * s_fb + s_fk + j, order, mask=chosen)
+    tl.store(scores_ptr + b * s_sb + j, conf, mask=chosen)
+    tl.store(scores_ptr + b * s_sb + s_sk + j, ent, mask=chosen)
+    tl.store(nstep_ptr + b, nstep + (tl.max(was.to(tl.int64), 0) > 0).to(tl.int64))
+    tl.store(left_ptr + b, tl.sum((was & ~chosen).to(tl.int64)))
+
+
+def denoise_end_triton(logits: torch.Tensor, forbid: torch.Tensor, noisy: torch.Tensor, ids: torch.Tensor,
+                       t: torch.Tensor, move: torch.Tensor, knob: torch.Tensor, by_entropy: bool,
+                       nstep: torch.Tensor, filled: torch.Tensor, scores: torch.Tensor, left: torch.Tensor) -> None:
+    """denoise_end_reference in one launch (a program per row; the slots' last dims contiguous)."""
+    B, L = noisy.shape
+    V = logits.shape[-1]
+    _denoise_end[(B,)](logits, forbid, noisy, ids, t, move.view(torch.uint8), knob, nstep, filled, scores, left, L,
+                       V, logits.stride(0), logits.stride(1), noisy.stride(0), ids.stride(0), filled.stride(0),
+                       filled.stride(1), scores.stride(0), scores.stride(1), MASK, BY_ENTROPY=by_entropy,
+                       BLOCK_L=triton.next_power_of_2(L), BLOCK_V=triton.next_power_of_2(V))
