@@ -222,9 +222,12 @@ def _denoise_end(x_ptr, forbid_ptr, noisy_ptr, ids_ptr, t_ptr, move_ptr, knob_pt
 def denoise_end_triton(logits: torch.Tensor, forbid: torch.Tensor, noisy: torch.Tensor, ids: torch.Tensor,
                        t: torch.Tensor, move: torch.Tensor, knob: torch.Tensor, by_entropy: bool,
                        nstep: torch.Tensor, filled: torch.Tensor, scores: torch.Tensor, left: torch.Tensor) -> None:
-    """denoise_end_reference in one launch (a program per row; the slots' last dims contiguous)."""
+    """denoise_end_reference in one launch (a program per row; noisy, filled and scores with their
+    last dim contiguous)."""
     B, L = noisy.shape
     V = logits.shape[-1]
+    if logits.stride(-1) != 1:
+        logits = logits.contiguous()
     _denoise_end[(B,)](logits, forbid, noisy, ids, t, move.view(torch.uint8), knob, nstep, filled, scores, left, L,
                        V, logits.stride(0), logits.stride(1), noisy.stride(0), ids.stride(0), filled.stride(0),
                        filled.stride(1), scores.stride(0), scores.stride(1), MASK, BY_ENTROPY=by_entropy,
