@@ -64,12 +64,6 @@ class _Cost:
         self._kv(self.cfg.n_dec_layers, min(self.n, self.cfg.local_window), self.cfg.d_local)
 
 
-def _row_costs(model: BLT, s: StaticState, prompt_ids: list[list[int]]) -> list[_Cost]:
-    """Each prefilled row's cost counters (its prompt's patches are in `olog`)."""
-    starts = s.olog.long().cumsum(1).tolist()
-    return [_Cost(model, len(ids), starts[b][len(ids) - 1] - 1) for b, ids in enumerate(prompt_ids)]
-
-
 class _Request(_Cost):
     """One prompt on the static engine (batch 1): prefilled in one pass, with the counters, cost
     stats and trace that the eager decoders' SeqState would have."""
@@ -282,7 +276,7 @@ def generate_static_batch(model: BLT, prompts: list[str | bytes], max_bytes: int
     lockstep from BOS, each row leaving its prompt when it ends): the same bytes and pass
     counters as `generate_batch`. The host reads the new bytes every `check_every` steps to
     stop early; bytes past a row's end are computed and dropped."""
-    prompt_ids, s, counters, stoppers = _batch_begin(model, prompts, max_bytes, stop, compiled, freeze=False)
+    prompt_ids, s, counters, stoppers, costs = _batch_begin(model, prompts, max_bytes, stop, compiled, freeze=False)
     n0 = [len(i) for i in prompt_ids]
     fed = [0] * len(prompts)  # bytes of each row given to its stopper
     steps = max(n0)  # replays so far: byte t - 1 of every row is in ids
@@ -298,7 +292,7 @@ def generate_static_batch(model: BLT, prompts: list[str | bytes], max_bytes: int
             s.run()
             steps += 1
     # row b was pushed at steps 0 .. fed[b] - 2 (its last byte ended it); count passes as generate_batch
-    olog, costs = s.olog.tolist(), _row_costs(model, s, prompt_ids)
+    olog = s.olog.tolist()
     for j in range(max(fed) - 1):
         pushed = [b for b in range(len(prompts)) if fed[b] - 1 > j]
         count_push(counters, any([costs[b].pushed(1, costs[b].ncomp + olog[b][n0[b] + j]) for b in pushed]))
@@ -308,13 +302,15 @@ def generate_static_batch(model: BLT, prompts: list[str | bytes], max_bytes: int
 def _batch_begin(model: BLT, prompts: list[str | bytes], max_bytes: int, stop: str | bytes | None,
                  compiled: bool, freeze: bool):
     """Validate and prefill a batch (`StaticState.prefill`); counters of one batched prefill pass.
-    Returns (prompt ids, state, counters, stoppers)."""
+    Returns (prompt ids, state, counters, stoppers, each row's cost counters after its prompt)."""
     if not prompts:
         raise ValueError("no prompts given")
     prompt_ids = [check_request(p, max_bytes, model.cfg.max_bytes) for p in prompts]
     s = static_state(model, len(prompts), compiled)
     s.prefill(prompt_ids, freeze)
-    return prompt_ids, s, batch_counters(), [Stopper(max_bytes, stop) for _ in prompts]
+    starts = s.olog.long().cumsum(1).tolist()  # the prompts' patches: every prompt byte was stepped over
+    costs = [_Cost(model, len(ids), starts[b][len(ids) - 1] - 1) for b, ids in enumerate(prompt_ids)]
+    return prompt_ids, s, batch_counters(), [Stopper(max_bytes, stop) for _ in prompts], costs
 
 
 def _denoise_rows(s: StaticState, size: int, by_entropy: bool, rows: list[int], costs: list[_Cost]) -> int:
@@ -348,8 +344,7 @@ def generate_static_batch_diffusion(model: BLT, prompts: list[str | bytes], bloc
     (until no running row has a masked slot left: the host reads one number per row), and
     pushes its block in one more; a row that has stopped is left where it is (`move`)."""
     alpha, gamma = check_knobs(alpha, gamma)
-    prompt_ids, s, counters, stoppers = _batch_begin(model, prompts, max_bytes, stop, compiled, freeze=True)
-    costs = _row_costs(model, s, prompt_ids)
+    prompt_ids, s, counters, stoppers, costs = _batch_begin(model, prompts, max_bytes, stop, compiled, freeze=True)
     active = list(range(len(prompts)))
     while active:
         s.run_close()
@@ -378,8 +373,7 @@ def generate_static_batch_speculative(model: BLT, prompts: list[str | bytes], k:
     prefix (one rollback for the rows that rejected a byte). Each row gets the bytes that `generate`
     gives its prompt; counters count batched passes, as `generate_batch`'s do, and each row's cost
     counters what its prompt alone reads."""
-    prompt_ids, s, counters, stoppers = _batch_begin(model, prompts, max_bytes, stop, compiled, freeze=True)
-    costs = _row_costs(model, s, prompt_ids)
+    prompt_ids, s, counters, stoppers, costs = _batch_begin(model, prompts, max_bytes, stop, compiled, freeze=True)
     active = list(range(len(prompts)))
     while active:
         rooms = {b: min(k, max_bytes - len(stoppers[b].out)) for b in active}
@@ -454,8 +448,7 @@ def generate_static_batch_hybrid(model: BLT, prompts: list[str | bytes], eta: fl
     count batched passes, as `generate_batch`'s do."""
     alpha, gamma = check_knobs(alpha, gamma)
     check_hybrid(eta, block)
-    prompt_ids, s, counters, stoppers = _batch_begin(model, prompts, max_bytes, stop, compiled, freeze=True)
-    costs = _row_costs(model, s, prompt_ids)
+    prompt_ids, s, counters, stoppers, costs = _batch_begin(model, prompts, max_bytes, stop, compiled, freeze=True)
     active = list(range(len(prompts)))
     while active:
         h, first = entropy_of_logits(s.logits).tolist(), s.signal[:, 0].tolist()
