@@ -18,7 +18,7 @@ from ..tokens import MASK
 from .common import (BATCH_MODES, STATIC_BATCH_MODES, Generation, Sampler, Stopper, batch_counters, check_request,
                      count_push, finish_batch, mode_size)
 from .diffusion import check_knobs, choose_unmask
-from .state import HASH_CONTEXT, SeqState
+from .state import HASH_CONTEXT, SeqState, count_kv
 from .static_modes import (generate_static_batch, generate_static_batch_diffusion, generate_static_batch_hybrid,
                            generate_static_batch_speculative)
 
@@ -37,7 +37,7 @@ def run_rows(layers, x: torch.Tensor, pos: torch.Tensor, rows: list[SeqState], c
     caches = [getattr(st, cache) for st in rows]
     n0 = [c[0][0].shape[2] if c else 0 for c in caches]
     for st, n in zip(rows, n0):
-        st.stats["kv_read"] += 2 * len(layers) * min(n, window) * x.shape[-1]
+        count_kv(st.stats, len(layers), min(n, window), x.shape[-1])
     lens = torch.tensor(n0, device=x.device)
     S = int(lens.max())
     j = torch.arange(S, device=x.device)

@@ -20,12 +20,17 @@ from ..patching import opens_patch, patch_starts
 HASH_CONTEXT = 8  # ids before a new byte that its n-gram hashes may reach
 
 
+def count_kv(stats: dict, layers: int, keys: int, dim: int) -> None:
+    """A pass reading `keys` cached keys and values of width `dim` in each of `layers` layers."""
+    stats["kv_read"] += 2 * layers * keys * dim
+
+
 def _run(layers, x, pos, cache: list, window: int, slots=None, stats: dict | None = None) -> torch.Tensor:
     """Layers over new positions `pos` [1, L], attending to the cached prefix too; extends cache.
     Adds the KV-cache elements this pass reads to stats["kv_read"]."""
     n0, L = (cache[0][0].shape[2] if cache else 0), x.shape[1]
     if stats is not None:
-        stats["kv_read"] += 2 * len(layers) * min(n0, window) * x.shape[-1]
+        count_kv(stats, len(layers), min(n0, window), x.shape[-1])
     mask = None
     if L > 1 or n0 + L > window:
         kpos = torch.arange(n0 + L, device=x.device)[None]
@@ -82,7 +87,7 @@ class SeqState:
         return torch.arange(n0, n0 + L, device=self.dev)[None]
 
     def _entropy(self, new: torch.Tensor, pos: torch.Tensor) -> None:
-        self.stats["kv_read"] += 2 * len(self.m.entropy.layers) * len(self.ids) * self.cfg.entropy.dim
+        count_kv(self.stats, len(self.m.entropy.layers), len(self.ids), self.cfg.entropy.dim)
         logits = self.m.entropy(new, pos, cache=self.ent_cache)
         self.ent += entropy_of_logits(logits)[0].tolist()
 
@@ -164,7 +169,7 @@ class SeqState:
         mask[nf:, c + nf:] = torch.eye(L, dtype=torch.bool, device=dev)  # a newest row sees itself
         mask[nf:, :c + nf] &= k[:, :c + nf] < q[nf:]
         mask = mask[None, None]
-        self.stats["kv_read"] += 2 * len(self.m.dec_layers) * min(c, window) * self.cfg.d_local
+        count_kv(self.stats, len(self.m.dec_layers), min(c, window), self.cfg.d_local)
         for i, layer in enumerate(self.m.dec_layers):
             x, (kk, vv) = layer(x, pos, mask, slots=slots, prefix=self.dec_cache[i] if c else None)
             kv = (kk[:, :, :c + nf], vv[:, :, :c + nf])
@@ -249,7 +254,7 @@ class SeqState:
         mask = AttnMask(pos, torch.full_like(pos, n0 - 1), torch.zeros_like(pos), kpos, blk,
                         self.cfg.local_window)  # the whole cache (but too old bytes), the block both ways
         slots = self.table[:, -1:].expand(1, L, -1, -1)
-        self.stats["kv_read"] += 2 * len(self.m.dec_layers) * min(n0, self.cfg.local_window) * self.cfg.d_local
+        count_kv(self.stats, len(self.m.dec_layers), min(n0, self.cfg.local_window), self.cfg.d_local)
         for i, layer in enumerate(self.m.dec_layers):
             x, _ = layer(x, pos, mask, slots=slots, prefix=self.dec_cache[i] if self.dec_cache else None)
         return self.m.head(self.m.dec_norm(x))[0]

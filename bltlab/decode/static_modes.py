@@ -17,6 +17,7 @@ from .common import (MODES, Generation, Stopper, batch_counters, check_request, 
                      mode_size)
 from .diffusion import check_knobs
 from .hybrid import check_hybrid
+from .state import count_kv
 from .static import StaticState, static_state
 
 
@@ -28,23 +29,20 @@ class _Cost:
         self.cfg, self.n_tables, self.n, self.ncomp = model.cfg, len(model.embed.tables), n, ncomp
         self.stats = {"n_loc": 1, "kv_read": 0, "hash_rows": n * (1 + self.n_tables)}  # the prefill
 
-    def _kv(self, layers: int, keys: int, dim: int) -> None:
-        self.stats["kv_read"] += 2 * layers * keys * dim
-
     def count_local(self, t: int, L: int = 1) -> None:
         """One encoder + decoder pass over L bytes from position t."""
         c = self.cfg
         self.stats["n_loc"] += 1
         self.stats["hash_rows"] += L * (1 + self.n_tables)
-        self._kv(c.n_enc_layers + c.n_dec_layers, min(t, c.local_window), c.d_local)
+        count_kv(self.stats, c.n_enc_layers + c.n_dec_layers, min(t, c.local_window), c.d_local)
 
     def count_push(self, L: int, closed: int) -> None:
         """SeqState.push of L bytes at n that closed `closed` patches."""
         c = self.cfg
-        self._kv(c.entropy.n_layers, self.n, c.entropy.dim)
+        count_kv(self.stats, c.entropy.n_layers, self.n, c.entropy.dim)
         self.count_local(self.n, L)
         if closed:
-            self._kv(c.n_global_layers, self.ncomp, c.d_global)
+            count_kv(self.stats, c.n_global_layers, self.ncomp, c.d_global)
 
     def pushed(self, L: int, ncomp: int) -> int:
         """L bytes at n went through every part, after which `ncomp` patches are finished: count
@@ -56,12 +54,12 @@ class _Cost:
 
     def count_close(self) -> None:
         """SeqState.close_patch: the patch before n ends, the global model runs on it."""
-        self._kv(self.cfg.n_global_layers, self.ncomp, self.cfg.d_global)
+        count_kv(self.stats, self.cfg.n_global_layers, self.ncomp, self.cfg.d_global)
         self.ncomp += 1
 
     def count_block_pass(self) -> None:
         """One denoising pass (SeqState.block_logits)."""
-        self._kv(self.cfg.n_dec_layers, min(self.n, self.cfg.local_window), self.cfg.d_local)
+        count_kv(self.stats, self.cfg.n_dec_layers, min(self.n, self.cfg.local_window), self.cfg.d_local)
 
 
 class _Request(_Cost):
