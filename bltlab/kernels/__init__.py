@@ -2,8 +2,8 @@
 
 The library calls the ops below (`rms_norm`, `swiglu`, `norm_linear`, `norm_qkv`, `logit_entropy`,
 `confidence`, `hash_embedding`, `patch_max`, `attend`, `step_end`, `denoise_end`; named apart
-from the modules that hold them). Each op sends its tensors either to the reference (the exact PyTorch code the model
-always ran) or to a Triton kernel. The backend:
+from the modules that hold them). Each op sends its tensors either to the reference (the exact
+PyTorch code the model always ran) or to a Triton kernel. The backend:
 
 - `auto` (default): Triton for CUDA tensors, the reference otherwise, so a CPU run computes
   bit for bit what it computed before the kernels existed; except the ops in `AUTO_REFERENCE`,
