@@ -332,6 +332,20 @@ def test_step_end(dev, rule, max_patch, L):
                              "entropy", 1.0, 3, max_patch)
 
 
+def test_sum_before_rounds_once_per_prefix(dev):
+    """γ's prefix sums come out the same on every device: accumulated in float64 and rounded once,
+    where adding sixteen float32 0.1s one at a time in float32 (torch.cumsum on a GPU) drifts."""
+    x = torch.full((2, 16), 0.1)
+    acc, drift = torch.zeros(2), []
+    for j in range(16):
+        acc = acc + x[:, j]
+        drift.append(acc - x[:, j])
+    sums = torch.tensor([sum([float(x[0, 0])] * (j + 1)) for j in range(16)])  # Python's float64 sums
+    got = kernels.sum_before(x.to(dev)).cpu()
+    assert torch.equal(got, (sums.float() - x[0]).expand(2, -1))
+    assert not torch.equal(torch.stack(drift, 1), got)  # float32 accumulation gives other sums
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("by_entropy", [False, True])
 @pytest.mark.parametrize("L", [1, 5, 16])

@@ -21,7 +21,7 @@ def choose_unmask(logits: torch.Tensor, masked: list[int], alpha: float | None, 
     ent, conf, _ = kernels.confidence(allowed(logits[masked].float()))  # one pass over the rows
     if gamma is not None:
         order = ent.argsort(stable=True)  # ties in slot order (as the static engine's)
-        before = torch.cumsum(ent[order], 0) - ent[order]  # entropy of the prefix less its largest term
+        before = kernels.sum_before(ent[order])  # entropy of the prefix less its largest term
         n = max(1, int((before < gamma).sum())) if gamma > 0 else 1
         return [masked[i] for i in order[:n].tolist()]
     chosen = [m for m, c in zip(masked, conf.tolist()) if c > alpha]

@@ -62,6 +62,14 @@ def backend(name: str):
         set_backend(old)
 
 
+def sum_before(x: torch.Tensor) -> torch.Tensor:
+    """[..., L] float32 -> each prefix's sum less its last term, for BLT-D's γ rule (decode/
+    diffusion.py, step.py's kernel): accumulated in float64 and rounded once per prefix on every
+    device (torch.cumsum adds float32 in float64 on a CPU but in float32 on a GPU, which could move
+    a sum by an ulp across γ)."""
+    return x.double().cumsum(-1).float() - x
+
+
 def interpreting() -> bool:
     """Whether Triton runs kernels in its CPU interpreter (TRITON_INTERPRET=1)."""
     return os.environ.get("TRITON_INTERPRET", "0") == "1"

@@ -22,6 +22,7 @@ import triton
 import triton.language as tl
 
 from ..tokens import MASK
+from . import sum_before
 from .entropy import confidence_reference
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
@@ -123,7 +124,7 @@ def unmask_rule(logits: torch.Tensor, masked: torch.Tensor, knob: torch.Tensor,
         e = ent.masked_fill(~masked, float("inf"))
         order = e.argsort(dim=1, stable=True)
         se = e.gather(1, order)
-        fits = ((se.cumsum(1) - se) < knob[:, None].float()) & (slot < masked.sum(1, keepdim=True))
+        fits = (sum_before(se) < knob[:, None].float()) & (slot < masked.sum(1, keepdim=True))
         n = torch.where(knob > 0, fits.sum(1).clamp(min=1), 1)
         rank = torch.empty_like(order).scatter_(1, order, slot)
         return masked & (rank < n[:, None]), rank, ent, conf
@@ -188,8 +189,8 @@ def _denoise_end(x_ptr, forbid_ptr, noisy_ptr, ids_ptr, t_ptr, move_ptr, knob_pt
         hi, hk = h[:, None], h[None, :]
         before = (hk < hi) | ((hk == hi) & (j[None, :] < j[:, None]))
         order = tl.sum(before.to(tl.int64), 1)
-        # the prefix sums by rank, accumulated one rank at a time in float64 (as torch.cumsum on a
-        # CPU); the unmasked slots, ranked last, add 0 (their sums are not used)
+        # the prefix sums by rank, accumulated one rank at a time in float64 (as `sum_before`);
+        # the unmasked slots, ranked last, add 0 (their sums are not used)
         h = tl.where(masked, ent, 0.0)
         acc = tl.zeros([], dtype=tl.float64)
         csum = tl.zeros([BLOCK_L], dtype=tl.float32)
