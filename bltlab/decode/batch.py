@@ -18,7 +18,7 @@ from ..tokens import MASK
 from .common import (BATCH_MODES, STATIC_BATCH_MODES, Generation, Sampler, Stopper, batch_counters, check_request,
                      count_push, finish_batch, mode_size)
 from .diffusion import check_knobs, choose_unmask
-from .state import HASH_CONTEXT, SeqState, count_kv
+from .state import HASH_CONTEXT, SeqState, count_kv, count_local
 from .static_modes import (generate_static_batch, generate_static_batch_diffusion, generate_static_batch_hybrid,
                            generate_static_batch_speculative)
 
@@ -76,8 +76,7 @@ def push_rows(m: BLT, rows: list[SeqState], new_ids: list[list[int]], counters: 
         n, table_rows = st.append(new_ids[b], h[b:b + 1])
         n_glob += n
         slots.append(st.table[:, table_rows])
-        st.stats["n_loc"] += 1
-        st.stats["hash_rows"] += L * (1 + len(m.embed.tables))
+        count_local(st.stats, m, L)
     x = run_rows(m.dec_layers, h, pos, rows, "dec_cache", m.cfg.local_window, slots=torch.cat(slots))
     logits = m.head(m.dec_norm(x))
     for b, st in enumerate(rows):

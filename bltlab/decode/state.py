@@ -25,6 +25,13 @@ def count_kv(stats: dict, layers: int, keys: int, dim: int) -> None:
     stats["kv_read"] += 2 * layers * keys * dim
 
 
+def count_local(stats: dict, model: BLT, L: int) -> None:
+    """A local encoder pass over L new bytes, which reads L hash rows from the byte table and
+    from each n-gram table."""
+    stats["n_loc"] += 1
+    stats["hash_rows"] += L * (1 + len(model.embed.tables))
+
+
 def _run(layers, x, pos, cache: list, window: int, slots=None, stats: dict | None = None) -> torch.Tensor:
     """Layers over new positions `pos` [1, L], attending to the cached prefix too; extends cache.
     Adds the KV-cache elements this pass reads to stats["kv_read"]."""
@@ -95,8 +102,7 @@ class SeqState:
         ctx = torch.tensor([self.ids[max(0, pos[0, 0].item() - HASH_CONTEXT):pos[0, 0].item()]],
                            dtype=torch.long, device=self.dev)
         x = self.m.embed(new, ctx if ctx.shape[1] else None)
-        self.stats["n_loc"] += 1
-        self.stats["hash_rows"] += new.shape[1] * (1 + len(self.m.embed.tables))
+        count_local(self.stats, self.m, new.shape[1])
         return _run(self.m.enc_layers, x, pos, self.enc_cache, self.cfg.local_window, stats=self.stats)
 
     def _restart(self) -> None:

@@ -17,7 +17,7 @@ from .common import (MODES, Generation, Stopper, batch_counters, check_request, 
                      mode_size)
 from .diffusion import check_knobs
 from .hybrid import check_hybrid
-from .state import count_kv
+from .state import count_kv, count_local
 from .static import StaticState, static_state
 
 
@@ -26,14 +26,14 @@ class _Cost:
     passes, KV-cache elements read and hash rows, from the row's position n and finished patches."""
 
     def __init__(self, model: BLT, n: int, ncomp: int):
-        self.cfg, self.n_tables, self.n, self.ncomp = model.cfg, len(model.embed.tables), n, ncomp
-        self.stats = {"n_loc": 1, "kv_read": 0, "hash_rows": n * (1 + self.n_tables)}  # the prefill
+        self.m, self.cfg, self.n, self.ncomp = model, model.cfg, n, ncomp
+        self.stats = {"n_loc": 0, "kv_read": 0, "hash_rows": 0}
+        count_local(self.stats, model, n)  # the prefill
 
     def count_local(self, t: int, L: int = 1) -> None:
         """One encoder + decoder pass over L bytes from position t."""
         c = self.cfg
-        self.stats["n_loc"] += 1
-        self.stats["hash_rows"] += L * (1 + self.n_tables)
+        count_local(self.stats, self.m, L)
         count_kv(self.stats, c.n_enc_layers + c.n_dec_layers, min(t, c.local_window), c.d_local)
 
     def count_push(self, L: int, closed: int) -> None:
