@@ -292,41 +292,57 @@ def test_swiglu(dev, dtype, shape, halves):
 # ---- the end of a static decoding step --------------------------------------------------------
 @pytest.mark.parametrize("rule", ["global", "relative", "fixed", "space"])
 @pytest.mark.parametrize("max_patch", [0, 4])
-@pytest.mark.parametrize("L", [None, 1, 3])  # None: the signal only, else after a pass of L bytes
+@pytest.mark.parametrize("L", [None, 1, 3, "draft"])  # None: the signal only; a pass of L bytes; a draft (L 1)
 def test_step_end(dev, rule, max_patch, L):
-    """Next ids, positions and the (byte, opens) signal equal the reference's exactly, on 16 rows
-    whose positions, prompts, entropies, forced starts and open patches differ."""
+    """Greedy bytes, kept logits, next ids, positions and the (byte, opens) signal equal the
+    reference's exactly, on 16 rows whose positions, prompts, entropies, forced starts, open
+    patches and logits (exact ties, forbidden ids, fp32 and bf16) differ."""
+    from bltlab.decode.common import allowed
     from bltlab.kernels import step as K
     from bltlab.patching import WHITESPACE
     from bltlab.tokens import MASK, OFFSET
 
-    g = torch.Generator().manual_seed(sum(map(ord, rule)) + max_patch + (L or 0))
+    draft = L == "draft"
+    n = 1 if draft else L
+    g = torch.Generator().manual_seed(sum(map(ord, rule)) + max_patch + (n or 0) + 7 * draft)
     B, T = 16, 40
     pids = torch.randint(0, MASK, (B, 8 + T), generator=g)
     pids[torch.rand(B, 8 + T, generator=g) < 0.3] = ord(" ") + OFFSET  # whitespace in every row
     t = torch.randint(0, T - 8, (B,), generator=g)
     t[0] = 0
     state = dict(t=t, signal=torch.zeros(B, 2, dtype=torch.long), ent=2 * torch.rand(B, T + 1, generator=g),
-                 forced=torch.rand(B, T, generator=g) < 0.2, cur=(t - torch.randint(0, 4, (B,), generator=g)).clamp(0))
+                 forced=torch.rand(B, T, generator=g) < 0.2, cur=(t - torch.randint(0, 4, (B,), generator=g)).clamp(0),
+                 keep=torch.randn(B, MASK, generator=g), pred=torch.zeros(B, T, dtype=torch.long))
     is_ws = torch.zeros(MASK + 1, dtype=torch.bool)
     is_ws[torch.tensor(list(WHITESPACE)) + OFFSET] = True
-    nxt = torch.randint(0, MASK, (B, 3), generator=g)[:, -1]  # a column: strided, as the engine's is
+    dtype = torch.bfloat16 if max_patch else torch.float32
+    logits = (torch.randn(B, 3, MASK, generator=g) * 3).to(dtype)[:, :n or 1]  # rows strided
+    logits[1, :, 9] = logits[1, :, 5] = logits[1].float().max() + 1  # a tie: the first maximum wins
+    logits[2, :, 1] = 1e4  # a forbidden id (BOS is never emitted)
     given = torch.randint(0, MASK, (B, T), generator=g)
     plen, move = torch.randint(1, T, (B,), generator=g), torch.rand(B, generator=g) < 0.7
     runs = []
     for fn in (K.step_end_triton, K.step_end_reference):
         p = pids.clone().to(dev)
         st = {k: v.clone().to(dev) for k, v in state.items()}
-        adv = None if L is None else (L, nxt.to(dev), given.to(dev), plen.to(dev), move.to(dev))
-        fn(p[:, 8:], st["t"], st["signal"], st["ent"], st["forced"], st["cur"], is_ws.to(dev), rule, 1.0, 3,
-           max_patch, adv)
-        runs.append((p.cpu(), st["t"].cpu(), st["signal"].cpu()))
-    for x, y, what in zip(runs[0], runs[1], ("ids", "t", "signal")):
+        st["keep"] = st["keep"].to(dtype)
+        adv = None if n is None else (logits.to(dev), allowed(torch.zeros(MASK, device=dev)), st["keep"], st["pred"],
+                                      given.to(dev), plen.to(dev), move.to(dev))
+        fn(p[:, 8:], st["t"], None if draft else st["signal"], st["ent"], st["forced"], st["cur"], is_ws.to(dev), rule,
+           1.0, 3, max_patch, adv)
+        runs.append((p.cpu(), st["t"].cpu(), st["signal"].cpu(), st["pred"].cpu(), st["keep"].cpu()))
+    for x, y, what in zip(runs[0], runs[1], ("ids", "t", "signal", "pred", "keep")):
         assert torch.equal(x, y), what
-    opens = runs[1][2][:, 1]
-    assert 0 < int(opens.sum()) < B  # both outcomes occur
-    if L is not None:
-        assert not torch.equal(runs[1][1], t) and not torch.equal(runs[1][0], pids)
+    ids, t1, signal, pred, keep = runs[1]
+    if n is not None:
+        assert not torch.equal(t1, t) and not torch.equal(ids, pids)
+        assert int(pred[1, t[1]]) == 5 and int(pred[2, t[2]]) != 1
+        assert torch.equal(keep[move], logits[move, -1].to(keep.dtype))
+        assert torch.equal(keep[~move], state["keep"][~move].to(keep.dtype))
+    if draft:
+        assert not signal.any()
+    else:
+        assert 0 < int(signal[:, 1].sum()) < B  # both outcomes occur
     with pytest.raises(ValueError, match="patch rule"):
         K.step_end_reference(pids[:, 8:], t, state["signal"], state["ent"], state["forced"], state["cur"], is_ws,
                              "entropy", 1.0, 3, max_patch)

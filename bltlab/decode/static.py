@@ -336,8 +336,7 @@ class StaticState:
             self.ncomp += closes[:, -1] * self.move
             self.cur.copy_(torch.where(self.move, incl[:, -1], self.cur))
         slots = self.table[b[:, None], rows].flatten(0, 1)  # [B L, layers, 2, H, k, hd]
-        nxt = self._decode(pos, h, slots, local)
-        self._signal((L, nxt, self.given, self.plen, self.move))  # ids[t + L]: the prompt's first
+        self._signal(self._decode(pos, h, slots, local))  # ids[t + L]: the prompt's first
 
     def _global(self, start: torch.Tensor, end: torch.Tensor) -> None:
         """Global model on the patches [start, end) ([B, P] each) as patches ncomp .. ncomp + P - 1;
@@ -420,28 +419,22 @@ class StaticState:
         self.h[self.rows[:, None], pos] = h
         return h
 
-    def _decode(self, pos: torch.Tensor, h: torch.Tensor, slots: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def _decode(self, pos: torch.Tensor, h: torch.Tensor, slots: torch.Tensor, mask: torch.Tensor) -> tuple:
         """Decoder over pos [B, L] from the encoder's h there, reading `slots` (table rows: one per
-        byte, or one per row for the whole pass); keeps the greedy byte after each position in `pred`
-        and the last logits; returns the greedy byte after the last one."""
-        m, b = self.m, self.rows
-        x, r = self._layers(m.dec_layers, self.dec_kv, h, self.rot(m.dec_layers), pos, mask, slots)
-        logits = _norm_proj(m.dec_norm, x, r, m.head.weight)[1]  # [B, L, 260]
-        # waiting rows keep theirs (detached: an out= op takes no input that needs a gradient)
-        torch.where(self.move[:, None], logits[:, -1].detach(), self.logits, out=self.logits)
-        pred = (logits.float() + self.forbid).argmax(-1)
-        self.pred[b[:, None], pos] = pred
-        return pred[:, -1]
+        byte, or one per row for the whole pass). Returns step_end's `advance`: the logits [B, L, 260]
+        and where their greedy bytes and the last logits go."""
+        x, r = self._layers(self.m.dec_layers, self.dec_kv, h, self.rot(self.m.dec_layers), pos, mask, slots)
+        logits = _norm_proj(self.m.dec_norm, x, r, self.m.head.weight)[1]
+        return logits, self.forbid, self.logits, self.pred, self.given, self.plen, self.move
 
     def draft(self) -> None:
         """Self-speculation's draft step at position dt: encoder and decoder only, reading the
-        newest global output (table row ncomp); writes the greedy byte to ids[dt + 1]. Its cache
-        entries lie past t: the verifying `advance` rewrites them."""
+        newest global output (table row ncomp); writes the greedy byte to ids[dt + 1] and moves dt
+        (rows that move). Its cache entries lie past t: the verifying `advance` rewrites them."""
         pos = self.dt[:, None]
         local = self._masks(pos, self.cfg.local_window)[0]
         h = self._encode(pos, local)
-        self.ids[self.rows, self.dt + 1] = self._decode(pos, h, self.table[self.rows, self.ncomp], local)
-        self.dt += 1
+        self._signal(self._decode(pos, h, self.table[self.rows, self.ncomp], local), draft=True)
 
     def rollback(self, n: int | list[int], byte: int | list[int], rows: list[int] | None = None) -> None:
         """Back to the first n bytes (rejected drafts), with `byte` as byte n: every row, or with
@@ -461,12 +454,13 @@ class StaticState:
         """The steps after this move these rows only (the others keep t and their patches)."""
         self.move.copy_(torch.isin(self.rows, torch.tensor(rows, dtype=torch.long, device=self.dev)))
 
-    def _signal(self, advance: tuple | None = None) -> None:
-        """(byte t, does it open a patch?): the two numbers the host reads; with `advance` the
-        rows first take their next ids and move (one kernel: kernels.step_end)."""
+    def _signal(self, advance: tuple | None = None, draft: bool = False) -> None:
+        """(byte t, does it open a patch?): the two numbers the host reads; with `advance` (from
+        `_decode`) the rows first take their greedy bytes and next ids and move (one kernel:
+        kernels.step_end). A draft moves dt instead of t and leaves the signal alone."""
         pc = self.cfg.patch
-        kernels.step_end(self.ids, self.t, self.signal, self.ent, self.forced, self.cur, self.is_ws, pc.rule,
-                         pc.threshold, pc.stride, pc.max_patch, advance)
+        kernels.step_end(self.ids, self.dt if draft else self.t, None if draft else self.signal, self.ent,
+                         self.forced, self.cur, self.is_ws, pc.rule, pc.threshold, pc.stride, pc.max_patch, advance)
 
     # ---- CUDA graphs -------------------------------------------------------------------------
     # Each run_* is its step as a CUDA-graph replay on a GPU (captured on first use), eager elsewhere.

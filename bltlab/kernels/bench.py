@@ -213,13 +213,15 @@ def case_attention(s, dt, dev):
 
 def case_step_end(s, dt, dev):
     from . import step
-    B, T = s["B"], s["T"]  # one step of B rows (no activations: dt unused)
+    B, T = s["B"], s["T"]  # the end of one step of B rows: a decoder pass over one byte, then the signal
     ids, given = (torch.randint(4, V, (B, T), device=dev) for _ in range(2))
     t = torch.randint(0, T // 2, (B,), device=dev)
     ent, forced = torch.rand(B, T + 1, device=dev), torch.zeros(B, T, dtype=torch.bool, device=dev)
     is_ws, sig = torch.zeros(V + 1, dtype=torch.bool, device=dev), torch.zeros(B, 2, dtype=torch.long, device=dev)
-    nxt, plen = torch.randint(4, V, (B,), device=dev), torch.full((B,), 2, device=dev)
-    adv = (1, nxt, given, plen, torch.zeros(B, dtype=torch.bool, device=dev))  # no row moves: t stays put
+    logits, keep = torch.randn(B, 1, V, device=dev).to(dt), torch.zeros(B, V, device=dev).to(dt)
+    forbid, pred, plen = torch.zeros(V, device=dev), torch.zeros(B, T, dtype=torch.long, device=dev), \
+        torch.full((B,), 2, device=dev)
+    adv = (logits, forbid, keep, pred, given, plen, torch.zeros(B, dtype=torch.bool, device=dev))  # t stays put
     args = (ids, t, sig, ent, forced, t.clone(), is_ws, "global", 0.5, 4, 8, adv)
     return lambda: step.step_end_triton(*args), lambda: step.step_end_reference(*args), None, False  # latency-bound
 

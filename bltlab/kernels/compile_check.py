@@ -56,13 +56,15 @@ def specs(dt: str, head_dims=(32, 64, 128)):
                          **{a: I32 for a in ("L", "V", "s_xb", "s_xl", "s_noisy", "s_ids", "s_fb", "s_fk", "s_sb",
                                              "s_sk", "MASK_ID")}),
                     dict(BY_ENTROPY=by_entropy, BLOCK_L=16, BLOCK_V=512)))
-    if dt == "bf16":  # no activations: one dtype
-        u8 = "*u8"
-        step = dict(ids_ptr=I64P, t_ptr=I64P, sig_ptr=I64P, ent_ptr=f, forced_ptr=u8, cur_ptr=I64P, ws_ptr=u8,
-                    nxt_ptr=I64P, given_ptr=I64P, plen_ptr=I64P, move_ptr=u8, threshold=F32,
-                    **{a: I32 for a in ("s_ids", "s_ent", "s_forced", "s_given", "s_nxt", "L", "stride", "max_patch")})
-        out += [(f"step_end {rule} advance={adv}", S._step_end, step, dict(RULE=S.RULES.index(rule), ADVANCE=adv))
-                for rule, adv in [(r, True) for r in S.RULES] + [("global", False)]]
+    u8 = "*u8"
+    step = dict(ids_ptr=I64P, t_ptr=I64P, sig_ptr=I64P, ent_ptr=f, forced_ptr=u8, cur_ptr=I64P, ws_ptr=u8, x_ptr=p,
+                forbid_ptr=f, keep_ptr=p, pred_ptr=I64P, given_ptr=I64P, plen_ptr=I64P, move_ptr=u8, threshold=F32,
+                **{a: I32 for a in ("s_ids", "s_ent", "s_forced", "s_xb", "s_xl", "s_keep", "s_pred", "s_given", "L",
+                                    "V", "stride", "max_patch")})
+    # after a pass (every rule), a draft, and the signal alone (no logits: at one dtype)
+    variants = [(r, True, True) for r in S.RULES] + [("global", True, False)] + [("global", False, True)] * (dt == "bf16")
+    out += [(f"step_end {rule} advance={adv} signal={sig}", S._step_end, step,
+             dict(RULE=S.RULES.index(rule), ADVANCE=adv, SIGNAL=sig, BLOCK_V=512)) for rule, adv, sig in variants]
     ints = {a: I32 for a in ("sqb", "sqh", "sqm", "skb", "skh", "skn", "svb", "svh", "svn", "sob", "soh", "som", "smq",
                              "smk", "H", "LQ", "LK", "HD", "WINDOW")}
     common = dict(Q=p, K=p, V=p, LSE=f, scale=F32, **{a: I64P for a in ("QPOS", "QLIM", "QBLK", "KPOS", "KBLK")},
@@ -103,7 +105,7 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     rows = check(args.arch, ("bf16",) if args.quick else ("fp32", "bf16"), (32,) if args.quick else (32, 64, 128))
     for r in rows:
-        print(f"{'OK  ' if r['ok'] else 'FAIL'} {r['kernel']:<40} {r['dtype']:<5} "
+        print(f"{'OK  ' if r['ok'] else 'FAIL'} {r['kernel']:<44} {r['dtype']:<5} "
               + (f"{r['seconds']:>5.1f}s shared {r['shared_bytes']} B" if r["ok"] else r["error"]))
     bad = sum(not r["ok"] for r in rows)
     print(f"{len(rows) - bad}/{len(rows)} kernels compiled for sm_{args.arch}")

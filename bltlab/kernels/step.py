@@ -1,9 +1,10 @@
 """The ends of static decoding steps, each in one kernel where PyTorch takes a dozen or more
 small operations (each its own launch in a CUDA graph). One program per row; inference only.
 
-`step_end`: after a pass over L bytes from t, every row takes its next id (the prompt's while
-it lasts, else the greedy byte `nxt` after the pass) and the rows that move advance t by L;
-then, after every step, the two numbers the host reads: byte t and whether it opens a patch.
+`step_end`: after a decoder pass over L bytes from t, the greedy byte after each (kept in
+`pred`), then every row takes its next id (the prompt's while it lasts, else the greedy byte
+after the pass) and the rows that move advance t by L; then, after every step but a draft's,
+the two numbers the host reads: byte t and whether it opens a patch.
 That decision is patch_starts' rule at one position (patching.py): by entropy ("global",
 "relative"), every `stride` bytes ("fixed") or after whitespace ("space"), or a forced start,
 or the open patch (from `cur`) reaching `max_patch` bytes.
@@ -36,20 +37,30 @@ def check_rule(rule: str) -> int:
 
 
 # ---- reference -------------------------------------------------------------------------------
-def step_end_reference(ids: torch.Tensor, t: torch.Tensor, signal: torch.Tensor, ent: torch.Tensor,
+def step_end_reference(ids: torch.Tensor, t: torch.Tensor, signal: torch.Tensor | None, ent: torch.Tensor,
                        forced: torch.Tensor, cur: torch.Tensor, is_ws: torch.Tensor, rule: str, threshold: float,
                        stride: int, max_patch: int, advance=None) -> None:
-    """In place. ids [B, T] long, t [B] long, signal [B, 2] long, ent [B, T + 1] fp32, forced [B, T]
-    bool, cur [B] long, is_ws [V] bool (ids that are whitespace). advance: None, or (L, nxt [B] long,
-    given [B, T] long, plen [B] long, move [B] bool): first ids[t + L] = given there if t + L < plen
-    else nxt (every row), and t += L where move."""
+    """In place. ids [B, T] long, t [B] long, signal [B, 2] long (None: left alone), ent [B, T + 1]
+    fp32, forced [B, T] bool, cur [B] long, is_ws [V] bool (ids that are whitespace). advance: None,
+    or after a decoder pass over L bytes from t, (logits [B, L, V], forbid [V] fp32 (0 or -inf),
+    keep [B, V], pred [B, T] long, given [B, T] long, plen [B] long, move [B] bool): each position's
+    greedy id (argmax of logits + forbid, the first maximum) goes to pred at t + j, the last logits
+    to keep where move; then ids[t + L] = given there if t + L < plen else the last greedy id (every
+    row), and t += L where move."""
     b = torch.arange(ids.shape[0], device=ids.device)
-    if advance is not None:
-        L, nxt, given, plen, move = advance
-        t1 = t + L
-        ids[b, t1] = torch.where(t1 < plen, given[b, t1], nxt)
-        t.add_(move, alpha=L)
     check_rule(rule)
+    if advance is not None:
+        logits, forbid, keep, pred, given, plen, move = advance
+        L = logits.shape[1]
+        greedy = (logits.float() + forbid).argmax(-1)  # [B, L]
+        pred[b[:, None], t[:, None] + torch.arange(L, device=t.device)] = greedy
+        # waiting rows keep theirs (detached: an out= op takes no input that needs a gradient)
+        torch.where(move[:, None], logits[:, -1].detach(), keep, out=keep)
+        t1 = t + L
+        ids[b, t1] = torch.where(t1 < plen, given[b, t1], greedy[:, -1])
+        t.add_(move, alpha=L)
+    if signal is None:
+        return
     if rule == "global":
         nat = ent[b, t] > threshold
     elif rule == "fixed":
@@ -69,46 +80,74 @@ def step_end_reference(ids: torch.Tensor, t: torch.Tensor, signal: torch.Tensor,
 
 # ---- kernel --------------------------------------------------------------------------------
 @triton.jit
-def _step_end(ids_ptr, t_ptr, sig_ptr, ent_ptr, forced_ptr, cur_ptr, ws_ptr, nxt_ptr, given_ptr, plen_ptr,
-              move_ptr, s_ids, s_ent, s_forced, s_given, s_nxt, L, threshold, stride, max_patch,
-              RULE: tl.constexpr, ADVANCE: tl.constexpr):
+def _step_end(ids_ptr, t_ptr, sig_ptr, ent_ptr, forced_ptr, cur_ptr, ws_ptr, x_ptr, forbid_ptr, keep_ptr, pred_ptr,
+              given_ptr, plen_ptr, move_ptr, s_ids, s_ent, s_forced, s_xb, s_xl, s_keep, s_pred, s_given, L, V,
+              threshold, stride, max_patch, RULE: tl.constexpr, ADVANCE: tl.constexpr, SIGNAL: tl.constexpr,
+              BLOCK_V: tl.constexpr):
     b = tl.program_id(0).to(tl.int64)
     row = ids_ptr + b * s_ids
     t = tl.load(t_ptr + b)
     if ADVANCE:
+        v = tl.arange(0, BLOCK_V)
+        inside = v < V
+        forbid = tl.load(forbid_ptr + v, mask=inside, other=float("-inf"))
+        nxt = tl.zeros([], dtype=tl.int64)
+        for j in range(L):
+            x = tl.load(x_ptr + b * s_xb + j * s_xl + v, mask=inside, other=float("-inf")).to(tl.float32)
+            nxt = tl.argmax(x + forbid, 0).to(tl.int64)  # the first maximum, as torch.argmax
+            tl.store(pred_ptr + b * s_pred + t + j, nxt)
+        moves = tl.load(move_ptr + b).to(tl.int32)  # 0 or 1
+        last = tl.load(x_ptr + b * s_xb + (L - 1) * s_xl + v, mask=inside)
+        tl.store(keep_ptr + b * s_keep + v, last, mask=v < V * moves)
         t1 = t + L
-        given = tl.load(given_ptr + b * s_given + t1)
-        tl.store(row + t1, tl.where(t1 < tl.load(plen_ptr + b), given, tl.load(nxt_ptr + b * s_nxt)))
-        t += tl.load(move_ptr + b).to(tl.int64) * L
+        new = tl.where(t1 < tl.load(plen_ptr + b), tl.load(given_ptr + b * s_given + t1), nxt)
+        tl.store(row + t1, new)
+        t += moves * L
         tl.store(t_ptr + b, t)
-    byte = tl.load(row + t)
-    prev = tl.maximum(t - 1, 0)
-    if RULE == 0:
-        nat = tl.load(ent_ptr + b * s_ent + t) > threshold
-    elif RULE == 1:
-        nat = (tl.load(ent_ptr + b * s_ent + t) - tl.load(ent_ptr + b * s_ent + prev)) > threshold
-    elif RULE == 2:
-        nat = (t - 1) % stride == 0  # (-1) % stride is 0 for stride 1 only, with C's % as with Python's
+        # byte t: the id just stored where the row moved (not read back: other threads of the
+        # program need not see that store yet), else the one that was there
+        byte = tl.where(moves != 0, new, tl.load(row + t, mask=moves == 0, other=0))
     else:
-        nat = (tl.load(ws_ptr + tl.load(row + prev)) != 0) & (tl.load(ws_ptr + byte) == 0)
-    nat = nat | (tl.load(forced_ptr + b * s_forced + t) != 0)
-    if max_patch > 0:
-        nat = nat | (t - tl.load(cur_ptr + b) == max_patch)
-    tl.store(sig_ptr + 2 * b, byte)
-    tl.store(sig_ptr + 2 * b + 1, nat.to(tl.int64))
+        byte = tl.load(row + t)
+    if SIGNAL:
+        prev = tl.maximum(t - 1, 0)
+        if RULE == 0:
+            nat = tl.load(ent_ptr + b * s_ent + t) > threshold
+        elif RULE == 1:
+            nat = (tl.load(ent_ptr + b * s_ent + t) - tl.load(ent_ptr + b * s_ent + prev)) > threshold
+        elif RULE == 2:
+            nat = (t - 1) % stride == 0  # (-1) % stride is 0 for stride 1 only, with C's % as with Python's
+        else:
+            nat = (tl.load(ws_ptr + tl.load(row + prev)) != 0) & (tl.load(ws_ptr + byte) == 0)
+        nat = nat | (tl.load(forced_ptr + b * s_forced + t) != 0)
+        if max_patch > 0:
+            nat = nat | (t - tl.load(cur_ptr + b) == max_patch)
+        tl.store(sig_ptr + 2 * b, byte)
+        tl.store(sig_ptr + 2 * b + 1, nat.to(tl.int64))
 
 
-def step_end_triton(ids: torch.Tensor, t: torch.Tensor, signal: torch.Tensor, ent: torch.Tensor,
+def step_end_triton(ids: torch.Tensor, t: torch.Tensor, signal: torch.Tensor | None, ent: torch.Tensor,
                     forced: torch.Tensor, cur: torch.Tensor, is_ws: torch.Tensor, rule: str, threshold: float,
                     stride: int, max_patch: int, advance=None) -> None:
-    """step_end_reference in one launch (every tensor as there; rows may be strided, t, cur, signal
-    and the advance's plen and move contiguous)."""
+    """step_end_reference in one launch (every tensor as there; rows may be strided, the logits'
+    and keep's last dim, t, cur, signal, forbid and the advance's plen and move contiguous)."""
     code = check_rule(rule)
-    L, nxt, given, plen, move = advance if advance is not None else (0, t, ids, t, t)
+    if advance is None:
+        logits = keep = pred = given = plen = move = forbid = t  # unread
+        L = V = 1
+        strides = (0,) * 5
+    else:
+        logits, forbid, keep, pred, given, plen, move = advance
+        L, V = logits.shape[1:]
+        if logits.stride(-1) != 1:
+            logits = logits.contiguous()
+        strides = (logits.stride(0), logits.stride(1), keep.stride(0), pred.stride(0), given.stride(0))
     as_u8 = lambda x: x.view(torch.uint8) if x.dtype == torch.bool else x
-    _step_end[(ids.shape[0],)](ids, t, signal, ent, as_u8(forced), cur, as_u8(is_ws), nxt, given, plen, as_u8(move),
-                               ids.stride(0), ent.stride(0), forced.stride(0), given.stride(0), nxt.stride(0), L,
-                               float(threshold), int(stride), int(max_patch), RULE=code, ADVANCE=advance is not None)
+    _step_end[(ids.shape[0],)](ids, t, t if signal is None else signal, ent, as_u8(forced), cur, as_u8(is_ws), logits,
+                               forbid, keep, pred, given, plen, as_u8(move), ids.stride(0), ent.stride(0),
+                               forced.stride(0), *strides, L, V, float(threshold), int(stride), int(max_patch),
+                               RULE=code, ADVANCE=advance is not None, SIGNAL=signal is not None,
+                               BLOCK_V=triton.next_power_of_2(V))
 
 
 # ---- the end of a denoising step ---------------------------------------------------------------
