@@ -1,7 +1,12 @@
 """The speed benchmark's harness (structure and bookkeeping only: nothing here is timed)."""
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
+import torch
 
 from bltlab.checkpoint import load_model
 from bltlab.cli import main
@@ -79,3 +84,28 @@ def test_cli_speed(tiny_dir, tmp_path, capsys):
     assert "| blt | eager | 1 |" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="batch"):
         main(["speed", "--model", str(tiny_dir), "--prompts", str(prompts), "--batch", "0"])
+
+
+def test_profile_static_script_on_cpu(tmp_path):
+    """benchmarks/profile_static.py (the GPU profile of each static step kind) runs its CPU check:
+    every step kind profiled, the busiest operations named, the JSON written; a CUDA request
+    without a GPU is refused with a message."""
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    out = tmp_path / "profile.json"
+    r = subprocess.run([sys.executable, "benchmarks/profile_static.py", "--device", "cpu", "--replays", "2", "--json",
+                        str(out)], cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads(out.read_text())
+    assert [row["step"] for row in res["rows"]] == ["advance(1), global step", "advance(1)", "advance(8)", "draft",
+                                                    "close", "denoise(8)"]
+    for row in res["rows"]:
+        assert row["wall_us"] > 0 and 0 < row["device_us"] and row["top"][0]["name"].startswith("aten::")
+    assert "| denoise(8) |" in r.stdout
+    bad = subprocess.run([sys.executable, "benchmarks/profile_static.py", "--device", "cpu", "--replays", "1000"],
+                         cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert bad.returncode != 0 and "--replays must be between 1 and" in bad.stderr
+    if not torch.cuda.is_available():
+        r = subprocess.run([sys.executable, "benchmarks/profile_static.py"], cwd=root, env=env, capture_output=True,
+                           text=True, timeout=600)
+        assert r.returncode != 0 and "no CUDA device here" in r.stderr
