@@ -322,6 +322,21 @@ def test_band_masks_equal_causal_masks(window):
     assert torch.equal(s._masks(pos, window)[0], want)
 
 
+def test_block_masks_equal_the_denoising_rule():
+    """A denoising pass's mask, gathered from its block size's table, lets slot i of a block at t
+    read every key before the block's end that is less than the local window behind it (the
+    block both ways), at any t (the first and the last a block may start at)."""
+    s = StaticState(tiny(), 2)
+    k = s.keys[None, None]
+    for size in (1, 3, 16):
+        for t in ([0, s.T - size], [7, s.cfg.local_window + 2]):
+            t = torch.tensor(t)
+            pos = t[:, None] + s.kpos[:size]
+            want = torch.where((k < (t + size)[:, None, None]) & (pos[..., None] - k < s.cfg.local_window), 0.0,
+                               float("-inf"))
+            assert torch.equal(s.blocks[size - 1][s.kpos[:size, None], (s.koff - t[:, None])[:, None]], want)
+
+
 def test_steps_with_the_triton_kernels_equal_the_references(sharp):
     """Every step kind with the Triton kernels, as a GPU runs them (here in Triton's interpreter),
     against the same steps on the PyTorch references: logits, entropies, bytes, positions and

@@ -182,6 +182,7 @@ class StaticState:
         self.bias = p.new_tensor([0.0, float("-inf")])  # the masks' additive form
         self.back = S - 1 - self.keys  # index of the offset q - k in a band: q + back[k]
         self.bands = {w: self._band(w) for w in {model.entropy.cfg.window, self.cfg.local_window, 0}}
+        self.blocks, self.koff = self._block_masks(), self.keys + T  # koff - t: a key's index in `blocks`
         self.forbid = allowed(torch.zeros(260, device=dev))  # -inf at ids decoding never emits, else 0
         self.lmax = self.cfg.patch.max_patch or self.cfg.max_bytes  # longest possible patch
         self.is_ws = torch.zeros(MASK + 1, dtype=torch.bool, device=dev)  # ids of whitespace bytes
@@ -274,6 +275,15 @@ class StaticState:
         (0 <= q - k, and < window if window > 0), else -inf."""
         off = torch.arange(1 - self.back.numel(), self.T, device=self.dev)  # q - k
         return self._additive((off >= 0) & ((off < window) | (window == 0)))
+
+    def _block_masks(self) -> torch.Tensor:
+        """The denoising passes' masks by block size and offset: [size - 1, i, T + k - t] is 0 where
+        slot i of a block of `size` at t may read the key at k, else -inf: the clean keys before
+        the block in the local window, and the whole block (whose keys lie less than size <=
+        MAX_BLOCK < local_window behind any of its queries, or ahead)."""
+        d = torch.arange(self.back.numel() + self.T, device=self.dev) - self.T  # k - t
+        i = self.kpos[:MAX_BLOCK]
+        return self._additive((d < i[:, None, None] + 1) & (i[:, None] - d < self.cfg.local_window))
 
     def _masks(self, pos: torch.Tensor, *windows: int) -> list[torch.Tensor]:
         """[B, 1, L, S] additive causal masks over the whole static cache for queries at pos [B, L], one
@@ -396,11 +406,8 @@ class StaticState:
         m, b, t = self.m, self.rows, self.t
         pos = t[:, None] + self.kpos[:size]  # [B, size]
         noisy = self.noisy[:, :size]
-        # keys before the block's end, in the window: the clean ones, and the whole block (whose
-        # keys lie less than size <= MAX_BLOCK < local_window behind any of its queries, or ahead)
-        k = self.keys[None, None]
-        allow = (k < (t + size)[:, None, None]) & (pos[..., None] - k < self.cfg.local_window)
-        mask = self._additive(allow[:, None])  # [B, 1, size, S]
+        at = self.koff - t[:, None]  # [B, S]
+        mask = self.blocks[size - 1][self.kpos[:size, None], at[:, None]][:, None]  # [B, 1, size, S]
         x, r = self._layers(m.dec_layers, self.dec_kv, m.noisy_embed(noisy), self.rot(m.dec_layers), pos,
                             mask, self.table[b, self.ncomp])
         logits = _norm_proj(m.dec_norm, x, r, m.head.weight)[1]  # [B, size, 260]
