@@ -312,7 +312,8 @@ def test_step_end(dev, rule, max_patch, L):
     t[0] = 0
     state = dict(t=t, signal=torch.zeros(B, 2, dtype=torch.long), ent=2 * torch.rand(B, T + 1, generator=g),
                  forced=torch.rand(B, T, generator=g) < 0.2, cur=(t - torch.randint(0, 4, (B,), generator=g)).clamp(0),
-                 keep=torch.randn(B, MASK, generator=g), pred=torch.zeros(B, T, dtype=torch.long))
+                 keep=torch.randn(B, MASK, generator=g), pred=torch.zeros(B, T, dtype=torch.long),
+                 olog=torch.rand(B, T, generator=g) < 0.5)
     is_ws = torch.zeros(MASK + 1, dtype=torch.bool)
     is_ws[torch.tensor(list(WHITESPACE)) + OFFSET] = True
     dtype = torch.bfloat16 if max_patch else torch.float32
@@ -328,23 +329,27 @@ def test_step_end(dev, rule, max_patch, L):
         st["keep"] = st["keep"].to(dtype)
         adv = None if n is None else (logits.to(dev), allowed(torch.zeros(MASK, device=dev)), st["keep"], st["pred"],
                                       given.to(dev), plen.to(dev), move.to(dev))
-        fn(p[:, 8:], st["t"], None if draft else st["signal"], st["ent"], st["forced"], st["cur"], is_ws.to(dev), rule,
-           1.0, 3, max_patch, adv)
-        runs.append((p.cpu(), st["t"].cpu(), st["signal"].cpu(), st["pred"].cpu(), st["keep"].cpu()))
-    for x, y, what in zip(runs[0], runs[1], ("ids", "t", "signal", "pred", "keep")):
+        fn(p[:, 8:], st["t"], None if draft else st["signal"], None if draft else st["olog"], st["ent"], st["forced"],
+           st["cur"], is_ws.to(dev), rule, 1.0, 3, max_patch, adv)
+        runs.append((p.cpu(), st["t"].cpu(), st["signal"].cpu(), st["pred"].cpu(), st["keep"].cpu(), st["olog"].cpu()))
+    for x, y, what in zip(runs[0], runs[1], ("ids", "t", "signal", "pred", "keep", "olog")):
         assert torch.equal(x, y), what
-    ids, t1, signal, pred, keep = runs[1]
+    ids, t1, signal, pred, keep, olog = runs[1]
     if n is not None:
         assert not torch.equal(t1, t) and not torch.equal(ids, pids)
         assert int(pred[1, t[1]]) == 5 and int(pred[2, t[2]]) != 1
         assert torch.equal(keep[move], logits[move, -1].to(keep.dtype))
         assert torch.equal(keep[~move], state["keep"][~move].to(keep.dtype))
     if draft:
-        assert not signal.any()
+        assert not signal.any() and torch.equal(olog, state["olog"])
     else:
         assert 0 < int(signal[:, 1].sum()) < B  # both outcomes occur
+        assert torch.equal(olog[torch.arange(B), t1], signal[:, 1].bool())  # logged at byte t
+        olog[torch.arange(B), t1] = state["olog"][torch.arange(B), t1]
+        assert torch.equal(olog, state["olog"])  # and nowhere else
     with pytest.raises(ValueError, match="patch rule"):
-        K.step_end_reference(pids[:, 8:], t, state["signal"], state["ent"], state["forced"], state["cur"], is_ws,
+        K.step_end_reference(pids[:, 8:], t, state["signal"], state["olog"], state["ent"], state["forced"], state["cur"],
+                             is_ws,
                              "entropy", 1.0, 3, max_patch)
 
 

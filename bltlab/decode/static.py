@@ -321,13 +321,14 @@ class StaticState:
         x, r = self._layers(m.entropy.layers, self.ent_kv, x, self.rot(m.entropy.layers), pos, emask)
         logits = _norm_proj(m.entropy.norm, x, r, m.entropy.head.weight)[1]
         self.ent.scatter_(1, pos + 1, entropy_of_logits(logits).float())
-        # one byte: whether it opens a patch is in `signal` already (every step that moves t, cur,
-        # forced or ids[t] sets it)
-        opens = self.signal[:, 1:].bool() if L == 1 else self._opens(pos)
-        self.olog.scatter_(1, pos, opens)
+        if L > 1:
+            opens = self._opens(pos)
+            self.olog.scatter_(1, pos, opens)
         h = self._encode(pos, local)
         rows = self.ncomp[:, None].expand(-1, L)  # table row each byte's decoder reads: p(u)
         if with_global:
+            if L == 1:  # whether byte t opens a patch is in `olog` already (every step that moves t,
+                opens = self.olog.gather(1, pos)  # cur, forced or ids[t] puts it there, with the signal)
             # byte u that opens a patch closes [last start before u, u) unless empty (a forced start
             # whose patch `close` ended already); closed patches first
             incl = torch.where(opens, pos, self.cur[:, None])  # last start <= u
@@ -466,7 +467,7 @@ class StaticState:
         `_decode`) the rows first take their greedy bytes and next ids and move (one kernel:
         kernels.step_end). A draft moves dt instead of t and leaves the signal alone."""
         pc = self.cfg.patch
-        kernels.step_end(self.ids, self.dt if draft else self.t, None if draft else self.signal, self.ent,
+        kernels.step_end(self.ids, self.dt if draft else self.t, None if draft else self.signal, self.olog, self.ent,
                          self.forced, self.cur, self.is_ws, pc.rule, pc.threshold, pc.stride, pc.max_patch, advance)
 
     # ---- CUDA graphs -------------------------------------------------------------------------

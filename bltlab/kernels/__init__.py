@@ -182,14 +182,15 @@ def patch_max(h: torch.Tensor, pids: torch.Tensor, n_patches: int, gathered=None
                                                                                          gathered)
 
 
-def step_end(ids: torch.Tensor, t: torch.Tensor, signal: torch.Tensor | None, ent: torch.Tensor, forced: torch.Tensor,
-             cur: torch.Tensor, is_ws: torch.Tensor, rule: str, threshold: float, stride: int, max_patch: int,
-             advance: tuple | None = None) -> None:
+def step_end(ids: torch.Tensor, t: torch.Tensor, signal: torch.Tensor | None, olog: torch.Tensor | None,
+             ent: torch.Tensor, forced: torch.Tensor, cur: torch.Tensor, is_ws: torch.Tensor, rule: str,
+             threshold: float, stride: int, max_patch: int, advance: tuple | None = None) -> None:
     """The end of a static decoding step, in place: with `advance` = (logits, forbid, keep, pred,
     given, plen, move) the greedy bytes after a decoder pass, the next ids and positions; then
-    (unless signal is None) signal = (byte t, does it open a patch): see step.step_end_reference."""
+    (unless signal is None) signal = (byte t, does it open a patch), logged in olog[t]: see
+    step.step_end_reference."""
     mod, fast = _pick("step", ids)
-    (mod.step_end_triton if fast else mod.step_end_reference)(ids, t, signal, ent, forced, cur, is_ws, rule,
+    (mod.step_end_triton if fast else mod.step_end_reference)(ids, t, signal, olog, ent, forced, cur, is_ws, rule,
                                                               threshold, stride, max_patch, advance)
 
 

@@ -222,7 +222,8 @@ def case_step_end(s, dt, dev):
     forbid, pred, plen = torch.zeros(V, device=dev), torch.zeros(B, T, dtype=torch.long, device=dev), \
         torch.full((B,), 2, device=dev)
     adv = (logits, forbid, keep, pred, given, plen, torch.zeros(B, dtype=torch.bool, device=dev))  # t stays put
-    args = (ids, t, sig, ent, forced, t.clone(), is_ws, "global", 0.5, 4, 8, adv)
+    olog = torch.zeros(B, T, dtype=torch.bool, device=dev)
+    args = (ids, t, sig, olog, ent, forced, t.clone(), is_ws, "global", 0.5, 4, 8, adv)
     return lambda: step.step_end_triton(*args), lambda: step.step_end_reference(*args), None, False  # latency-bound
 
 

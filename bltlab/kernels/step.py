@@ -4,7 +4,7 @@ small operations (each its own launch in a CUDA graph). One program per row; inf
 `step_end`: after a decoder pass over L bytes from t, the greedy byte after each (kept in
 `pred`), then every row takes its next id (the prompt's while it lasts, else the greedy byte
 after the pass) and the rows that move advance t by L; then, after every step but a draft's,
-the two numbers the host reads: byte t and whether it opens a patch.
+the two numbers the host reads: byte t and whether it opens a patch (logged in `olog` too).
 That decision is patch_starts' rule at one position (patching.py): by entropy ("global",
 "relative"), every `stride` bytes ("fixed") or after whitespace ("space"), or a forced start,
 or the open patch (from `cur`) reaching `max_patch` bytes.
@@ -37,11 +37,12 @@ def check_rule(rule: str) -> int:
 
 
 # ---- reference -------------------------------------------------------------------------------
-def step_end_reference(ids: torch.Tensor, t: torch.Tensor, signal: torch.Tensor | None, ent: torch.Tensor,
-                       forced: torch.Tensor, cur: torch.Tensor, is_ws: torch.Tensor, rule: str, threshold: float,
-                       stride: int, max_patch: int, advance=None) -> None:
-    """In place. ids [B, T] long, t [B] long, signal [B, 2] long (None: left alone), ent [B, T + 1]
-    fp32, forced [B, T] bool, cur [B] long, is_ws [V] bool (ids that are whitespace). advance: None,
+def step_end_reference(ids: torch.Tensor, t: torch.Tensor, signal: torch.Tensor | None, olog: torch.Tensor | None,
+                       ent: torch.Tensor, forced: torch.Tensor, cur: torch.Tensor, is_ws: torch.Tensor, rule: str,
+                       threshold: float, stride: int, max_patch: int, advance=None) -> None:
+    """In place. ids [B, T] long, t [B] long, signal [B, 2] long and olog [B, T] bool (None: both
+    left alone; else signal = (ids[t], opens) and olog[t] = opens), ent [B, T + 1] fp32, forced
+    [B, T] bool, cur [B] long, is_ws [V] bool (ids that are whitespace). advance: None,
     or after a decoder pass over L bytes from t, (logits [B, L, V], forbid [V] fp32 (0 or -inf),
     keep [B, V], pred [B, T] long, given [B, T] long, plen [B] long, move [B] bool): each position's
     greedy id (argmax of logits + forbid, the first maximum) goes to pred at t + j, the last logits
@@ -76,13 +77,14 @@ def step_end_reference(ids: torch.Tensor, t: torch.Tensor, signal: torch.Tensor 
         nat = nat | (t - cur == max_patch)
     signal[:, 0] = ids[b, t]
     signal[:, 1] = nat
+    olog[b, t] = nat
 
 
 # ---- kernel --------------------------------------------------------------------------------
 @triton.jit
-def _step_end(ids_ptr, t_ptr, sig_ptr, ent_ptr, forced_ptr, cur_ptr, ws_ptr, x_ptr, forbid_ptr, keep_ptr, pred_ptr,
-              given_ptr, plen_ptr, move_ptr, s_ids, s_ent, s_forced, s_xb, s_xl, s_keep, s_pred, s_given, L, V,
-              threshold, stride, max_patch, RULE: tl.constexpr, ADVANCE: tl.constexpr, SIGNAL: tl.constexpr,
+def _step_end(ids_ptr, t_ptr, sig_ptr, olog_ptr, ent_ptr, forced_ptr, cur_ptr, ws_ptr, x_ptr, forbid_ptr, keep_ptr,
+              pred_ptr, given_ptr, plen_ptr, move_ptr, s_ids, s_olog, s_ent, s_forced, s_xb, s_xl, s_keep, s_pred,
+              s_given, L, V, threshold, stride, max_patch, RULE: tl.constexpr, ADVANCE: tl.constexpr, SIGNAL: tl.constexpr,
               BLOCK_V: tl.constexpr):
     b = tl.program_id(0).to(tl.int64)
     row = ids_ptr + b * s_ids
@@ -124,11 +126,12 @@ def _step_end(ids_ptr, t_ptr, sig_ptr, ent_ptr, forced_ptr, cur_ptr, ws_ptr, x_p
             nat = nat | (t - tl.load(cur_ptr + b) == max_patch)
         tl.store(sig_ptr + 2 * b, byte)
         tl.store(sig_ptr + 2 * b + 1, nat.to(tl.int64))
+        tl.store(olog_ptr + b * s_olog + t, nat.to(tl.uint8))
 
 
-def step_end_triton(ids: torch.Tensor, t: torch.Tensor, signal: torch.Tensor | None, ent: torch.Tensor,
-                    forced: torch.Tensor, cur: torch.Tensor, is_ws: torch.Tensor, rule: str, threshold: float,
-                    stride: int, max_patch: int, advance=None) -> None:
+def step_end_triton(ids: torch.Tensor, t: torch.Tensor, signal: torch.Tensor | None, olog: torch.Tensor | None,
+                    ent: torch.Tensor, forced: torch.Tensor, cur: torch.Tensor, is_ws: torch.Tensor, rule: str,
+                    threshold: float, stride: int, max_patch: int, advance=None) -> None:
     """step_end_reference in one launch (every tensor as there; rows may be strided, the logits'
     and keep's last dim, t, cur, signal, forbid and the advance's plen and move contiguous)."""
     code = check_rule(rule)
@@ -143,10 +146,13 @@ def step_end_triton(ids: torch.Tensor, t: torch.Tensor, signal: torch.Tensor | N
             logits = logits.contiguous()
         strides = (logits.stride(0), logits.stride(1), keep.stride(0), pred.stride(0), given.stride(0))
     as_u8 = lambda x: x.view(torch.uint8) if x.dtype == torch.bool else x
-    _step_end[(ids.shape[0],)](ids, t, t if signal is None else signal, ent, as_u8(forced), cur, as_u8(is_ws), logits,
-                               forbid, keep, pred, given, plen, as_u8(move), ids.stride(0), ent.stride(0),
+    signals = signal is not None
+    if not signals:
+        signal = olog = t  # unread
+    _step_end[(ids.shape[0],)](ids, t, signal, as_u8(olog), ent, as_u8(forced), cur, as_u8(is_ws), logits, forbid,
+                               keep, pred, given, plen, as_u8(move), ids.stride(0), olog.stride(0), ent.stride(0),
                                forced.stride(0), *strides, L, V, float(threshold), int(stride), int(max_patch),
-                               RULE=code, ADVANCE=advance is not None, SIGNAL=signal is not None,
+                               RULE=code, ADVANCE=advance is not None, SIGNAL=signals,
                                BLOCK_V=triton.next_power_of_2(V))
 
 
