@@ -47,7 +47,8 @@ def step_kinds(s: StaticState) -> dict:
         s.begin_block(False, 0.9)
 
     return {"advance(1), global step": (fresh, lambda: s.run(1, True)), "advance(1)": (fresh, lambda: s.run(1, False)),
-            "advance(8)": (fresh, lambda: s.run(8, True)), "draft": (draft_from_t, s.run_draft),
+            "advance(8)": (fresh, lambda: s.run(8, True)), "advance(8), closing": (fresh, lambda: s.run(8, True, True)),
+            "draft": (draft_from_t, s.run_draft),
             "close": (fresh, s.run_close), "denoise(8)": (block, lambda: s.run_denoise(8, False))}
 
 

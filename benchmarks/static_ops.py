@@ -73,7 +73,8 @@ def main() -> None:
     s = StaticState(model, 1)
     s.prefill([encode("def add(a, b):\n    return a + b\n")])
     steps = {"advance(1), global step": lambda: s.advance(1, True), "advance(1)": lambda: s.advance(1, False),
-             "advance(8)": lambda: s.advance(8, True), "draft": s.draft, "close": s.close,
+             "advance(8)": lambda: s.advance(8, True), "advance(8), closing": lambda: s.advance(8, True, True),
+             "draft": s.draft, "close": s.close,
              "denoise(8)": lambda: (s.begin_block(False, 0.9), s.denoise(8, False))}
     rows = []
     with torch.no_grad():

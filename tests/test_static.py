@@ -322,6 +322,29 @@ def test_band_masks_equal_causal_masks(window):
     assert torch.equal(s._masks(pos, window)[0], want)
 
 
+@pytest.mark.parametrize("L", [1, 3, 8])
+def test_advance_with_close_equals_advance_then_close(model, L):
+    """A pass that closes the patch at its end in the same global step leaves the state as the pass
+    and then `close` do: positions, patches, signal, logs, the global model's table rows and cache."""
+    states = []
+    for fused in (False, True):
+        s = StaticState(model, 3)
+        s.prefill([encode(p) for p in PROMPTS[:3]], freeze=True)
+        s.advance(L, True, close=fused)
+        if not fused:
+            s.close()
+        states.append(s)
+    a, b = states
+    for name in ("ids", "t", "cur", "ncomp", "signal", "forced", "olog", "pred"):
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
+    assert torch.allclose(a.ent, b.ent, atol=1e-5) and torch.allclose(a.logits, b.logits, atol=1e-4)
+    for row, n in enumerate(a.ncomp.tolist()):  # the finished patches' table rows (0: the start) and keys
+        assert torch.allclose(a.table[row, :n + 1], b.table[row, :n + 1], atol=1e-4)
+        for x, y in zip(a.glob_kv, b.glob_kv):
+            assert torch.allclose(x[:, row, :, :n], y[:, row, :, :n], atol=1e-4)
+    assert torch.equal(b.cur, b.t) and b.forced[b.rows, b.t].all()  # a patch starts at t
+
+
 def test_block_masks_equal_the_denoising_rule():
     """A denoising pass's mask, gathered from its block size's table, lets slot i of a block at t
     read every key before the block's end that is less than the local window behind it (the

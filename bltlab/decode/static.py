@@ -308,10 +308,11 @@ class StaticState:
                           None if slots is None else slots[:, i].unbind(1))
         return x, r
 
-    def advance(self, L: int = 1, with_global: bool = True) -> None:
+    def advance(self, L: int = 1, with_global: bool = True, close: bool = False) -> None:
         """Take bytes t .. t + L - 1 of every row (already in `ids`) in one pass, in place and
         without host synchronisation; then ids[t + L] is the prompt's next byte or the greedy one.
-        with_global=False skips the global step (only right when no byte of the pass opens a patch).
+        with_global=False skips the global step (only right when no byte of the pass opens a patch);
+        close=True then does `close` at t + L in the same global step (BLT-D's next block).
         Rows outside `move` keep their position and patches: what the pass wrote for them lies past t."""
         m, b, t = self.m, self.rows, self.t
         pos = t[:, None] + self.kpos[:L]  # [B, L]
@@ -332,19 +333,27 @@ class StaticState:
             # byte u that opens a patch closes [last start before u, u) unless empty (a forced start
             # whose patch `close` ended already); closed patches first
             incl = torch.where(opens, pos, self.cur[:, None])  # last start <= u
-            if L == 1:
+            if L == 1 and not close:
                 first, end = self.cur[:, None], pos  # last start < u
                 closes = opens & (pos > first)
             else:  # closed patches first; byte u reads the row of the last one closed up to u
                 incl = incl.cummax(1).values
                 first = torch.cat((self.cur[:, None], incl[:, :-1]), 1)
                 closes = opens & (pos > first)
-                order = torch.argsort((~closes).to(torch.uint8), dim=1, stable=True)
-                first, end = first.gather(1, order), pos.gather(1, order)
+                end, ending = pos, closes
+                if close:  # then the patch still open, [last start, t + L)
+                    first, end = torch.cat((first, incl[:, -1:]), 1), torch.cat((pos, pos[:, -1:] + 1), 1)
+                    ending = torch.cat((closes, torch.ones_like(closes[:, :1])), 1)
+                order = torch.argsort((~ending).to(torch.uint8), dim=1, stable=True)
+                first, end = first.gather(1, order), end.gather(1, order)
                 closes = closes.long().cumsum(1)
             self._global(first, end)  # patch j = [start, end) if j < closed
             rows = rows + closes  # patches closed up to u
-            self.ncomp += closes[:, -1] * self.move
+            done = closes[:, -1] + 1 if close else closes[:, -1]
+            self.ncomp += done * self.move
+            if close:
+                self.forced[b, t + L] |= self.move
+                incl = pos + 1
             self.cur.copy_(torch.where(self.move, incl[:, -1], self.cur))
         slots = self.table[b[:, None], rows].flatten(0, 1)  # [B L, layers, 2, H, k, hd]
         self._signal(self._decode(pos, h, slots, local))  # ids[t + L]: the prompt's first
@@ -473,9 +482,9 @@ class StaticState:
     # ---- CUDA graphs -------------------------------------------------------------------------
     # Each run_* is its step as a CUDA-graph replay on a GPU (captured on first use), eager elsewhere.
     @torch.no_grad()
-    def run(self, L: int = 1, with_global: bool = True) -> None:
-        """advance(L, with_global)."""
-        self._replay(("advance", L, with_global), lambda: self._step("advance", L, with_global))
+    def run(self, L: int = 1, with_global: bool = True, close: bool = False) -> None:
+        """advance(L, with_global, close)."""
+        self._replay(("advance", L, with_global, close), lambda: self._step("advance", L, with_global, close))
 
     @torch.no_grad()
     def run_draft(self) -> None:

@@ -87,13 +87,14 @@ class _Request(_Cost):
         self.counters["n_dec"] += 1
         self.counters["n_enc"] += closed > 0
 
-    def push(self, L: int, with_global: bool = True) -> tuple[list[int], list[int]]:
+    def push(self, L: int, with_global: bool = True, close: bool = False) -> tuple[list[int], list[int]]:
         """The L bytes at n (already in the state's ids) through every part, exactly. Returns the
-        greedy byte after each and 1 where each opened a patch."""
+        greedy byte after each and 1 where each opened a patch. close: the state closes the patch
+        at n + L in the same replay, which `close(run=False)` then counts."""
         s, n = self.s, self.n
-        s.run(L, with_global)
+        s.run(L, with_global, close)
         out = torch.cat((s.pred[0, n:n + L], s.olog[0, n:n + L].long(), s.ncomp)).tolist()
-        self.pushed(L, out[-1])
+        self.pushed(L, out[-1] - close)
         return out[:L], out[L:2 * L]
 
     def rollback(self, n: int, byte: int) -> None:
@@ -101,9 +102,11 @@ class _Request(_Cost):
         self.s.rollback(n, byte)
         self.n, self.ncomp = n, int(self.s.ncomp[0])
 
-    def close(self) -> None:
-        """SeqState.close_patch (never empty: byte n - 1 is in the patch)."""
-        self.s.run_close()
+    def close(self, run: bool = True) -> None:
+        """SeqState.close_patch (never empty: byte n - 1 is in the patch); run=False: counted only,
+        the push before closed it."""
+        if run:
+            self.s.run_close()
         self.count_close()
         self.counters["n_enc"] += 1
 
@@ -225,15 +228,18 @@ def _speculative(r: _Request, k: int, self_draft: bool) -> None:
 
 def _diffusion(r: _Request, block: int, alpha: float | None, gamma: float | None) -> None:
     """`generate_diffusion`: a block of MASKs at each patch start, denoised in passes of one
-    replay each; a finished block goes through every part in one pass."""
+    replay each; a finished block goes through every part in one pass, which also closes the
+    patch before the next block (one global step for both)."""
+    pushed = False
     while True:
-        r.close()
+        r.close(run=not pushed)
         size, n = min(block, r.stopper.max_new - len(r.stopper.out)), r.n
         out, steps = r.denoise(size, alpha, gamma)
         event = {"type": "block", "pos": n, "size": size, "steps": steps, "bytes": [t - OFFSET for t in out]}
         done = r.emit(out)
         if not done:
-            event["patch_starts"] = [n + j for j, x in enumerate(r.push(size)[1]) if x]
+            event["patch_starts"] = [n + j for j, x in enumerate(r.push(size, close=True)[1]) if x]
+            pushed = True
         r.trace.append(event | {"counters": r.snapshot()})
         if done:
             return
@@ -325,12 +331,14 @@ def _denoise_rows(s: StaticState, size: int, by_entropy: bool, rows: list[int], 
     return passes
 
 
-def _push_rows(s: StaticState, L: int, counters: dict, rows: list[int], costs: list[_Cost]) -> None:
+def _push_rows(s: StaticState, L: int, counters: dict, rows: list[int], costs: list[_Cost],
+               close: bool = False) -> None:
     """The next L bytes of `rows` (those `move` holds) through every part, counted as one batched
-    pass (and one of the global model if a row closed a patch): one host read."""
-    s.run(L)
+    pass (and one of the global model if a row closed a patch): one host read. close: the state
+    closes each row's patch at its t + L in the same replay (counted by the caller)."""
+    s.run(L, True, close)
     ncomp = s.ncomp.tolist()
-    count_push(counters, any([costs[b].pushed(L, ncomp[b]) for b in rows]))
+    count_push(counters, any([costs[b].pushed(L, ncomp[b] - close) for b in rows]))
 
 
 @torch.no_grad()
@@ -338,14 +346,16 @@ def generate_static_batch_diffusion(model: BLT, prompts: list[str | bytes], bloc
                                     stop: str | bytes | None = None, alpha: float | None = None,
                                     gamma: float | None = None, compiled: bool = False) -> list[Generation]:
     """Greedy `blt-d{block}` for several prompts at once: the same bytes and pass counters as
-    `generate_batch`. Every row closes its patch in one replay, denoises in one replay per pass
-    (until no running row has a masked slot left: the host reads one number per row), and
-    pushes its block in one more; a row that has stopped is left where it is (`move`)."""
+    `generate_batch`. Every row closes its patch in one replay (the first block; later, the push
+    before does), denoises in one replay per pass (until no running row has a masked slot left:
+    the host reads one number per row), and pushes its block in one more; a row that has stopped
+    is left where it is (`move`)."""
     alpha, gamma = check_knobs(alpha, gamma)
     prompt_ids, s, counters, stoppers, costs = _batch_begin(model, prompts, max_bytes, stop, compiled, freeze=True)
-    active = list(range(len(prompts)))
+    active, pushed = list(range(len(prompts))), False
     while active:
-        s.run_close()
+        if not pushed:  # later blocks: the push before closed the patch
+            s.run_close()
         counters["n_enc"] += 1
         for b in active:
             costs[b].count_close()
@@ -356,7 +366,8 @@ def generate_static_batch_diffusion(model: BLT, prompts: list[str | bytes], bloc
         active = [b for b in active if not any(stoppers[b].push(t) for t in out[b])]
         s.only(active)
         if active:
-            _push_rows(s, size, counters, active, costs)
+            _push_rows(s, size, counters, active, costs, close=True)
+            pushed = True
     return finish_batch(f"blt-d{block}", prompt_ids, stoppers, counters, [c.stats for c in costs])
 
 
