@@ -349,12 +349,12 @@ class StaticState:
                 closes = closes.long().cumsum(1)
             self._global(first, end)  # patch j = [start, end) if j < closed
             rows = rows + closes  # patches closed up to u
-            done = closes[:, -1] + 1 if close else closes[:, -1]
+            done, last = closes[:, -1], incl[:, -1]  # patches finished, the open one's start
+            if close:  # a patch starts at t + L
+                done, last = done + 1, t + L
+                self.forced[b, last] |= self.move
             self.ncomp += done * self.move
-            if close:
-                self.forced[b, t + L] |= self.move
-                incl = pos + 1
-            self.cur.copy_(torch.where(self.move, incl[:, -1], self.cur))
+            self.cur.copy_(torch.where(self.move, last, self.cur))
         slots = self.table[b[:, None], rows].flatten(0, 1)  # [B L, layers, 2, H, k, hd]
         self._signal(self._decode(pos, h, slots, local))  # ids[t + L]: the prompt's first
 
