@@ -69,7 +69,8 @@ def write_page(benches: dict[str, dict], out: str | Path, command: str) -> None:
         parts += [f"## {task} ({res['modes']['blt']['prompts']} held-out prompts, `{res.get('prompts_file', '')}`)\n",
                   table(res) + "\n"]
     fig_path = out.with_suffix(".html")
-    figure(benches).write_html(str(fig_path), include_plotlyjs="cdn")
+    # plotly.js next to the page (written once, then left as it is), never from a CDN: it opens offline
+    figure(benches).write_html(str(fig_path), include_plotlyjs="directory")
     parts.append(f"Figure: [{fig_path.name}]({fig_path.name}) (plotly; bandwidth against chrF per mode).\n")
     out.write_text("\n".join(parts))
 
