@@ -245,13 +245,19 @@ def _diffusion(r: _Request, block: int, alpha: float | None, gamma: float | None
             return
 
 
+def _next_bytes(s: StaticState) -> tuple[list[float], list[tuple[int, int]]]:
+    """Each row's next-byte entropy (of `logits`, what BLT-H decides by) and (byte t, opens), in
+    one host read."""
+    both = torch.cat((entropy_of_logits(s.logits).double()[:, None], s.signal.double()), 1).tolist()
+    return [row[0] for row in both], [(int(row[1]), int(row[2])) for row in both]
+
+
 def _hybrid(r: _Request, eta: float, block: int, alpha: float | None, gamma: float | None) -> None:
     """`generate_hybrid`: per step, one autoregressive byte or a diffusion block opened by it,
     chosen by the entropy of the exact next-byte distribution."""
     s, current = r.s, None
     while True:
-        h = float(entropy_of_logits(s.logits[0]))
-        first, opens = s.signal[0].tolist()
+        (h,), ((first, opens),) = _next_bytes(s)
         mode, n = "diffusion" if h <= eta else "ar", r.n
         if mode != current:
             r.trace.append({"type": "switch", "pos": n, "to": mode, "entropy": round(h, 4), "counters": r.snapshot()})
@@ -460,7 +466,8 @@ def generate_static_batch_hybrid(model: BLT, prompts: list[str | bytes], eta: fl
     prompt_ids, s, counters, stoppers, costs = _batch_begin(model, prompts, max_bytes, stop, compiled, freeze=True)
     active = list(range(len(prompts)))
     while active:
-        h, first = entropy_of_logits(s.logits).tolist(), s.signal[:, 0].tolist()
+        h, signal = _next_bytes(s)
+        first = [tok for tok, _ in signal]
         sizes = {b: min(block, max_bytes - len(stoppers[b].out)) for b in active}
         out = {b: [first[b]] for b in active}
         blocks = [b for b in active if h[b] <= eta and sizes[b] > 1]
