@@ -285,6 +285,11 @@ class StaticState:
         i = self.kpos[:MAX_BLOCK]
         return self._additive((d < i[:, None, None] + 1) & (i[:, None] - d < self.cfg.local_window))
 
+    def _block_mask(self, size: int) -> torch.Tensor:
+        """[B, 1, size, S] additive mask of a denoising pass over the blocks of `size` at t: one
+        gather from `blocks` by slot and by each key's offset from t."""
+        return self.blocks[size - 1][self.kpos[:size, None], (self.koff - self.t[:, None])[:, None]][:, None]
+
     def _masks(self, pos: torch.Tensor, *windows: int) -> list[torch.Tensor]:
         """[B, 1, L, S] additive causal masks over the whole static cache for queries at pos [B, L], one
         per window (0: none): one gather each from the window's band (layers.causal_mask's rule)."""
@@ -416,10 +421,8 @@ class StaticState:
         m, b, t = self.m, self.rows, self.t
         pos = t[:, None] + self.kpos[:size]  # [B, size]
         noisy = self.noisy[:, :size]
-        at = self.koff - t[:, None]  # [B, S]
-        mask = self.blocks[size - 1][self.kpos[:size, None], at[:, None]][:, None]  # [B, 1, size, S]
         x, r = self._layers(m.dec_layers, self.dec_kv, m.noisy_embed(noisy), self.rot(m.dec_layers), pos,
-                            mask, self.table[b, self.ncomp])
+                            self._block_mask(size), self.table[b, self.ncomp])
         logits = _norm_proj(m.dec_norm, x, r, m.head.weight)[1]  # [B, size, 260]
         kernels.denoise_end(logits, self.forbid, noisy, self.ids, t, self.move, self.knob, by_entropy, self.nstep,
                             self.filled, self.scores, self.left)
