@@ -348,8 +348,8 @@ def test_step_end(dev, rule, max_patch, L):
         olog[torch.arange(B), t1] = state["olog"][torch.arange(B), t1]
         assert torch.equal(olog, state["olog"])  # and nowhere else
     with pytest.raises(ValueError, match="patch rule"):
-        K.step_end_reference(pids[:, 8:], t, state["signal"], state["olog"], state["ent"], state["forced"], state["cur"],
-                             is_ws, "entropy", 1.0, 3, max_patch)
+        K.step_end_reference(pids[:, 8:], t, state["signal"], state["olog"], state["ent"], state["forced"],
+                             state["cur"], is_ws, "entropy", 1.0, 3, max_patch)
 
 
 def test_sum_before_rounds_once_per_prefix(dev):

@@ -57,12 +57,14 @@ def specs(dt: str, head_dims=(32, 64, 128)):
                                              "s_sk", "MASK_ID")}),
                     dict(BY_ENTROPY=by_entropy, BLOCK_L=16, BLOCK_V=512)))
     u8 = "*u8"
-    step = dict(ids_ptr=I64P, t_ptr=I64P, sig_ptr=I64P, olog_ptr=u8, ent_ptr=f, forced_ptr=u8, cur_ptr=I64P, ws_ptr=u8, x_ptr=p,
-                forbid_ptr=f, keep_ptr=p, pred_ptr=I64P, given_ptr=I64P, plen_ptr=I64P, move_ptr=u8, threshold=F32,
+    step = dict(ids_ptr=I64P, t_ptr=I64P, sig_ptr=I64P, olog_ptr=u8, ent_ptr=f, forced_ptr=u8, cur_ptr=I64P,
+                ws_ptr=u8, x_ptr=p, forbid_ptr=f, keep_ptr=p, pred_ptr=I64P, given_ptr=I64P, plen_ptr=I64P,
+                move_ptr=u8, threshold=F32,
                 **{a: I32 for a in ("s_ids", "s_olog", "s_ent", "s_forced", "s_xb", "s_xl", "s_keep", "s_pred",
                                     "s_given", "L", "V", "stride", "max_patch")})
     # after a pass (every rule), a draft, and the signal alone (no logits: at one dtype)
-    variants = [(r, True, True) for r in S.RULES] + [("global", True, False)] + [("global", False, True)] * (dt == "bf16")
+    variants = [(r, True, True) for r in S.RULES] + [("global", True, False)]
+    variants += [("global", False, True)] * (dt == "bf16")
     out += [(f"step_end {rule} advance={adv} signal={sig}", S._step_end, step,
              dict(RULE=S.RULES.index(rule), ADVANCE=adv, SIGNAL=sig, BLOCK_V=512)) for rule, adv, sig in variants]
     ints = {a: I32 for a in ("sqb", "sqh", "sqm", "skb", "skh", "skn", "svb", "svh", "svn", "sob", "soh", "som", "smq",

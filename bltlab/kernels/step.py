@@ -84,8 +84,8 @@ def step_end_reference(ids: torch.Tensor, t: torch.Tensor, signal: torch.Tensor 
 @triton.jit
 def _step_end(ids_ptr, t_ptr, sig_ptr, olog_ptr, ent_ptr, forced_ptr, cur_ptr, ws_ptr, x_ptr, forbid_ptr, keep_ptr,
               pred_ptr, given_ptr, plen_ptr, move_ptr, s_ids, s_olog, s_ent, s_forced, s_xb, s_xl, s_keep, s_pred,
-              s_given, L, V, threshold, stride, max_patch, RULE: tl.constexpr, ADVANCE: tl.constexpr, SIGNAL: tl.constexpr,
-              BLOCK_V: tl.constexpr):
+              s_given, L, V, threshold, stride, max_patch, RULE: tl.constexpr, ADVANCE: tl.constexpr,
+              SIGNAL: tl.constexpr, BLOCK_V: tl.constexpr):
     b = tl.program_id(0).to(tl.int64)
     row = ids_ptr + b * s_ids
     t = tl.load(t_ptr + b)
