@@ -1,4 +1,4 @@
-"""Where a static-engine step's time goes: each step kind (as in static_ops.py) replayed N times
+"""Where a static-engine step's time goes: each step kind (static_ops.step_kinds) replayed N times
 from its CUDA graph under torch.profiler, with per kind the wall time of a replay (the host
 waits for the device after the N), the device time of its kernels, how many kernels a replay
 runs, and the kernels that take most of it. Wall time well above device time is launch latency
@@ -25,31 +25,7 @@ from tqdm import tqdm
 from bltlab.checkpoint import SHIPPED, load_model
 from bltlab.decode.static import StaticState
 from bltlab.tokens import encode
-
-PROMPT = "def add(a, b):\n    return a + b\n"
-
-
-def step_kinds(s: StaticState) -> dict:
-    """name -> (setup, one replay): the setup puts the state where the replays may repeat (each
-    advance moves t on: N replays need N * L bytes of room)."""
-    prompt = [encode(PROMPT)] * s.B
-
-    def fresh():
-        s.prefill(prompt)
-
-    def draft_from_t():
-        fresh()
-        s.dt.copy_(s.t)
-
-    def block():
-        fresh()
-        s.run_close()
-        s.begin_block(False, 0.9)
-
-    return {"advance(1), global step": (fresh, lambda: s.run(1, True)), "advance(1)": (fresh, lambda: s.run(1, False)),
-            "advance(8)": (fresh, lambda: s.run(8, True)), "advance(8), closing": (fresh, lambda: s.run(8, True, True)),
-            "draft": (draft_from_t, s.run_draft),
-            "close": (fresh, s.run_close), "denoise(8)": (block, lambda: s.run_denoise(8, False))}
+from static_ops import PROMPT, step_kinds  # the step kinds whose operations static_ops.py counts
 
 
 def _sync(device: torch.device) -> None:

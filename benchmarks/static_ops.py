@@ -26,6 +26,31 @@ FREE = {"view", "_unsafe_view", "unsqueeze", "squeeze", "permute", "t", "transpo
         "alias", "detach", "as_strided", "split", "unbind", "_reshape_alias", "lift_fresh", "empty", "empty_like",
         "empty_strided", "new_empty", "view_as_complex", "view_as_real"}  # no kernel behind them
 USED = ("norm_ffn", "norm_proj", "entropy", "hash_embed", "step")  # the kernel modules a static step calls
+PROMPT = "def add(a, b):\n    return a + b\n"
+
+
+def step_kinds(s: StaticState) -> dict:
+    """name -> (setup, one step as the engine runs it: a CUDA-graph replay on a GPU, the eager step
+    elsewhere). The setup puts the state where the step may repeat (each advance moves t on: N
+    steps need N * L bytes of room); benchmarks/profile_static.py times the same steps."""
+    prompt = [encode(PROMPT)] * s.B
+
+    def fresh():
+        s.prefill(prompt)
+
+    def draft_from_t():
+        fresh()
+        s.dt.copy_(s.t)
+
+    def block():
+        fresh()
+        s.run_close()
+        s.begin_block(False, 0.9)
+
+    return {"advance(1), global step": (fresh, lambda: s.run(1, True)), "advance(1)": (fresh, lambda: s.run(1, False)),
+            "advance(8)": (fresh, lambda: s.run(8, True)), "advance(8), closing": (fresh, lambda: s.run(8, True, True)),
+            "draft": (draft_from_t, s.run_draft), "close": (fresh, s.run_close),
+            "denoise(8)": (block, lambda: s.run_denoise(8, False))}
 
 
 class CountOps(TorchDispatchMode):
@@ -71,25 +96,17 @@ def main() -> None:
     args = ap.parse_args()
     model = load_model(args.model)[0]
     s = StaticState(model, 1)
-    s.prefill([encode("def add(a, b):\n    return a + b\n")])
-    steps = {"advance(1), global step": lambda: s.advance(1, True), "advance(1)": lambda: s.advance(1, False),
-             "advance(8)": lambda: s.advance(8, True), "advance(8), closing": lambda: s.advance(8, True, True),
-             "draft": s.draft, "close": s.close,
-             "denoise(8)": lambda: (s.begin_block(False, 0.9), s.denoise(8, False))}
     rows = []
     with torch.no_grad():
-        for name, step in tqdm(steps.items(), desc="steps", unit="step"):  # minutes: interpreted kernels
+        for name, (setup, step) in tqdm(step_kinds(s).items(), desc="steps", unit="step"):  # minutes: interpreted
             row = {"step": name}
-            saved = [x.clone() for x in s.live]
             for triton in (False, True):
+                setup()
                 with kernels.backend("triton" if triton else "reference"), CountOps(triton) as c:
                     step()
-                for x, y in zip(s.live, saved):
-                    x.copy_(y)
                 row["with_triton" if triton else "reference"] = sum(c.ops.values())
+            setup()
             e = torch._dynamo.explain(step)()
-            for x, y in zip(s.live, saved):
-                x.copy_(y)
             rows.append(row | {"graphs": e.graph_count, "graph_breaks": e.graph_break_count,
                                "top": dict(c.ops.most_common(8))})
     print("| step | operations (references) | with the Triton kernels | compiled graphs | graph breaks | "
