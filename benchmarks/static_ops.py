@@ -45,11 +45,12 @@ def step_kinds(s: StaticState) -> dict:
     def block():
         fresh()
         s.run_close()
-        s.begin_block(False, 0.9)
+        s.run_begin(False, 0.9)
 
     return {"advance(1), global step": (fresh, lambda: s.run(1, True)), "advance(1)": (fresh, lambda: s.run(1, False)),
             "advance(8)": (fresh, lambda: s.run(8, True)), "advance(8), closing": (fresh, lambda: s.run(8, True, True)),
             "draft": (draft_from_t, s.run_draft), "close": (fresh, s.run_close),
+            "begin block": (block, lambda: s.run_begin(False, 0.9)),  # the knob is set: the replay alone
             "denoise(8)": (block, lambda: s.run_denoise(8, False))}
 
 

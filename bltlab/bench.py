@@ -18,6 +18,8 @@ from tqdm.auto import tqdm
 from .cost import bandwidth, nocache_baseline, part_params, project
 from .data import load_documents, translation_pairs
 from .decode import MODES, generate
+from .decode.common import new_counters
+from .decode.state import cost_stats
 from .model import BLT
 from .tokens import encode
 
@@ -91,7 +93,7 @@ def run_bench(model: BLT, prompts: list[dict], modes: list[str], max_bytes: int 
     result = {}
     bar = tqdm(total=len(modes) * len(prompts), desc="bench", disable=not progress)
     for mode in modes:
-        tot = {"n_dec": 0, "n_enc": 0, "n_ent": 0, "n_loc": 0, "kv_read": 0, "hash_rows": 0}
+        tot = new_counters() | cost_stats()
         outs, secs, bpbs = [], 0.0, []
         for row in prompts:
             budget = min(max_bytes, model.cfg.max_bytes - len(encode(row["prompt"])))

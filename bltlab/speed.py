@@ -33,6 +33,8 @@ from tqdm.auto import tqdm
 from .cost import bandwidth, part_params
 from .decode import (BATCH_MODES, HF_MODES, MODES, STATIC_BATCH_MODES, generate, generate_batch, pick_batch_engine,
                      pick_engine)
+from .decode.common import new_counters
+from .decode.state import cost_stats
 from .kernels.bench import copy_bandwidth
 from .model import BLT
 from .tokens import encode
@@ -66,7 +68,7 @@ def _engine(model: BLT, mode: str, batch: int, engine: str) -> str:
 def time_mode(model: BLT, prompts: list[bytes], mode: str, max_bytes: int, batch: int,
               device: torch.device, engine: str = "auto") -> dict:
     """Greedy generation of every prompt with `mode` on `engine`; batch 1 = one prompt at a time."""
-    counters = {"n_dec": 0, "n_enc": 0, "n_ent": 0, "n_loc": 0, "kv_read": 0, "hash_rows": 0}
+    counters = new_counters() | cost_stats()
     n_bytes, secs = 0, 0.0
     groups = [prompts[i:i + batch] for i in range(0, len(prompts), batch)]
     for group in groups:

@@ -373,10 +373,10 @@ def test_steps_with_the_triton_kernels_equal_the_references(sharp):
             s.dt.copy_(s.t)
             s.run_draft()
             s.run_close()
-            s.begin_block(False, 0.5)
+            s.run_begin(False, 0.5)
             s.run_denoise(4, False)
             out[name] = [x.clone().float() for x in (s.logits, s.ent, s.ids, s.scores, s.table, s.filled, s.left)]
-            s.begin_block(False, 1.5)
+            s.run_begin(False, 1.5)
             s.run_denoise(4, True)
             out[name] += [x.clone().float() for x in (s.ids, s.scores, s.filled, s.left, s.nstep, s.signal, s.t)]
     for a, b in zip(out["triton"], out["reference"]):

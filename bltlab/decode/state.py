@@ -20,6 +20,11 @@ from ..patching import opens_patch, patch_starts
 HASH_CONTEXT = 8  # ids before a new byte that its n-gram hashes may reach
 
 
+def cost_stats() -> dict:
+    """Cost counters at zero: local-encoder passes, KV-cache elements read, hash rows."""
+    return {"n_loc": 0, "kv_read": 0, "hash_rows": 0}
+
+
 def count_kv(stats: dict, layers: int, keys: int, dim: int) -> None:
     """A pass reading `keys` cached keys and values of width `dim` in each of `layers` layers."""
     stats["kv_read"] += 2 * layers * keys * dim
@@ -72,8 +77,8 @@ class SeqState:
         # final once byte t + 1 is known, so the newest row stays out of dec_cache ("pending")
         self.shadow = self.cfg.arch == "hf" and self.cfg.patch.max_patch > 0
         self.pending = False
-        # cost counters shared with forks: local-encoder passes, KV-cache elements read, hash rows
-        self.stats = {"n_loc": 0, "kv_read": 0, "hash_rows": 0}
+        # cost counters, shared with forks
+        self.stats = cost_stats()
 
     def __len__(self) -> int:
         return len(self.ids)

@@ -162,6 +162,7 @@ class StaticState:
         self.nstep = torch.zeros(B, dtype=torch.long, device=dev)
         self.left = torch.zeros(B, dtype=torch.long, device=dev)  # masked slots left: what the host reads
         self.knob = torch.zeros(B, dtype=torch.float64, device=dev)  # α or γ (a tensor: one graph for all)
+        self.knob_now = 0.0  # what `knob` holds
         self.move = torch.ones(B, dtype=torch.bool, device=dev)  # rows a step moves (the rest keep t, patches)
         self.logits = torch.zeros(B, 260, dtype=p.dtype, device=dev)  # prediction of byte t
         self.h = p.new_zeros(B, T, self.cfg.d_local)
@@ -403,14 +404,13 @@ class StaticState:
         self.cur.copy_(torch.where(move, t, self.cur))
         self._signal()
 
-    def begin_block(self, keep_first: bool, knob: float) -> None:
-        """A block of MASKs at t (slot 0 = byte t with keep_first), unmasked by α or γ = knob."""
+    def begin_block(self, keep_first: bool) -> None:
+        """A block of MASKs at t (slot 0 = byte t with keep_first), nothing filled yet."""
         self.noisy.fill_(MASK)
         if keep_first:
             self.noisy[:, 0] = self.ids[self.rows, self.t]
         self.filled.fill_(-1)
         self.nstep.zero_()
-        self.knob.fill_(knob)
 
     def denoise(self, size: int, by_entropy: bool) -> None:
         """One denoising pass over the block's first `size` slots (SeqState.block_logits: the clean
@@ -458,15 +458,16 @@ class StaticState:
 
     def rollback(self, n: int | list[int], byte: int | list[int], rows: list[int] | None = None) -> None:
         """Back to the first n bytes (rejected drafts), with `byte` as byte n: every row, or with
-        `rows` those rows (n and byte: one per row), the others staying where they are."""
-        t, new = self.t.clone(), self.ids[self.rows, self.t]
+        `rows` those rows (n and byte: one per row), the others staying where they are. Patches
+        closed past n (by a verification that closed the patch after it) are open again."""
+        t, new, back = self.t.clone(), self.ids[self.rows, self.t], torch.zeros_like(self.move)
         at = self.rows if rows is None else torch.tensor(rows, device=self.dev)
-        t[at], new[at] = torch.as_tensor(n, device=self.dev), torch.as_tensor(byte, device=self.dev)
-        self.t.copy_(t)  # a row at its own t keeps its patches: they are recomputed as they are
+        t[at], new[at], back[at] = torch.as_tensor(n, device=self.dev), torch.as_tensor(byte, device=self.dev), True
+        self.t.copy_(t)
         self.forced &= self.kpos <= t[:, None]
         starts = self.olog & (self.kpos < t[:, None])
-        self.ncomp.copy_(starts.sum(1) - 1)
-        self.cur.copy_(torch.where(starts, self.kpos, 0).amax(1))
+        self.ncomp.copy_(torch.where(back, starts.sum(1) - 1, self.ncomp))
+        self.cur.copy_(torch.where(back, torch.where(starts, self.kpos, 0).amax(1), self.cur))
         self.ids[self.rows, t] = new
         self._signal()
 
@@ -498,6 +499,14 @@ class StaticState:
     def run_close(self) -> None:
         """close()."""
         self._replay("close", lambda: self._step("close"))
+
+    @torch.no_grad()
+    def run_begin(self, keep_first: bool, knob: float) -> None:
+        """begin_block(keep_first), unmasked by α or γ = knob (written when it changes)."""
+        if knob != self.knob_now:
+            self.knob.fill_(knob)
+            self.knob_now = knob
+        self._replay(("begin", keep_first), lambda: self._step("begin_block", keep_first))
 
     @torch.no_grad()
     def run_denoise(self, size: int, by_entropy: bool) -> None:

@@ -17,7 +17,7 @@ from .common import (MODES, Generation, Stopper, batch_counters, check_request, 
                      mode_size)
 from .diffusion import check_knobs
 from .hybrid import check_hybrid
-from .state import count_kv, count_local
+from .state import cost_stats, count_kv, count_local
 from .static import StaticState, static_state
 
 
@@ -27,7 +27,7 @@ class _Cost:
 
     def __init__(self, model: BLT, n: int, ncomp: int):
         self.m, self.cfg, self.n, self.ncomp = model, model.cfg, n, ncomp
-        self.stats = {"n_loc": 0, "kv_read": 0, "hash_rows": 0}
+        self.stats = cost_stats()
         count_local(self.stats, model, n)  # the prefill
 
     def count_local(self, t: int, L: int = 1) -> None:
@@ -118,7 +118,7 @@ class _Request(_Cost):
         """`denoise_block`: fill the block of `size` slots at n (slot 0 = byte n with keep_first).
         Returns its ids and the trace's steps."""
         s = self.s
-        s.begin_block(keep_first, alpha if gamma is None else gamma)
+        s.run_begin(keep_first, alpha if gamma is None else gamma)
         left = size - keep_first
         while left:
             s.run_denoise(size, gamma is not None)
@@ -187,8 +187,9 @@ def _autoregressive(r: _Request) -> None:
 def _speculative(r: _Request, k: int, self_draft: bool) -> None:
     """`generate_speculative`, greedy: self-drafting (`blt-s{k}`: decoder-only steps replayed
     without host reads) or a one-pass diffusion draft (`blt-dv{k}`); the draft is read once, cut
-    at EOS, and verified by one pass."""
-    s = r.s
+    at EOS, and verified by one pass. A diffusion draft's verification also closes the patch
+    before the next block, which a rejection takes back (`rollback`)."""
+    s, closed = r.s, False  # closed: the verification before closed the patch at n
     while True:
         room, n = min(k, r.stopper.max_new - len(r.stopper.out)), r.n
         if self_draft:
@@ -196,9 +197,9 @@ def _speculative(r: _Request, k: int, self_draft: bool) -> None:
             for _ in range(room - 1):
                 s.run_draft()
         else:
-            r.close()
+            r.close(run=not closed)
             if room > 1:
-                s.begin_block(True, -1.0)  # α < 0: every slot in one pass
+                s.run_begin(True, -1.0)  # α < 0: every slot in one pass
                 s.run_denoise(room, False)
                 r.count_block_pass()
         d = s.ids[0, n:n + room].tolist()  # d[0]: the byte the last verification settled
@@ -208,13 +209,13 @@ def _speculative(r: _Request, k: int, self_draft: bool) -> None:
                 r.count_local(u)
             r.counters["n_dec"] += len(d) - 1
         body = d[:-1] if d[-1] == EOS else d
-        preds, starts = r.push(len(body)) if body else ([], [])
-        accepted, rejected, correction = 1, None, None
+        preds, starts = r.push(len(body), close=not self_draft) if body else ([], [])
+        accepted, rejected, correction, closed = 1, None, None, bool(body) and not self_draft
         for i in range(1, len(d)):  # preds[i - 1] is the exact greedy byte at n + i
             if d[i] == preds[i - 1]:
                 accepted += 1
                 continue
-            rejected, correction = d[i], preds[i - 1]
+            rejected, correction, closed = d[i], preds[i - 1], False
             r.rollback(n + i, correction)
             break
         kept = starts[:accepted] if rejected is not None else starts
@@ -366,7 +367,7 @@ def generate_static_batch_diffusion(model: BLT, prompts: list[str | bytes], bloc
         for b in active:
             costs[b].count_close()
         size = min(block, max_bytes - len(stoppers[active[0]].out))  # every running row has as many bytes
-        s.begin_block(False, alpha if gamma is None else gamma)
+        s.run_begin(False, alpha if gamma is None else gamma)
         counters["n_dec"] += _denoise_rows(s, size, gamma is not None, active, costs)
         out = s.noisy[:, :size].tolist()
         active = [b for b in active if not any(stoppers[b].push(t) for t in out[b])]
@@ -382,14 +383,16 @@ def generate_static_batch_speculative(model: BLT, prompts: list[str | bytes], k:
                                       max_bytes: int = 64, stop: str | bytes | None = None,
                                       compiled: bool = False) -> list[Generation]:
     """Greedy `blt-s{k}` (self_draft) or `blt-dv{k}` for several prompts at once, in rounds: every
-    running row drafts up to k bytes (k - 1 draft replays for all rows, or a close and one denoising
-    replay per block size), one verification pass as long as the longest draft serves every row,
+    running row drafts up to k bytes (k - 1 draft replays for all rows, or one denoising replay per
+    block size after a close, which the verification before does unless the row rejected a byte),
+    one verification pass as long as the longest draft serves every row,
     the host reads the drafts and the predictions once each, and each row keeps its own accepted
     prefix (one rollback for the rows that rejected a byte). Each row gets the bytes that `generate`
     gives its prompt; counters count batched passes, as `generate_batch`'s do, and each row's cost
     counters what its prompt alone reads."""
     prompt_ids, s, counters, stoppers, costs = _batch_begin(model, prompts, max_bytes, stop, compiled, freeze=True)
     active = list(range(len(prompts)))
+    opened = active  # diffusion drafts: rows whose patch is open at t (the verification closed the others')
     while active:
         rooms = {b: min(k, max_bytes - len(stoppers[b].out)) for b in active}
         room = max(rooms.values())
@@ -400,9 +403,11 @@ def generate_static_batch_speculative(model: BLT, prompts: list[str | bytes], k:
             counters["n_dec"] += room - 1
             counters["n_loc"] += room - 1  # a draft byte goes through the encoder too
         else:
-            s.run_close()
+            if opened:
+                s.only(opened)
+                s.run_close()
             counters["n_enc"] += 1
-            s.begin_block(True, -1.0)  # α < 0: every slot in one pass
+            s.run_begin(True, -1.0)  # α < 0: every slot in one pass
             for size in sorted(set(rooms.values()) - {1}):  # a block attends to all of itself: its own size
                 s.only([b for b in active if rooms[b] == size])
                 s.run_denoise(size, False)
@@ -426,11 +431,11 @@ def generate_static_batch_speculative(model: BLT, prompts: list[str | bytes], k:
         accepted, rejected = {b: 1 for b in active}, {}
         if L:  # a row whose draft is shorter either stops at its end or rejects a byte before it
             before = s.ncomp.clone()
-            s.run(L)
+            s.run(L, True, not self_draft)
             at = s.t.new_tensor(start)[:, None] + s.kpos[:L]
             # per row: the greedy byte after each position, the patches started up to it, any closed
             out = torch.cat((s.pred.gather(1, at), s.olog.long().cumsum(1).gather(1, at),
-                             (s.ncomp > before).long()[:, None]), 1).tolist()
+                             (s.ncomp - before > (not self_draft)).long()[:, None]), 1).tolist()
             count_push(counters, any(out[b][-1] for b in active))
             for b in active:
                 d, starts = drafts[b], out[b][L:2 * L]
@@ -445,6 +450,7 @@ def generate_static_batch_speculative(model: BLT, prompts: list[str | bytes], k:
         if rejected:
             s.rollback([n for n, _ in rejected.values()], [c for _, c in rejected.values()], list(rejected))
         active = [b for b in active if not any(stoppers[b].push(t) for t in drafts[b][:accepted[b]])]
+        opened = [b for b in active if b in rejected]
         s.only(active)
     return finish_batch(f"blt-{'s' if self_draft else 'dv'}{k}", prompt_ids, stoppers, counters,
                         [c.stats for c in costs])
@@ -477,7 +483,7 @@ def generate_static_batch_hybrid(model: BLT, prompts: list[str | bytes], eta: fl
             counters["n_enc"] += 1
             for b in blocks:
                 costs[b].count_close()
-            s.begin_block(True, alpha if gamma is None else gamma)
+            s.run_begin(True, alpha if gamma is None else gamma)
             for size in sorted({sizes[b] for b in blocks}):
                 group = [b for b in blocks if sizes[b] == size]
                 s.only(group)
