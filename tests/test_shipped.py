@@ -52,34 +52,27 @@ def test_fast_decoders_keep_their_contract_on_real_weights(shipped):
         assert generate(model, p, "blt-s8", max_bytes=40).output == ref
 
 
-def full_rounds(g) -> int:
-    """Verifications that accepted their whole draft and were not the last (so the patch they
-    closed for the next block stayed closed)."""
-    return sum(e["accepted"] == len(e["draft"]) for e in [e for e in g.trace if e["type"] == "verify"][:-1])
-
-
 def test_static_engine_equals_eager_on_real_weights(shipped):
     from test_static import same_generation
 
     model, _ = shipped
-    ties, full = [], 0
+    ties = []
     for mode in MODES:
         for p in PROMPTS[::3]:
-            eager = generate(model, p, mode, max_bytes=40, engine="eager")
-            full += full_rounds(eager) if mode == "blt-dv4" else 0
-            same_generation(eager, generate(model, p, mode, max_bytes=40, engine="static"), ties)
+            same_generation(generate(model, p, mode, max_bytes=40, engine="eager"),
+                            generate(model, p, mode, max_bytes=40, engine="static"), ties)
     assert not ties, ties
-    assert full >= 5  # blt-dv4 keeps the patch its verification closed
 
 
 def test_batched_diffusion_drafts_equal_one_prompt_at_a_time(shipped):
-    """blt-dv4 on real weights, where whole drafts are accepted (the tiny test models reject
-    nearly every one): a row that rejected closes its patch again, the others keep the closed one."""
+    """Batched blt-dv4 on real weights, where some rows accept a whole draft in a round where
+    others reject a byte (the tiny test models reject nearly every draft)."""
     from test_decode import own_reads
 
     model, _ = shipped
     alone = [generate(model, p, "blt-dv4", max_bytes=40, engine="eager") for p in PROMPTS]
-    assert sum(map(full_rounds, alone)) >= 20 and sum(full_rounds(g) == 0 for g in alone) >= 1
+    whole = [sum(e["accepted"] == len(e["draft"]) for e in g.trace[1:-1]) for g in alone]  # verifications
+    assert sum(whole) >= 20 and min(whole) == 0
     batch = generate_batch(model, PROMPTS, "blt-dv4", max_bytes=40)
     assert [(g.output, g.stop_reason, own_reads(g)) for g in batch] == \
            [(g.output, g.stop_reason, own_reads(g)) for g in alone]

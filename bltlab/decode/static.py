@@ -458,8 +458,8 @@ class StaticState:
 
     def rollback(self, n: int | list[int], byte: int | list[int], rows: list[int] | None = None) -> None:
         """Back to the first n bytes (rejected drafts), with `byte` as byte n: every row, or with
-        `rows` those rows (n and byte: one per row), the others staying where they are. Patches
-        closed past n (by a verification that closed the patch after it) are open again."""
+        `rows` those rows (n and byte: one per row), the others staying where they are, patches
+        included (a row taken back recounts its own from the opens logged before n)."""
         t, new, back = self.t.clone(), self.ids[self.rows, self.t], torch.zeros_like(self.move)
         at = self.rows if rows is None else torch.tensor(rows, device=self.dev)
         t[at], new[at], back[at] = torch.as_tensor(n, device=self.dev), torch.as_tensor(byte, device=self.dev), True

@@ -187,9 +187,8 @@ def _autoregressive(r: _Request) -> None:
 def _speculative(r: _Request, k: int, self_draft: bool) -> None:
     """`generate_speculative`, greedy: self-drafting (`blt-s{k}`: decoder-only steps replayed
     without host reads) or a one-pass diffusion draft (`blt-dv{k}`); the draft is read once, cut
-    at EOS, and verified by one pass. A diffusion draft's verification also closes the patch
-    before the next block, which a rejection takes back (`rollback`)."""
-    s, closed = r.s, False  # closed: the verification before closed the patch at n
+    at EOS, and verified by one pass."""
+    s = r.s
     while True:
         room, n = min(k, r.stopper.max_new - len(r.stopper.out)), r.n
         if self_draft:
@@ -197,7 +196,7 @@ def _speculative(r: _Request, k: int, self_draft: bool) -> None:
             for _ in range(room - 1):
                 s.run_draft()
         else:
-            r.close(run=not closed)
+            r.close()
             if room > 1:
                 s.run_begin(True, -1.0)  # α < 0: every slot in one pass
                 s.run_denoise(room, False)
@@ -209,13 +208,13 @@ def _speculative(r: _Request, k: int, self_draft: bool) -> None:
                 r.count_local(u)
             r.counters["n_dec"] += len(d) - 1
         body = d[:-1] if d[-1] == EOS else d
-        preds, starts = r.push(len(body), close=not self_draft) if body else ([], [])
-        accepted, rejected, correction, closed = 1, None, None, bool(body) and not self_draft
+        preds, starts = r.push(len(body)) if body else ([], [])
+        accepted, rejected, correction = 1, None, None
         for i in range(1, len(d)):  # preds[i - 1] is the exact greedy byte at n + i
             if d[i] == preds[i - 1]:
                 accepted += 1
                 continue
-            rejected, correction, closed = d[i], preds[i - 1], False
+            rejected, correction = d[i], preds[i - 1]
             r.rollback(n + i, correction)
             break
         kept = starts[:accepted] if rejected is not None else starts
@@ -383,16 +382,14 @@ def generate_static_batch_speculative(model: BLT, prompts: list[str | bytes], k:
                                       max_bytes: int = 64, stop: str | bytes | None = None,
                                       compiled: bool = False) -> list[Generation]:
     """Greedy `blt-s{k}` (self_draft) or `blt-dv{k}` for several prompts at once, in rounds: every
-    running row drafts up to k bytes (k - 1 draft replays for all rows, or one denoising replay per
-    block size after a close, which the verification before does unless the row rejected a byte),
-    one verification pass as long as the longest draft serves every row,
+    running row drafts up to k bytes (k - 1 draft replays for all rows, or a close and one denoising
+    replay per block size), one verification pass as long as the longest draft serves every row,
     the host reads the drafts and the predictions once each, and each row keeps its own accepted
     prefix (one rollback for the rows that rejected a byte). Each row gets the bytes that `generate`
     gives its prompt; counters count batched passes, as `generate_batch`'s do, and each row's cost
     counters what its prompt alone reads."""
     prompt_ids, s, counters, stoppers, costs = _batch_begin(model, prompts, max_bytes, stop, compiled, freeze=True)
     active = list(range(len(prompts)))
-    opened = active  # diffusion drafts: rows whose patch is open at t (the verification closed the others')
     while active:
         rooms = {b: min(k, max_bytes - len(stoppers[b].out)) for b in active}
         room = max(rooms.values())
@@ -403,9 +400,7 @@ def generate_static_batch_speculative(model: BLT, prompts: list[str | bytes], k:
             counters["n_dec"] += room - 1
             counters["n_loc"] += room - 1  # a draft byte goes through the encoder too
         else:
-            if opened:
-                s.only(opened)
-                s.run_close()
+            s.run_close()
             counters["n_enc"] += 1
             s.run_begin(True, -1.0)  # α < 0: every slot in one pass
             for size in sorted(set(rooms.values()) - {1}):  # a block attends to all of itself: its own size
@@ -431,11 +426,11 @@ def generate_static_batch_speculative(model: BLT, prompts: list[str | bytes], k:
         accepted, rejected = {b: 1 for b in active}, {}
         if L:  # a row whose draft is shorter either stops at its end or rejects a byte before it
             before = s.ncomp.clone()
-            s.run(L, True, not self_draft)
+            s.run(L)
             at = s.t.new_tensor(start)[:, None] + s.kpos[:L]
             # per row: the greedy byte after each position, the patches started up to it, any closed
             out = torch.cat((s.pred.gather(1, at), s.olog.long().cumsum(1).gather(1, at),
-                             (s.ncomp - before > (not self_draft)).long()[:, None]), 1).tolist()
+                             (s.ncomp > before).long()[:, None]), 1).tolist()
             count_push(counters, any(out[b][-1] for b in active))
             for b in active:
                 d, starts = drafts[b], out[b][L:2 * L]
@@ -450,7 +445,6 @@ def generate_static_batch_speculative(model: BLT, prompts: list[str | bytes], k:
         if rejected:
             s.rollback([n for n, _ in rejected.values()], [c for _, c in rejected.values()], list(rejected))
         active = [b for b in active if not any(stoppers[b].push(t) for t in drafts[b][:accepted[b]])]
-        opened = [b for b in active if b in rejected]
         s.only(active)
     return finish_batch(f"blt-{'s' if self_draft else 'dv'}{k}", prompt_ids, stoppers, counters,
                         [c.stats for c in costs])
