@@ -458,16 +458,15 @@ class StaticState:
 
     def rollback(self, n: int | list[int], byte: int | list[int], rows: list[int] | None = None) -> None:
         """Back to the first n bytes (rejected drafts), with `byte` as byte n: every row, or with
-        `rows` those rows (n and byte: one per row), the others staying where they are, patches
-        included (a row taken back recounts its own from the opens logged before n)."""
-        t, new, back = self.t.clone(), self.ids[self.rows, self.t], torch.zeros_like(self.move)
+        `rows` those rows (n and byte: one per row), the others staying where they are."""
+        t, new = self.t.clone(), self.ids[self.rows, self.t]
         at = self.rows if rows is None else torch.tensor(rows, device=self.dev)
-        t[at], new[at], back[at] = torch.as_tensor(n, device=self.dev), torch.as_tensor(byte, device=self.dev), True
-        self.t.copy_(t)
+        t[at], new[at] = torch.as_tensor(n, device=self.dev), torch.as_tensor(byte, device=self.dev)
+        self.t.copy_(t)  # a row at its own t keeps its patches: they are recomputed as they are
         self.forced &= self.kpos <= t[:, None]
         starts = self.olog & (self.kpos < t[:, None])
-        self.ncomp.copy_(torch.where(back, starts.sum(1) - 1, self.ncomp))
-        self.cur.copy_(torch.where(back, torch.where(starts, self.kpos, 0).amax(1), self.cur))
+        self.ncomp.copy_(starts.sum(1) - 1)
+        self.cur.copy_(torch.where(starts, self.kpos, 0).amax(1))
         self.ids[self.rows, t] = new
         self._signal()
 
