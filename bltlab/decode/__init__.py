@@ -4,32 +4,26 @@ Modes: `blt` (autoregressive, KV-cached), `blt-s8` / `blt-s16` (self-speculation
 window k), `blt-d4` / `blt-d8` / `blt-d16` (block diffusion, unmasking by confidence α or
 entropy bound γ), `blt-dv4` / `blt-dv8` / `blt-dv16` (one-step diffusion draft + autoregressive
 verification), `blt-h` (hybrid: entropy rule with knob η picks autoregressive or diffusion
-steps). `generate_batch` runs `blt` and `blt-d*` on several ragged prompts at once, and on the
-static engine every other mode too.
-`generate_reference` is the no-cache oracle the tests compare against.
-
-Every greedy mode has a second engine, static.py + static_modes.py: static KV caches and
-CUDA-graph-captured steps, the same bytes, counters and trace as the eager decoders.
-`engine="auto"` takes it for `blt` on a GPU (when no streaming hooks are given); "eager"
-and "static" force one; "compiled" is the static engine with its steps passed through
-torch.compile first (fused kernels; minutes of compiling on first use).
+steps). Each mode is one loop in a file of its own (blt.py, speculative.py, diffusion.py,
+hybrid.py) over one batched decoding state (state.py, with request.py's host bookkeeping):
+`generate_batch` runs any mode on several ragged prompts at once, and `generate` is a batch of
+one. On a GPU the state's steps are CUDA-graph replays; `compiled=True` passes them through
+torch.compile first (minutes of compiling on first use). `generate_reference` is the no-cache
+oracle the tests compare against. Weights in transformers' layout decode in hf_layout.py.
 """
 from __future__ import annotations
 
 import time
 
 from ..model import BLT
-from .autoregressive import generate_blt
-from .batch import generate_batch
-from .common import BATCH_MODES, MODES, STATIC_BATCH_MODES, Generation, Hooks, Sampler, mode_size
-from .diffusion import generate_diffusion
-from .hybrid import generate_hybrid
+from .blt import run_blt
+from .common import MODES, Generation, Hooks, Sampler, mode_size
+from .diffusion import check_knobs, run_diffusion
+from .hf_layout import generate_hf
+from .hybrid import check_hybrid, run_hybrid
 from .reference import generate_reference
-from .speculative import generate_speculative
-from .static import supports
-from .static_modes import generate_static
-
-ENGINES = ("auto", "eager", "static", "compiled")
+from .request import Request
+from .speculative import run_speculative
 
 HF_MODES = ("blt", "blt-s8", "blt-s16")  # what needs no extra training: for weights from transformers
 
@@ -37,59 +31,66 @@ HF_MODES = ("blt", "blt-s8", "blt-s16")  # what needs no extra training: for wei
 def generate(model: BLT, prompt: str | bytes, mode: str = "blt", max_bytes: int = 64,
              stop: str | bytes | None = None, temperature: float = 0.0, top_p: float = 1.0,
              seed: int | None = None, alpha: float | None = None, gamma: float | None = None,
-             eta: float = 1.0, block: int = 8, hooks: Hooks | None = None, engine: str = "auto") -> Generation:
+             eta: float = 1.0, block: int = 8, hooks: Hooks | None = None, compiled: bool = False) -> Generation:
     """Generate up to `max_bytes` bytes after `prompt` with decoding `mode`.
 
     alpha / gamma: unmasking rule of the diffusion modes (blt-d*, blt-h); eta and block: the
     hybrid's switch threshold (nats) and block size. Knobs a mode does not use are ignored.
     hooks: stream trace events as they happen and/or cancel from outside (see `Hooks`).
-    engine: "eager", "static" or "compiled" (any greedy mode), or "auto" (static for `blt` on a GPU)."""
+    compiled: the state's steps through torch.compile."""
+    t0 = time.perf_counter()
+    sampler, knobs = _check(model, mode, temperature, top_p, seed, alpha, gamma, eta, block)
+    if model.cfg.arch == "hf":
+        g = generate_hf(model, prompt, mode, max_bytes, stop, sampler, hooks)
+    else:
+        req = Request(model, [prompt], max_bytes, stop, sampler, hooks, compiled)
+        _run(req, mode, *knobs)
+        g = req.finish(mode)[0]
+    g.counters["seconds"] = time.perf_counter() - t0
+    return g
+
+
+def generate_batch(model: BLT, prompts: list[str | bytes], mode: str = "blt", max_bytes: int = 64,
+                   stop: str | bytes | None = None, temperature: float = 0.0, top_p: float = 1.0,
+                   seed: int | None = None, alpha: float | None = None, gamma: float | None = None,
+                   eta: float = 1.0, block: int = 8, compiled: bool = False) -> list[Generation]:
+    """`generate` for several prompts at once, any mode: one pass of each step serves every row
+    still running (ragged prompts, per-row stopping and rollback). One Generation per prompt,
+    with the counters and trace that prompt alone gets (greedy: the same bytes too) and the
+    batch's shared passes in counters["batch_passes"]."""
+    sampler, knobs = _check(model, mode, temperature, top_p, seed, alpha, gamma, eta, block)
+    if model.cfg.arch == "hf":
+        raise ValueError("batched generation supports bltlab-layout models only; generate one prompt at a time")
+    req = Request(model, prompts, max_bytes, stop, sampler, None, compiled)
+    _run(req, mode, *knobs)
+    return req.finish(mode)
+
+
+def _check(model: BLT, mode: str, temperature: float, top_p: float, seed: int | None, alpha: float | None,
+           gamma: float | None, eta: float, block: int):
+    """The request's sampler and knobs (alpha, gamma, eta, block), or one clear error."""
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
     if model.cfg.arch == "hf" and mode not in HF_MODES:
         raise ValueError(f"mode {mode!r} needs a decoder trained on masked blocks; weights in transformers' "
                          f"layout support the training-free modes {', '.join(HF_MODES)}")
     sampler = Sampler(temperature, top_p, seed)
-    t0 = time.perf_counter()
-    engine = pick_engine(model, mode, temperature, engine, hooks)
-    if engine != "eager":
-        g = generate_static(model, prompt, mode, max_bytes, stop, alpha, gamma, eta, block, engine == "compiled")
-    elif mode == "blt":
-        g = generate_blt(model, prompt, max_bytes, stop, sampler, hooks)
-    elif mode.startswith("blt-s"):
-        g = generate_speculative(model, prompt, max_bytes, stop, sampler, mode_size(mode), "self", mode, hooks)
-    elif mode.startswith("blt-dv"):
-        g = generate_speculative(model, prompt, max_bytes, stop, sampler, mode_size(mode), "diffusion", mode, hooks)
+    if mode.startswith("blt-d") or mode == "blt-h":
+        alpha, gamma = check_knobs(alpha, gamma)
+    if mode == "blt-h":
+        check_hybrid(eta, block)
+    return sampler, (alpha, gamma, eta, block)
+
+
+def _run(req: Request, mode: str, alpha: float | None, gamma: float | None, eta: float, block: int) -> None:
+    if mode == "blt":
+        run_blt(req)
+    elif mode.startswith("blt-s") or mode.startswith("blt-dv"):
+        run_speculative(req, mode_size(mode), mode.startswith("blt-s"))
     elif mode.startswith("blt-d"):
-        g = generate_diffusion(model, prompt, max_bytes, stop, sampler, mode_size(mode), alpha, gamma, hooks)
+        run_diffusion(req, mode_size(mode), alpha, gamma)
     else:
-        g = generate_hybrid(model, prompt, max_bytes, stop, sampler, eta, block, alpha, gamma, hooks)
-    g.counters["seconds"] = time.perf_counter() - t0
-    return g
+        run_hybrid(req, eta, block, alpha, gamma)
 
 
-def pick_engine(model: BLT, mode: str, temperature: float, engine: str, hooks: Hooks | None = None) -> str:
-    """The engine a request runs on: "eager", "static" or "compiled" ("auto" resolved); refuses a
-    static one where it does not apply."""
-    if engine not in ENGINES:
-        raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
-    fits = temperature == 0 and supports(model) and hooks is None
-    if engine in ("static", "compiled") and not fits:
-        raise ValueError(f"engine {engine!r} runs greedy decoding (temperature 0, no hooks) on bltlab-layout "
-                         "models only")
-    if engine == "auto":  # only what has been checked on a GPU (the other modes have not run on one yet)
-        return "static" if fits and mode == "blt" and next(model.parameters()).is_cuda else "eager"
-    return engine
-
-
-def pick_batch_engine(model: BLT, mode: str, temperature: float, engine: str) -> str:
-    """pick_engine for `generate_batch`: "auto" takes the static engine for the modes that batch only
-    there (STATIC_BATCH_MODES), and asking for the eager one for them is refused."""
-    static_only = mode in STATIC_BATCH_MODES
-    engine = pick_engine(model, mode, temperature, "static" if static_only and engine == "auto" else engine)
-    if static_only and engine == "eager":
-        raise ValueError(f"batched {mode} runs on the static engine only (engine 'static' or 'compiled')")
-    return engine
-
-
-__all__ = ["BATCH_MODES", "ENGINES", "HF_MODES", "MODES", "STATIC_BATCH_MODES", "Generation", "Hooks", "Sampler", "generate", "generate_batch", "generate_reference"]
+__all__ = ["HF_MODES", "MODES", "Generation", "Hooks", "Sampler", "generate", "generate_batch", "generate_reference"]

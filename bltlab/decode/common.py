@@ -2,16 +2,34 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 
 from ..tokens import EOS, N_IDS, OFFSET, encode, ids_to_bytes, to_bytes
 
-MODES = ("blt", "blt-s8", "blt-s16", "blt-d4", "blt-d8", "blt-d16", "blt-dv4", "blt-dv8", "blt-dv16", "blt-h")
-BATCH_MODES = ("blt", "blt-d4", "blt-d8", "blt-d16")  # what `generate_batch` runs on every engine
-STATIC_BATCH_MODES = ("blt-s8", "blt-s16", "blt-dv4", "blt-dv8", "blt-dv16", "blt-h")  # ... on the static engine only
+if TYPE_CHECKING:
+    from ..model import BLT
 
+MODES = ("blt", "blt-s8", "blt-s16", "blt-d4", "blt-d8", "blt-d16", "blt-dv4", "blt-dv8", "blt-dv16", "blt-h")
+HASH_CONTEXT = 8  # ids before a new byte that its n-gram hashes may reach
+
+
+def cost_stats() -> dict:
+    """Cost counters at zero: local-encoder passes, KV-cache elements read, hash rows."""
+    return {"n_loc": 0, "kv_read": 0, "hash_rows": 0}
+
+
+def count_kv(stats: dict, layers: int, keys: int, dim: int) -> None:
+    """A pass reading `keys` cached keys and values of width `dim` in each of `layers` layers."""
+    stats["kv_read"] += 2 * layers * keys * dim
+
+
+def count_local(stats: dict, model: BLT, L: int) -> None:
+    """A local encoder pass over L new bytes, which reads L hash rows from the byte table and
+    from each n-gram table."""
+    stats["n_loc"] += 1
+    stats["hash_rows"] += L * (1 + len(model.embed.tables))
 
 def mode_size(mode: str) -> int:
     """The draft window or block size a mode's name gives: blt-s16 -> 16, blt-dv4 -> 4, blt-d8 -> 8."""
@@ -119,39 +137,9 @@ class Trace(list):
             self.on_event(event)
 
 
-def begin(model, prompt: str | bytes, max_bytes: int, stop: str | bytes | None, hooks: Hooks | None):
-    """Shared start of every cached decoder: validate, prefill one exact pass, open the trace.
-    Returns (prompt ids, counters, state, trace, stopper)."""
-    from .state import SeqState
-
-    hooks = hooks or Hooks()
-    ids = check_request(prompt, max_bytes, model.cfg.max_bytes)
-    counters = new_counters()
-    st = SeqState(model)
-    st.push(ids, counters)
-    trace = Trace(hooks.on_event)
-    trace.append({"type": "prefill", "bytes": len(ids) - 1, "patch_starts": st.starts.nonzero()[:, 0].tolist(),
-                  "entropy": [round(h, 4) for h in st.ent[:len(ids)]], "counters": st.snapshot(counters)})
-    return ids, counters, st, trace, Stopper(max_bytes, stop, hooks.should_stop)
-
-
 def new_counters() -> dict:
     """Pass counters: decoder, encoder+global, entropy model (DESIGN §2)."""
     return {"n_dec": 0, "n_enc": 0, "n_ent": 0}
-
-
-def batch_counters() -> dict:
-    """A batch's shared pass counters after its prefill, counted as one batched pass of every part
-    (however ragged the prompts); `n_loc` counts batched local-encoder passes. Each row's cost
-    counters (KV-cache elements, hash rows) are its own: `finish_batch`."""
-    return {"n_dec": 1, "n_enc": 1, "n_ent": 1, "n_loc": 1}
-
-
-def count_push(counters: dict, closed: bool) -> None:
-    """One batched pass of new bytes through every part; the global model's only if a patch closed."""
-    for k in ("n_ent", "n_dec", "n_loc"):
-        counters[k] += 1
-    counters["n_enc"] += bool(closed)
 
 
 def finish(mode: str, prompt_ids: list[int], stopper: "Stopper", counters: dict, trace: list,
@@ -159,17 +147,6 @@ def finish(mode: str, prompt_ids: list[int], stopper: "Stopper", counters: dict,
     """Package a finished generation; `stats` are the state's extra cost counters."""
     return Generation(mode, ids_to_bytes(prompt_ids), bytes(stopper.out), stopper.reason,
                       {**counters, **stats, "bytes": len(stopper.out)}, trace)
-
-
-def finish_batch(mode: str, prompt_ids: list[list[int]], stoppers: list["Stopper"], counters: dict,
-                 row_stats: list[dict]) -> list[Generation]:
-    """Package a finished batch, a Generation per row: the batch's shared pass counters and the
-    row's own KV-cache and hash reads (`row_stats`: a SeqState's stats per row), which are what
-    that prompt's passes read alone."""
-    return [Generation(mode, ids_to_bytes(ids), bytes(stp.out), stp.reason,
-                       {**counters, "kv_read": st["kv_read"], "hash_rows": st["hash_rows"],
-                        "batch": len(prompt_ids), "bytes": len(stp.out)}, [])
-            for ids, stp, st in zip(prompt_ids, stoppers, row_stats)]
 
 
 class Stopper:

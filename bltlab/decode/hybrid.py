@@ -1,17 +1,15 @@
 """`blt-h`: one hybrid checkpoint, switching between autoregressive and diffusion steps.
 
-The rule: before each step look at H, the entropy (nats) of the exact next-byte
-distribution (free: the last pass computed it). If H <= η the text is predictable right
-now, so fill a whole diffusion block (its first byte taken from that exact distribution);
-otherwise emit one autoregressive byte. η (`--eta`) is the knob: 0 gives nearly pure
-autoregression, a large η pure diffusion. Every switch is recorded in the trace.
+The rule: before each step look at H, the entropy (nats) of the exact next-byte distribution
+(free: the last pass computed it). If H <= η the text is predictable right now, so fill a whole
+diffusion block (its first byte taken from that exact distribution); otherwise emit one
+autoregressive byte. η (`--eta`) is the knob: 0 gives nearly pure autoregression, a large η
+pure diffusion. Every switch is recorded in the trace.
 """
 from __future__ import annotations
 
-from ..entropy import entropy_of_logits
-from ..model import BLT
-from .common import Generation, Hooks, Sampler, begin, finish
-from .diffusion import check_knobs, denoise_block
+from ..tokens import OFFSET
+from .request import Request
 
 
 def check_hybrid(eta: float, block: int) -> None:
@@ -22,43 +20,38 @@ def check_hybrid(eta: float, block: int) -> None:
         raise ValueError(f"block must be 4, 8 or 16 (the trained sizes), got {block}")
 
 
-def generate_hybrid(model: BLT, prompt: str | bytes, max_bytes: int = 64, stop: str | bytes | None = None,
-                    sampler: Sampler | None = None, eta: float = 1.0, block: int = 8,
-                    alpha: float | None = None, gamma: float | None = None, hooks: Hooks | None = None) -> Generation:
-    sampler = sampler or Sampler()
-    alpha, gamma = check_knobs(alpha, gamma)
-    check_hybrid(eta, block)
-    ids, counters, st, trace, stopper = begin(model, prompt, max_bytes, stop, hooks)
-    current = None
-    while True:
-        h = float(entropy_of_logits(st.last_logits))
-        mode = "diffusion" if h <= eta else "ar"
-        n = len(st)
-        if mode != current:
-            trace.append({"type": "switch", "pos": n, "to": mode, "entropy": round(h, 4),
-                          "counters": st.snapshot(counters)})
-            current = mode
-        first = int(sampler.pick(st.last_logits[None])[0])
-        size = min(block, max_bytes - len(stopper.out))
-        if mode == "ar" or size == 1:
-            out, event = [first], {"type": "ar", "pos": n, "byte": first - 4}
-        else:
-            st.close_patch(counters)
-            out, steps = denoise_block(st, size, sampler, alpha, gamma, counters, first=first)
-            event = {"type": "block", "pos": n, "size": size, "steps": steps, "bytes": [t - 4 for t in out]}
-        keep = []
-        done = False
-        for t in out:
-            if stopper.push(t):
-                done = True
-                break
-            keep.append(t)
-        if not done:
-            st.push(keep, counters)
-            event["patch_starts"] = [int(i) for i in st.starts[n:].nonzero()[:, 0] + n]
-        event["entropy"] = round(h, 4)
-        event["counters"] = st.snapshot(counters)
-        trace.append(event)
-        if done:
-            break
-    return finish("blt-h", ids, stopper, counters, trace, st.stats)
+def run_hybrid(req: Request, eta: float, block: int, alpha: float | None, gamma: float | None) -> None:
+    """Per round, each running row takes one byte or a block opened by it, by its own H."""
+    current: dict[int, str] = {}
+    while req.active:
+        rows, nxt = req.active, req.next_bytes()
+        events, out = {}, {}
+        for b in rows:
+            first, _, _, h = nxt[b]
+            mode, row = "diffusion" if h <= eta else "ar", req.rows[b]
+            if current.get(b) != mode:
+                row.trace.append({"type": "switch", "pos": row.n, "to": mode, "entropy": round(h, 4),
+                                  "counters": row.snapshot()})
+                current[b] = mode
+            out[b] = [first]
+            events[b] = {"type": "ar", "pos": row.n, "byte": first - OFFSET}
+        blocks = {b: req.rows[b].room(block) for b in rows if current[b] == "diffusion" and req.rows[b].room(block) > 1}
+        if blocks:
+            req.close(list(blocks))
+            filled = req.denoise(blocks, alpha if gamma is None else gamma, gamma is not None, keep_first=True)
+            for b, (ids, steps) in filled.items():
+                out[b] = ids
+                events[b] = {"type": "block", "pos": req.rows[b].n, "size": blocks[b], "steps": steps,
+                             "bytes": [t - OFFSET for t in ids]}
+        start = {b: req.rows[b].n for b in rows}
+        req.stop_rows(out)
+        going = req.active
+        for L in sorted({len(out[b]) for b in going}, reverse=True):  # a waiting row's pass writes past it
+            group = [b for b in going if len(out[b]) == L]
+            opens = req.push(L, group, with_global=L > 1 or any(nxt[b][1] for b in group))
+            for b in group:
+                cum = opens[b][1]
+                events[b]["patch_starts"] = [start[b] + j for j in range(L) if cum[j + 1] > cum[j]]
+        req.only(going)
+        for b in rows:
+            req.rows[b].trace.append(events[b] | {"entropy": round(nxt[b][3], 4), "counters": req.rows[b].snapshot()})

@@ -1,95 +1,97 @@
-"""Draft-then-verify decoding: `blt-s*` (self-speculation) and `blt-dv*` (diffusion draft).
+"""Draft, then verify: `blt-s*` (self-speculation) and `blt-dv*` (a diffusion draft).
 
-Both keep an exact SeqState. A cycle drafts bytes cheaply, verifies them with one exact
-pass over the draft (entropy model + encoder + global + decoder), keeps the longest
-accepted prefix and takes the byte at the first rejection from the exact distribution
-(greedy: its argmax; sampling: the standard rejection rule, so the output distribution is
-the model's own). Greedy `blt-s*` output therefore equals greedy `blt` byte for byte.
+A round drafts up to k bytes cheaply: `blt-s{k}` with decoder-only steps past the patch
+boundary that read the newest global output; `blt-dv{k}` with one denoising pass that fills a
+whole block after its known first byte. One exact pass over the draft (entropy model, encoder,
+global, decoder) then gives the true prediction at every draft position: the longest agreeing
+prefix is kept, and the byte at the first disagreement comes from the exact distribution
+(greedy: its argmax; sampling: the speculative rejection rule, accept with min(1, p/q) and
+resample from norm(max(0, p - q)), so the output distribution is the model's own). Greedy
+`blt-s*` therefore writes `blt`'s bytes exactly. A rejection rolls the state back: every cache
+is indexed by position, so that only resets counters.
 """
 from __future__ import annotations
 
 import torch
 
-from ..model import BLT
-from ..tokens import EOS, MASK
-from .common import Generation, Hooks, Sampler, begin, finish
-from .state import SeqState
+from ..tokens import EOS, OFFSET
+from .request import Request
 
 
-def _draft_self(st: SeqState, first: int, q_first: torch.Tensor, k: int, sampler: Sampler, counters: dict):
-    """Decoder-only drafting past patch boundaries with the newest global output."""
-    draft, qs = [first], [q_first]
-    fork = st.fork()
-    while len(draft) < k and draft[-1] != EOS:
-        logits = fork.draft_logits([draft[-1]])[0]
-        counters["n_dec"] += 1
-        q = sampler.probs(logits[None])[0]
-        draft.append(int(sampler.pick(logits[None])[0]))
-        qs.append(q)
-    return draft, qs
+def run_speculative(req: Request, k: int, self_draft: bool) -> None:
+    """Rounds of draft + verification for every running row, until each stops."""
+    s, sampler, fixed = req.s, req.sampler, set()  # fixed: rows whose byte n a rejection settled
+    while req.active:
+        rows = req.active
+        rooms = {b: req.rows[b].room(k) for b in rows}
+        room, start = max(rooms.values()), {b: req.rows[b].n for b in rows}
+        if req.sampling:
+            req.next_bytes(draw=[b for b in rows if b not in fixed])
+        q = torch.zeros(s.B, room, s.logits.shape[-1])  # sampling: the draft's distribution at each slot
+        if self_draft:  # a draft byte depends on the ones before it only: a row may draft past its room
+            s.dt.copy_(s.t)
+            for i in range(1, room):
+                s.run_draft()
+                if req.sampling:
+                    q[:, i] = sampler.probs(s.logits).cpu()
+                    s.put(sampler.pick(s.logits), draft=True)
+            req.passes["n_dec"] += room - 1
+            req.passes["n_loc"] += room - 1
+        else:
+            req.close(rows)
+            s.run_begin(True, -1.0)  # α < 0: every slot in one pass
+            for size in sorted(set(rooms.values()) - {1}):
+                group = [b for b in rows if rooms[b] == size]
+                req.only(group)
+                s.run_denoise(size, False)
+                req.passes["n_dec"] += 1
+                if req.sampling:
+                    q[group, 1:size] = sampler.probs(s.pass_logits[group, 1:]).cpu()
+                    s.fill(size, sampler.pick(s.pass_logits.flatten(0, 1)).view(s.B, size), group)
+                for b in group:
+                    req.rows[b].block_pass()
+            req.only(rows)
+        ids, drafts = s.ids.tolist(), {}
+        for b in rows:  # drafts[b][0]: byte n, which the last round settled
+            d = ids[b][start[b]:start[b] + rooms[b]]
+            drafts[b] = d = d[:d.index(EOS) + 1] if EOS in d else d
+            if self_draft:
+                req.rows[b].drafted(len(d) - 1)
+        body = {b: len(d) - (d[-1] == EOS) for b, d in drafts.items()}  # the bytes a row verifies
+        L = max(body.values())
+        verified = req.push(L, rows, lengths=body) if L else {}
+        p = sampler.probs(s.pass_logits).cpu() if L and req.sampling else None
+        accepted, rejected = dict.fromkeys(rows, 1), {}
+        for b in verified:  # a row whose draft is shorter stops at its end or rejects a byte before it
+            d, (preds, cum) = drafts[b], verified[b]
+            for i in range(1, len(d)):  # preds[i - 1] is the exact greedy byte at n + i
+                fix = _judge(d[i], preds[i - 1], None if p is None else p[b, i - 1], q[b, i], sampler)
+                if fix is not None:
+                    rejected[b] = (start[b] + i, fix, cum[i] - 1)
+                    break
+                accepted[b] += 1
+        req.rollback(rejected)
+        fixed = set(rejected)
+        for b in rows:
+            d, cum = drafts[b], verified[b][1] if b in verified else [0]
+            kept = min(accepted[b], body[b])
+            row = req.rows[b]
+            fix = rejected.get(b, (0, None))[1]
+            row.trace.append({"type": "verify", "pos": start[b] - 1, "draft": [t - OFFSET for t in d],
+                              "accepted": accepted[b], "rejected": None if fix is None else d[accepted[b]] - OFFSET,
+                              "correction": None if fix is None else fix - OFFSET,
+                              "patch_starts": [start[b] + j for j in range(kept) if cum[j + 1] > cum[j]]
+                              if b in verified else [], "counters": row.snapshot()})
+        req.stop_rows({b: drafts[b][:accepted[b]] for b in rows})
 
 
-def _draft_diffusion(st: SeqState, first: int, q_first: torch.Tensor, k: int, sampler: Sampler, counters: dict):
-    """One denoising pass over a block whose first byte is known: every other slot at once."""
-    st.close_patch(counters)  # diffusion blocks start patches
-    if k == 1:
-        return [first], [q_first]
-    logits = st.block_logits([first] + [MASK] * (k - 1))[1:]
-    counters["n_dec"] += 1
-    qs = sampler.probs(logits)
-    picks = sampler.pick(logits).tolist()
-    draft, out_q = [first], [q_first]
-    for tok, q in zip(picks, qs):
-        draft.append(int(tok))
-        out_q.append(q)
-        if tok == EOS:
-            break
-    return draft, out_q
-
-
-def generate_speculative(model: BLT, prompt: str | bytes, max_bytes: int = 64, stop: str | bytes | None = None,
-                         sampler: Sampler | None = None, k: int = 16, draft: str = "self",
-                         mode: str = "", hooks: Hooks | None = None) -> Generation:
-    """draft="self": BLT-S with window k; draft="diffusion": BLT-DV with block k."""
-    sampler = sampler or Sampler()
-    if not 1 <= k <= 64:
-        raise ValueError(f"draft window / block must be in [1, 64], got {k}")
-    ids, counters, st, trace, stopper = begin(model, prompt, max_bytes, stop, hooks)
-    pending: int | None = None  # byte fixed by the last rejection
-    make = _draft_self if draft == "self" else _draft_diffusion
-    while True:
-        p0 = sampler.probs(st.last_logits[None])[0]
-        first = pending if pending is not None else int(sampler.pick(st.last_logits[None])[0])
-        room = min(k, max_bytes - len(stopper.out))
-        n = len(st)
-        d, qs = make(st, first, p0, room, sampler, counters)
-        body = d[:-1] if d[-1] == EOS else d
-        rows = st.push(body, counters) if body else None
-        preds = [None] + ([] if rows is None else list(rows))  # preds[i] predicts d[i]
-        accepted, rejected, pending = 1, None, None
-        for i in range(1, len(d)):
-            p = sampler.probs(preds[i][None])[0]
-            if sampler.temperature == 0:
-                ok = d[i] == int(p.argmax())
-            else:
-                ratio = float(p[d[i]] / qs[i][d[i]].clamp(min=1e-12))
-                ok = float(torch.rand((), generator=sampler.gen)) < min(1.0, ratio)
-            if ok:
-                accepted += 1
-                continue
-            residual = (p - qs[i]).clamp(min=0)
-            residual = p if residual.sum() <= 0 else residual / residual.sum()
-            pending = int(residual.argmax()) if sampler.temperature == 0 else \
-                int(torch.multinomial(residual, 1, generator=sampler.gen))
-            rejected = d[i]
-            st.truncate(n + i, preds[i])
-            break
-        trace.append({"type": "verify", "pos": n - 1, "draft": [t - 4 for t in d], "accepted": accepted,
-                      "rejected": None if rejected is None else rejected - 4,
-                      "correction": None if pending is None else pending - 4,
-                      "patch_starts": [int(i) for i in st.starts[n:].nonzero()[:, 0] + n],
-                      "counters": st.snapshot(counters)})
-        if any(stopper.push(t) for t in d[:accepted]):
-            break
-    return finish(mode or ("blt-s" if draft == "self" else "blt-dv") + str(k), ids, stopper, counters, trace,
-                  st.stats)
+def _judge(drafted: int, greedy: int, p: torch.Tensor | None, q: torch.Tensor, sampler) -> int | None:
+    """None if the drafted byte stands, else the byte that replaces it: greedy, the exact argmax;
+    sampling (p, q: the exact and the draft distributions), the rejection rule."""
+    if p is None:
+        return None if drafted == greedy else greedy
+    if float(torch.rand((), generator=sampler.gen)) < min(1.0, float(p[drafted] / q[drafted].clamp(min=1e-12))):
+        return None
+    residual = (p - q).clamp(min=0)
+    residual = p if residual.sum() <= 0 else residual / residual.sum()
+    return int(torch.multinomial(residual, 1, generator=sampler.gen))

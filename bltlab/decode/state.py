@@ -1,290 +1,575 @@
-"""Exact incremental BLT state for one sequence: KV caches for the entropy model, the local
-encoder, the global model and the decoder, plus the patch bookkeeping.
+"""The static engine: static KV caches and, on CUDA, CUDA-graph-captured steps, for every greedy
+mode (the modes' host loops are in static_modes.py).
 
-`push(ids)` appends bytes and returns the exact next-byte logits at every new position (one
-pass of each part, however many bytes: prefill, verification). Caches are lists of (k, v)
-tensors that are replaced, never written in place, so `fork()` is a cheap snapshot and
-`truncate(n)` rolls back rejected drafts.
+The eager decoders (state.py) grow their caches with `torch.cat` and decide patches on the
+host: exact, easy to read, and bound by Python and kernel-launch overhead on a GPU. Here
+every buffer is allocated once at the model's context length and one decoding step is a
+fixed sequence of kernels that a CUDA graph replays:
+
+    byte t (already in `ids`)
+      -> does t open a patch? (its entropy H_t, the rule, the max patch length; on the device)
+      -> entropy model at t: H_{t+1}             (static cache, one row per sequence)
+      -> local encoder at t: h_t                 (hash n-grams from ids[t-8..t])
+      -> [global step] pool the finished patch [cur, t), global model at patch ncomp,
+         slot table row ncomp + 1 (the slots' cross-attention keys and values, once per patch)
+      -> decoder at t reading table row p(t) -> logits -> greedy byte t + 1 into `ids`
+
+Rows that did not open a patch write the global step's cache entry and table row at the
+next free index, which nothing reads until a real patch overwrites them, so the global step
+needs no branch: at batch B it runs for every row in one graph. At batch 1 it is worth
+skipping, so two graphs exist (with and without it) and the host reads one flag per byte
+(with the new byte, which it needs anyway to stop). The same code takes L bytes in one pass
+(`advance(L)`: patches that close inside the pass are compacted into one global pass over L
+slots), which is how a prompt is read: one eager pass, its next byte taken from the prompt
+instead of the prediction. The other steps, each a graph of its own: `draft` (encoder and
+decoder only, for self-speculation), `close` (a diffusion block starts a patch: the global
+model on the one it ends) and `denoise` (one pass over a masked block and the unmasking rule,
+on the device). Rows outside `move` wait: a pass computes them at their own t but leaves t,
+their patches and their chosen slots alone, which is how a batch's rows part (ragged prompts,
+stopped rows, per-row accepted drafts, blocks of other sizes). Tests check the bytes, the
+logits and the trace against the eager decoders, and one pass against the same bytes in pieces.
 """
 from __future__ import annotations
 
-import copy
+import weakref
 
 import torch
+import torch.nn.functional as F
 
+from .. import kernels
 from ..entropy import entropy_of_logits
-from ..layers import AttnMask
+from ..layers import Block
 from ..model import BLT
-from ..patching import opens_patch, patch_starts
+from ..patching import WHITESPACE
+from ..tokens import MASK, OFFSET, PAD
+from .common import HASH_CONTEXT, allowed
 
-HASH_CONTEXT = 8  # ids before a new byte that its n-gram hashes may reach
-
-
-def cost_stats() -> dict:
-    """Cost counters at zero: local-encoder passes, KV-cache elements read, hash rows."""
-    return {"n_loc": 0, "kv_read": 0, "hash_rows": 0}
-
-
-def count_kv(stats: dict, layers: int, keys: int, dim: int) -> None:
-    """A pass reading `keys` cached keys and values of width `dim` in each of `layers` layers."""
-    stats["kv_read"] += 2 * layers * keys * dim
+MAX_BLOCK = 16  # the longest denoised block (blt-d16, blt-dv16)
+# what engine "compiled" compiles its steps with ("aot_eager" traces the same graphs without
+# generating code: the CPU tests use it, inductor's compile takes minutes on a CPU)
+COMPILE_BACKEND = "inductor"
 
 
-def count_local(stats: dict, model: BLT, L: int) -> None:
-    """A local encoder pass over L new bytes, which reads L hash rows from the byte table and
-    from each n-gram table."""
-    stats["n_loc"] += 1
-    stats["hash_rows"] += L * (1 + len(model.embed.tables))
+def supports(model: BLT) -> bool:
+    """Whether `model` can use this path (bltlab layout: the hf layout's pending rows are not here)."""
+    return model.cfg.arch == "bltlab"
 
 
-def _run(layers, x, pos, cache: list, window: int, slots=None, stats: dict | None = None) -> torch.Tensor:
-    """Layers over new positions `pos` [1, L], attending to the cached prefix too; extends cache.
-    Adds the KV-cache elements this pass reads to stats["kv_read"]."""
-    n0, L = (cache[0][0].shape[2] if cache else 0), x.shape[1]
-    if stats is not None:
-        count_kv(stats, len(layers), min(n0, window), x.shape[-1])
-    mask = None
-    if L > 1 or n0 + L > window:
-        kpos = torch.arange(n0 + L, device=x.device)[None]
-        mask = AttnMask.causal(pos, kpos, window)
-    for i, layer in enumerate(layers):
-        x, kv = layer(x, pos, mask, slots=slots, prefix=cache[i] if n0 else None)
-        if len(cache) > i:
-            cache[i] = kv
+def _fused(model: BLT) -> dict:
+    """Projections that read the same input, as one matrix each (one GEMV where there were two or
+    three): per layer (by id) query|key|value [3D, D] and the SwiGLU's gate|up [2F, D]; "slots":
+    every decoder layer's cross-attention key|value [layers 2 D, D]; "pool": the pooling's key|value."""
+    def cat(*linears):
+        return torch.cat([w.weight for w in linears]).detach()
+    blocks = [*model.entropy.layers, *model.enc_layers, *model.global_layers, *model.dec_layers]
+    out = {id(b): (cat(b.attn.wq, b.attn.wk, b.attn.wv), cat(b.ffn.w1, b.ffn.w3)) for b in blocks}
+    out["slots"] = (cat(*[w for b in model.dec_layers for w in (b.cross.wk, b.cross.wv)]),)
+    out["pool"] = (cat(model.pool.wk, model.pool.wv),)
+    return out
+
+
+def _weights_version(model: BLT) -> tuple:
+    """Changes whenever a parameter is written in place (each write bumps its version counter) or
+    replaced: what `reset` compares to know whether its fused copies are stale."""
+    return tuple((p.data_ptr(), p._version) for p in model.parameters())
+
+
+# A projection left to the next norm's kernel (`kernels.norm_linear`'s residual (h, W)) is read
+# whole, twice, by every program of that kernel, from L2 at about 110 GB/s per SM on an H100: worth
+# it while that costs less than the ~3 us launch it saves. A first estimate, not a measurement:
+# bench-kernels' norm_linear_proj case times the fused kernel against the two launches.
+LATER_MAX_BYTES = 128 * 1024
+
+
+def _project_later(h: torch.Tensor, W: torch.Tensor):
+    """h @ W.T, as (h, W) for the next norm's kernel to compute when W is small enough, else now."""
+    return (h, W) if W.numel() * W.element_size() <= LATER_MAX_BYTES else F.linear(h, W)
+
+
+def _attend_slots(c, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+    """SlotCrossAttention on projected queries q [B, L, D], with the slots' keys and values
+    [B', H, k, hd] already projected (`DecodeState.slot_kv`): one slot set per query (B' = B L)
+    or one per row for the whole pass (B' = B). Returns its output as `_project_later` does."""
+    B, L, D = q.shape
+    o = F.scaled_dot_product_attention(q.view(k.shape[0], -1, c.heads, D // c.heads).transpose(1, 2), k, v)
+    return _project_later(o.transpose(1, 2).reshape(B, L, D), c.wo.weight)
+
+
+def _norm_proj(norm, x: torch.Tensor, r, weight: torch.Tensor, swiglu: bool = False):
+    """(x + r, the projection `weight` of norm(x + r)), r None meaning 0 or (h, W) meaning h @ W.T
+    (`_project_later`): the residual (or the projection giving it), the norm and the projection
+    (with `swiglu`, its activation too) in one kernel on the Triton path."""
+    return kernels.norm_linear(x, norm.weight, norm.eps, weight, r, swiglu)
+
+
+def _block(layer: Block, w, x, r, rot, kv, at, mask, rows, slots=None):
+    """One layer over L new positions per row, on input x + r (x [B, L, D]; r None or the previous
+    layer's last branch, as `_project_later` gives it, left for this layer's first norm's kernel to
+    add); returns its output the same way.
+    w: `_fused(model)[id(layer)]`, rot: RoPE's (cos, sin) by position (`DecodeState.rot`), kv:
+    [2, B, H, S, hd] static cache (keys, values) written at indices `at` [B, L], mask: [B, 1, L, S]
+    float (0 or -inf), slots: (keys, values) for a cross-attending layer (`_attend_slots`)."""
+    B, L, D = x.shape
+    if layer.cross is not None:
+        x, q = _norm_proj(layer.cross_norm, x, r, layer.cross.wq.weight)
+        r = _attend_slots(layer.cross, q, *slots)
+    norm = layer.attn_norm  # q|k|v, RoPE and the cache write in one kernel on the Triton path
+    x, q = kernels.norm_qkv(x, norm.weight, norm.eps, w[0], r, rot, at, kv, rows)  # q: [B, H, L, hd]
+    o = F.scaled_dot_product_attention(q, kv[0], kv[1], attn_mask=mask)
+    o = o.transpose(1, 2).reshape(B, L, D)  # a view: q's layout is [B, L, H, hd], and so is o's
+    x, h = _norm_proj(layer.ffn_norm, x, _project_later(o, layer.attn.wo.weight), w[1], swiglu=True)
+    return x, _project_later(h, layer.ffn.w2.weight)  # h: silu(gate) * up, [B, L, F]
+
+
+def _caches(layers, B: int, S: int, like: torch.Tensor) -> list[torch.Tensor]:
+    """Per layer [2, B, H, S, hd]: keys and values in one tensor (one write per pass)."""
+    return [like.new_zeros(2, B, layer.attn.heads, S, layer.attn.wq.out_features // layer.attn.heads)
+            for layer in layers]
+
+
+class DecodeState:
+    """Static buffers for B sequences and the steps that advance them. With `compile_backend`, every
+    step goes through torch.compile first (then, on a GPU, into its CUDA graph)."""
+
+    def __init__(self, model: BLT, B: int, compile_backend: str | None = None):
+        self.m, self.cfg, self.B = model, model.cfg, B
+        self.compile_backend, self._compiled = compile_backend, {}
+        p = next(model.parameters())
+        # ids[t + 1] is written at the last position; in a batch, a row may run a block or a
+        # verification past its own end, while another row's is longer (what it computes there is dropped)
+        dev, T = p.device, model.cfg.max_bytes + 1 + MAX_BLOCK
+        self.dev, self.T = dev, T
+        # ids[b, u] = byte u; HASH_CONTEXT PADs before byte 0, so that one gather reads n-gram contexts
+        self.ctx_ids = torch.full((B, HASH_CONTEXT + T), PAD, dtype=torch.long, device=dev)
+        self.ids = self.ctx_ids[:, HASH_CONTEXT:]
+        self.given = torch.full((B, T), PAD, dtype=torch.long, device=dev)  # the prompts
+        self.plen = torch.ones(B, dtype=torch.long, device=dev)  # prompt lengths (BOS included)
+        self.ent = torch.zeros(B, T + 1, device=dev)  # ent[b, t] = H_t, float32 as SeqState.ent
+        self.t = torch.zeros(B, dtype=torch.long, device=dev)  # position of the byte the next step takes
+        self.cur = torch.zeros(B, dtype=torch.long, device=dev)  # first byte of the open patch
+        self.ncomp = torch.zeros(B, dtype=torch.long, device=dev)  # finished patches (in the table)
+        self.olog = torch.zeros(B, T, dtype=torch.bool, device=dev)  # opens of every byte stepped over
+        self.signal = torch.zeros(B, 2, dtype=torch.long, device=dev)  # (byte t, opens): what the host reads
+        self.pred = torch.zeros(B, T, dtype=torch.long, device=dev)  # pred[b, u]: greedy byte after u
+        self.dt = torch.zeros(B, dtype=torch.long, device=dev)  # the draft step's position
+        self.forced = torch.zeros(B, T, dtype=torch.bool, device=dev)  # starts imposed: bytes 0, 1, blocks
+        # the denoised block at t: its ids, and per slot the step that filled it, its order in that
+        # step, and the confidence and entropy it was filled with (what the trace shows)
+        self.noisy = torch.full((B, MAX_BLOCK), MASK, dtype=torch.long, device=dev)
+        self.filled = torch.zeros(B, 2, MAX_BLOCK, dtype=torch.long, device=dev)  # (step, order)
+        self.scores = torch.zeros(B, 2, MAX_BLOCK, device=dev)  # (confidence, entropy), float32
+        self.nstep = torch.zeros(B, dtype=torch.long, device=dev)
+        self.left = torch.zeros(B, dtype=torch.long, device=dev)  # masked slots left: what the host reads
+        self.knob = torch.zeros(B, dtype=torch.float64, device=dev)  # α or γ (a tensor: one graph for all)
+        self.knob_now = 0.0  # what `knob` holds
+        self.move = torch.ones(B, dtype=torch.bool, device=dev)  # rows a step moves (the rest keep t, patches)
+        self.logits = torch.zeros(B, 260, dtype=p.dtype, device=dev)  # prediction of byte t
+        self.pass_logits = self.logits[:, None]  # the last decoder pass's [B, L, 260] (sampling reads it)
+        self.h = p.new_zeros(B, T, self.cfg.d_local)
+        # row r: patch r - 1's decoder slots as every decoder layer's cross-attention keys and values,
+        # projected once per patch instead of once per byte: [B, T + 1, layers, 2, H, k, hd]
+        dl, H = self.cfg.d_local, self.cfg.local_heads
+        self.table = p.new_zeros(B, T + 1, len(model.dec_layers), 2, H, self.cfg.cross_k, dl // H)
+        # caches as long as the longest context rounded up to 16 keys (what fused attention aligns
+        # its masks to: no padded copy per call); keys past T lie in the future of every query
+        S = 16 * -(-T // 16)
+        self.ent_kv = _caches(model.entropy.layers, B, S, p)
+        self.enc_kv = _caches(model.enc_layers, B, S, p)
+        self.glob_kv = _caches(model.global_layers, B, S, p)
+        self.dec_kv = _caches(model.dec_layers, B, S, p)
+        self.kpos, self.keys = torch.arange(T, device=dev), torch.arange(S, device=dev)
+        self.first = self.kpos == 0  # a patch's first byte, in its gathered layout
+        self.hctx = torch.arange(HASH_CONTEXT + T, device=dev)  # ctx_ids columns of bytes t - 8 ..
+        self.bias = p.new_tensor([0.0, float("-inf")])  # the masks' additive form
+        self.back = S - 1 - self.keys  # index of the offset q - k in a band: q + back[k]
+        self.bands = {w: self._band(w) for w in {model.entropy.cfg.window, self.cfg.local_window, 0}}
+        self.blocks, self.koff = self._block_masks(), self.keys + T  # koff - t: a key's index in `blocks`
+        self.forbid = allowed(torch.zeros(260, device=dev))  # -inf at ids decoding never emits, else 0
+        self.lmax = self.cfg.patch.max_patch or self.cfg.max_bytes  # longest possible patch
+        self.is_ws = torch.zeros(MASK + 1, dtype=torch.bool, device=dev)  # ids of whitespace bytes
+        self.is_ws[torch.tensor(list(WHITESPACE)) + OFFSET] = True
+        self.rows = torch.arange(B, device=dev)
+        self.graphs: dict = {}  # CUDA graphs, one per step kind and length
+        self.live = (self.ids, self.ent, self.t, self.cur, self.ncomp, self.signal, self.dt,
+                     self.forced, self.noisy, self.filled, self.scores, self.nstep, self.left)  # what steps update
+        self._rot: dict = {}
+        self.fused = _fused(model)
+        self.version = None  # _weights_version when `fused` and the table's start row were made
+
+    def rot(self, layers) -> torch.Tensor:
+        """RoPE's angles of `layers` at every position as (cos, sin) [T, hd/2, 2], computed once exactly
+        as layers.rope computes them."""
+        a = layers[0].attn
+        hd = a.wq.out_features // a.heads
+        key = (a.theta, hd)
+        if key not in self._rot:
+            inv = 1.0 / a.theta ** (torch.arange(0, hd, 2, device=self.dev, dtype=torch.float32) / hd)
+            ang = torch.arange(self.T, device=self.dev).float()[:, None] * inv  # [T, hd/2]
+            self._rot[key] = torch.stack((ang.cos(), ang.sin()), -1)
+        return self._rot[key]
+
+    # ---- a new request --------------------------------------------------------------------------
+    @torch.no_grad()
+    def reset(self, prompts: list[list[int]]) -> None:
+        """Start B sequences (prompt ids, BOS first) at position 0. Cache entries from an earlier
+        request stay but lie past t, so they are masked (and finite: buffers start at zero)."""
+        given = torch.full(self.given.shape, PAD, dtype=torch.long)  # built on the host, copied once
+        for b, ids in enumerate(prompts):
+            given[b, :len(ids)] = torch.tensor(ids)
+        self.given.copy_(given)
+        self.plen.copy_(torch.tensor([len(ids) for ids in prompts]))
+        self.ids.copy_(self.given)
+        for x in (self.ent, self.t, self.cur, self.ncomp, self.forced):
+            x.zero_()
+        self.forced[:, :2] = True  # bytes 0 and 1 always open a patch
+        self.move.fill_(True)
+        version = _weights_version(self.m)
+        if version != self.version:  # the weights changed in place (training, load_state_dict)
+            for key, now in _fused(self.m).items():
+                for mine, w in zip(self.fused[key], now):
+                    mine.copy_(w)
+            self.table[:, 0] = self.slot_kv(self.m.start_slots[None, None].to(self.table.dtype))[0, 0]
+            self.version = version
+        self._signal()
+
+    def prefill(self, prompts: list[list[int]], freeze: bool = False) -> None:
+        """reset, then the prompts' bytes: the common length in one pass, the rest one by one, where
+        a row whose prompt has ended goes on with its greedy bytes, or with `freeze` waits there."""
+        self.reset(prompts)
+        lens = [len(p) for p in prompts]
+        self.advance(min(lens))
+        for _ in range(max(lens) - min(lens)):
+            if freeze:
+                self.move.copy_(self.t < self.plen)
+            self.run()
+        self.move.fill_(True)
+
+    # ---- the step ------------------------------------------------------------------------------
+    def _opens(self, pos: torch.Tensor) -> torch.Tensor:
+        """[B, L] bool: byte u (pos [B, L], consecutive from t) opens a patch: patch_starts' rule
+        and its closed form for the max length, counted from the open patch's start `cur` (for byte
+        t alone, kernels.step_end decides it in `_signal`)."""
+        b, pc = self.rows[:, None], self.cfg.patch
+        if pc.rule == "global":
+            nat = self.ent[b, pos] > pc.threshold
+        elif pc.rule == "fixed":
+            nat = (pos - 1) % pc.stride == 0
         else:
-            cache.append(kv)
-    return x
-
-
-class SeqState:
-    """Everything the BLT has computed about one growing byte sequence."""
-
-    def __init__(self, model: BLT):
-        self.m, self.cfg = model, model.cfg
-        self.dev = next(model.parameters()).device
-        self.ids: list[int] = []
-        self.ent: list[float] = [0.0]  # ent[t] = H_t (entropy of byte t's prediction); len(ids) + 1 entries
-        self.forced: list[int] = []  # positions where a patch start was imposed (diffusion blocks)
-        self.starts = torch.zeros(0, dtype=torch.bool)
-        self.h = torch.zeros(1, 0, self.cfg.d_local, device=self.dev)  # encoder byte states
-        self.table = model.start_slots[None, None].detach().clone()  # [1, 1 + complete, k, d]
-        self.ent_cache: list = []
-        self.enc_cache: list = []
-        self.glob_cache: list = []
-        self.dec_cache: list = []
-        self.last_logits: torch.Tensor | None = None  # exact prediction of the next byte
-        # arch "hf" with a max patch length: transformers' decoder row t reads a patch that is only
-        # final once byte t + 1 is known, so the newest row stays out of dec_cache ("pending")
-        self.shadow = self.cfg.arch == "hf" and self.cfg.patch.max_patch > 0
-        self.pending = False
-        # cost counters, shared with forks
-        self.stats = cost_stats()
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    @property
-    def complete(self) -> int:
-        """Patches whose global output is in the slot table."""
-        return self.table.shape[1] - 1
-
-    def fork(self) -> "SeqState":
-        s = copy.copy(self)
-        for name in ("ids", "ent", "forced", "ent_cache", "enc_cache", "glob_cache", "dec_cache"):
-            setattr(s, name, list(getattr(self, name)))
-        return s
-
-    # ---- the four parts, each over the new positions ------------------------------------------
-    def _positions(self, n0: int, L: int) -> torch.Tensor:
-        return torch.arange(n0, n0 + L, device=self.dev)[None]
-
-    def _entropy(self, new: torch.Tensor, pos: torch.Tensor) -> None:
-        count_kv(self.stats, len(self.m.entropy.layers), len(self.ids), self.cfg.entropy.dim)
-        logits = self.m.entropy(new, pos, cache=self.ent_cache)
-        self.ent += entropy_of_logits(logits)[0].tolist()
-
-    def _encode(self, new: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        ctx = torch.tensor([self.ids[max(0, pos[0, 0].item() - HASH_CONTEXT):pos[0, 0].item()]],
-                           dtype=torch.long, device=self.dev)
-        x = self.m.embed(new, ctx if ctx.shape[1] else None)
-        count_local(self.stats, self.m, new.shape[1])
-        return _run(self.m.enc_layers, x, pos, self.enc_cache, self.cfg.local_window, stats=self.stats)
-
-    def _restart(self) -> None:
-        """Recompute patch starts over the whole sequence (cheap; old starts never change)."""
-        n = len(self.ids)
-        ids = torch.tensor([self.ids], device=self.dev)
-        ent = torch.tensor([self.ent[:n]], device=self.dev)
-        forced = torch.zeros(1, n, dtype=torch.bool, device=self.dev)
-        forced[0, [f for f in self.forced if f < n]] = True
-        self.starts = patch_starts(ent, ids, self.cfg.patch, forced=forced)[0]
-
-    def _next(self, lo: int, hi: int) -> torch.Tensor:
-        """arch "hf": [hi - lo] long, 1 where byte t + 1 is known to open a patch while t is the
-        newest byte (`opens_patch`), for t in [lo, hi). The decoder at t reads the patch before
-        t + 1's; deciding it as transformers' uncached generate does for its last position gives
-        every position the logits it had when it was the newest."""
-        h = torch.tensor(self.ent[lo:hi + 1], device=self.dev)  # H_lo .. H_hi (only what is needed)
-        t = torch.arange(lo + 1, hi + 1, device=self.dev)
-        return opens_patch(h[1:], h[:-1], t, self.cfg.patch).long()
-
-    def _known_starts(self) -> int:
-        """Starts at positions < len, plus one at len if it is already decided (forced, or, for
-        arch "hf", by the entropy of the next byte): the patch before it is then complete."""
-        n = len(self.ids)
-        frontier = n in self.forced or (self.cfg.arch == "hf" and bool(self._next(n - 1, n)[0]))
-        return int(self.starts.sum()) + frontier
-
-    def _global(self) -> int:
-        """Run the global model on patches that became complete; returns how many."""
-        target = self._known_starts() - 1
-        if target <= self.complete:
-            return 0
-        pids = self.starts.long().cumsum(0) - 1  # [n]
-        lo, hi = self.complete, target
-        first = int(self.starts.nonzero()[lo, 0])
-        sub = pids[first:] - lo
-        sub = torch.where(sub < hi - lo, sub, -1)[None]
-        pooled = self.m.pool(self.h[:, first:], sub, hi - lo)  # [1, P_new, d_global]
-        pos = torch.arange(lo, hi, device=self.dev)[None]
-        g = self.m.global_norm(_run(self.m.global_layers, pooled, pos, self.glob_cache, 1 << 30, stats=self.stats))
-        self.table = torch.cat((self.table, self.m.slot_rows(g)), 1)
-        return hi - lo
-
-    def _decode(self, h_new: torch.Tensor, pos: torch.Tensor, slots: torch.Tensor, cache: list) -> torch.Tensor:
-        x = _run(self.m.dec_layers, h_new, pos, cache, self.cfg.local_window, slots=slots, stats=self.stats)
-        return self.m.head(self.m.dec_norm(x))[0]
-
-    def _decode_shadow(self, n0: int, L: int, last_rows: torch.Tensor) -> torch.Tensor:
-        """Decoder pass for arch "hf" with a max patch length. transformers recomputes everything
-        per byte: row t reads patch p(t + 1) - 1 once byte t + 1 exists, but only p(t) - 1 while
-        t is the newest byte. So one pass runs two sets of rows over one mask: final rows
-        (the pending row n0 - 1 and n0 .. n - 2, cached) and, for every new byte, its row as the
-        newest one (`last_rows`), which sees the final rows before it and itself only; their
-        logits are returned."""
-        n = n0 + L
-        lo = n0 - 1 if self.pending else n0
-        dev, window = self.dev, self.cfg.local_window
-        final = torch.arange(lo, n - 1, device=dev)
-        pids = self.starts.long().cumsum(0) - 1
-        final_rows = pids[final + 1]  # p(t + 1): byte t + 1 is known
-        pos = torch.cat((final, torch.arange(n0, n, device=dev)))[None]
-        x = self.h[:, pos[0]]
-        slots = self.table[:, torch.cat((final_rows, last_rows))]
-        c = self.dec_cache[0][0].shape[2] if self.dec_cache else 0  # cached rows: positions < c = lo
-        kpos = torch.cat((torch.arange(c, device=dev), pos[0]))
-        q, k = pos[0][:, None], kpos[None, :]
-        nf = len(final)
-        is_final_key = torch.arange(c + len(pos[0]), device=dev) < c + nf
-        mask = (k <= q) & (q - k < window) & is_final_key[None, :]  # final keys, causal
-        mask[nf:, c + nf:] = torch.eye(L, dtype=torch.bool, device=dev)  # a newest row sees itself
-        mask[nf:, :c + nf] &= k[:, :c + nf] < q[nf:]
-        mask = mask[None, None]
-        count_kv(self.stats, len(self.m.dec_layers), min(c, window), self.cfg.d_local)
-        for i, layer in enumerate(self.m.dec_layers):
-            x, (kk, vv) = layer(x, pos, mask, slots=slots, prefix=self.dec_cache[i] if c else None)
-            kv = (kk[:, :, :c + nf], vv[:, :, :c + nf])
-            if len(self.dec_cache) > i:
-                self.dec_cache[i] = kv
+            prev = (pos - 1).clamp(min=0)
+            if pc.rule == "relative":
+                nat = (self.ent[b, pos] - self.ent[b, prev]) > pc.threshold
             else:
-                self.dec_cache.append(kv)
-        self.pending = True
-        return self.m.head(self.m.dec_norm(x[:, nf:]))[0]
+                nat = self.is_ws[self.ids[b, prev]] & ~self.is_ws[self.ids[b, pos]]
+        nat = nat | self.forced[b, pos]
+        if pc.max_patch > 0:  # forced starts lie every max_patch bytes after the last natural one
+            last = torch.where(nat, pos, self.cur[:, None]).cummax(1).values
+            nat = nat | ((pos > last) & ((pos - last) % pc.max_patch == 0))
+        return nat
 
-    def append(self, new_ids: list[int], h_new: torch.Tensor) -> tuple[int, torch.Tensor]:
-        """Bookkeeping once the entropy model (self.ent extended) and the encoder (h_new [1, L, d])
-        ran on new bytes: patches, the global model on finished patches. Returns (patches the global
-        model ran on, the slot table row each new byte's decoder reads)."""
-        n0 = len(self.ids)
-        self.ids += new_ids
-        self.h = torch.cat((self.h, h_new), 1)
-        self._restart()
-        n_glob = self._global()
-        rows = (self.starts.long().cumsum(0) - 1)[n0:]  # byte t reads patch p(t) - 1 = table row p(t)
-        if self.cfg.arch == "hf":
-            rows = rows + self._next(n0, len(self.ids))
-        return n_glob, rows
+    def _additive(self, allow: torch.Tensor) -> torch.Tensor:
+        """A bool mask in additive form, 0 or -inf (what attention adds: built once per pass, where a
+        bool mask would be converted in every layer)."""
+        return torch.where(allow, self.bias[0], self.bias[1])
 
-    # ---- public steps -----------------------------------------------------------------------
+    def _band(self, window: int) -> torch.Tensor:
+        """A causal mask by offset: band[q - k + S - 1] is 0 where a query at q may read the key at k
+        (0 <= q - k, and < window if window > 0), else -inf."""
+        off = torch.arange(1 - self.back.numel(), self.T, device=self.dev)  # q - k
+        return self._additive((off >= 0) & ((off < window) | (window == 0)))
+
+    def _block_masks(self) -> torch.Tensor:
+        """The denoising passes' masks by block size and offset: [size - 1, i, T + k - t] is 0 where
+        slot i of a block of `size` at t may read the key at k, else -inf: the clean keys before
+        the block in the local window, and the whole block (whose keys lie less than size <=
+        MAX_BLOCK < local_window behind any of its queries, or ahead)."""
+        d = torch.arange(self.back.numel() + self.T, device=self.dev) - self.T  # k - t
+        i = self.kpos[:MAX_BLOCK]
+        return self._additive((d < i[:, None, None] + 1) & (i[:, None] - d < self.cfg.local_window))
+
+    def _block_mask(self, size: int) -> torch.Tensor:
+        """[B, 1, size, S] additive mask of a denoising pass over the blocks of `size` at t: one
+        gather from `blocks` by slot and by each key's offset from t."""
+        return self.blocks[size - 1][self.kpos[:size, None], (self.koff - self.t[:, None])[:, None]][:, None]
+
+    def _masks(self, pos: torch.Tensor, *windows: int) -> list[torch.Tensor]:
+        """[B, 1, L, S] additive causal masks over the whole static cache for queries at pos [B, L], one
+        per window (0: none): one gather each from the window's band (layers.causal_mask's rule)."""
+        at = (pos[..., None] + self.back)[:, None]  # index of the offset q - k
+        return [self.bands[w][at] for w in windows]
+
+    def slot_kv(self, slots: torch.Tensor) -> torch.Tensor:
+        """Decoder slots [B, P, k, d_local] -> every decoder layer's cross-attention keys and values
+        [B, P, layers, 2, H, k, hd] (a `table` row per patch)."""
+        B, P, k, D = slots.shape
+        H = self.m.dec_layers[0].cross.heads
+        return F.linear(slots, self.fused["slots"][0]).view(B, P, k, -1, 2, H, D // H).permute(0, 1, 3, 4, 5, 2, 6)
+
+    def _layers(self, layers, caches, x, rot, pos, mask, slots=None):
+        """x through `layers` at positions pos [B, L] (their caches written there); slots: the decoder's
+        table rows [B or B L, layers, 2, H, k, hd] (`_attend_slots`). Returns the output as a pair
+        (x, r) whose sum it is, r as `_project_later` gives it: the next norm's kernel adds it."""
+        r = None
+        for i, (layer, kv) in enumerate(zip(layers, caches)):
+            x, r = _block(layer, self.fused[id(layer)], x, r, rot, kv, pos, mask, self.rows,
+                          None if slots is None else slots[:, i].unbind(1))
+        return x, r
+
+    def advance(self, L: int = 1, with_global: bool = True, close: bool = False) -> None:
+        """Take bytes t .. t + L - 1 of every row (already in `ids`) in one pass, in place and
+        without host synchronisation; then ids[t + L] is the prompt's next byte or the greedy one.
+        with_global=False skips the global step (only right when no byte of the pass opens a patch);
+        close=True then does `close` at t + L in the same global step (BLT-D's next block).
+        Rows outside `move` keep their position and patches: what the pass wrote for them lies past t."""
+        m, b, t = self.m, self.rows, self.t
+        pos = t[:, None] + self.kpos[:L]  # [B, L]
+        # entropy model: H_{u + 1} for every u, which the patch decisions after byte t need
+        x = m.entropy.emb(self.ids.gather(1, pos))
+        emask, local = self._masks(pos, m.entropy.cfg.window, self.cfg.local_window)
+        x, r = self._layers(m.entropy.layers, self.ent_kv, x, self.rot(m.entropy.layers), pos, emask)
+        logits = _norm_proj(m.entropy.norm, x, r, m.entropy.head.weight)[1]
+        self.ent.scatter_(1, pos + 1, entropy_of_logits(logits).float())
+        if L > 1:
+            opens = self._opens(pos)
+            self.olog.scatter_(1, pos, opens)
+        h = self._encode(pos, local)
+        rows = self.ncomp[:, None].expand(-1, L)  # table row each byte's decoder reads: p(u)
+        if with_global:
+            if L == 1:  # whether byte t opens a patch is in `olog` already (every step that moves t,
+                opens = self.olog.gather(1, pos)  # cur, forced or ids[t] puts it there, with the signal)
+            # byte u that opens a patch closes [last start before u, u) unless empty (a forced start
+            # whose patch `close` ended already); closed patches first
+            incl = torch.where(opens, pos, self.cur[:, None])  # last start <= u
+            if L == 1 and not close:
+                first, end = self.cur[:, None], pos  # last start < u
+                closes = opens & (pos > first)
+            else:  # closed patches first; byte u reads the row of the last one closed up to u
+                incl = incl.cummax(1).values
+                first = torch.cat((self.cur[:, None], incl[:, :-1]), 1)
+                closes = opens & (pos > first)
+                end, ending = pos, closes
+                if close:  # then the patch still open, [last start, t + L)
+                    first, end = torch.cat((first, incl[:, -1:]), 1), torch.cat((pos, pos[:, -1:] + 1), 1)
+                    ending = torch.cat((closes, torch.ones_like(closes[:, :1])), 1)
+                order = torch.argsort((~ending).to(torch.uint8), dim=1, stable=True)
+                first, end = first.gather(1, order), end.gather(1, order)
+                closes = closes.long().cumsum(1)
+            self._global(first, end)  # patch j = [start, end) if j < closed
+            rows = rows + closes  # patches closed up to u
+            done, last = closes[:, -1], incl[:, -1]  # patches finished, the open one's start
+            if close:  # a patch starts at t + L
+                done, last = done + 1, t + L
+                self.forced[b, last] |= self.move
+            self.ncomp += done * self.move
+            self.cur.copy_(torch.where(self.move, last, self.cur))
+        slots = self.table[b[:, None], rows].flatten(0, 1)  # [B L, layers, 2, H, k, hd]
+        self._signal(self._decode(pos, h, slots, local))  # ids[t + L]: the prompt's first
+
+    def _global(self, start: torch.Tensor, end: torch.Tensor) -> None:
+        """Global model on the patches [start, end) ([B, P] each) as patches ncomp .. ncomp + P - 1;
+        their slots go to table rows ncomp + 1 ... Rows past the patches really closed are written
+        but unread until a real patch overwrites them."""
+        m, b, P = self.m, self.rows, start.shape[1]
+        idx = start[..., None] + self.kpos[:self.lmax]  # [B, P, lmax]
+        g = self._pool(self.h[b[:, None, None], idx.clamp(max=self.T - 1)], idx < end[..., None])
+        gpos = self.ncomp[:, None] + self.kpos[:P]
+        g, r = self._layers(m.global_layers, self.glob_kv, g, self.rot(m.global_layers), gpos,
+                            self._masks(gpos, 0)[0])
+        slots = _norm_proj(m.global_norm, g, r, m.slot_proj.weight)[1]  # m.slot_rows, norm fused
+        self.table[b[:, None], gpos + 1] = self.slot_kv(slots.view(*slots.shape[:2], self.cfg.cross_k, -1))
+
+    def _pool(self, bytes_: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """PatchPooling.from_layout on gathered bytes [B, P, lmax, d] (valid [B, P, lmax]), with one
+        additive mask for the max and the attention, keys and values in one projection and fused
+        attention. An empty patch (written past those really closed, never read) pools its first
+        byte instead of nothing, which keeps it finite as a cache entry must be."""
+        p = self.m.pool
+        B, P, L, d = bytes_.shape
+        H, hd = p.heads, d // p.heads
+        bias = self._additive(valid | self.first[:L])  # [B, P, lmax]
+        q0 = p.q_proj((bytes_ + bias[..., None]).amax(2)).view(B, P, p.k, d)
+        q = _norm_proj(p.q_norm, q0, None, p.wq.weight)[1].view(B * P, p.k, H, hd).transpose(1, 2)  # [B P, H, k, hd]
+        kv = _norm_proj(p.kv_norm, bytes_, None, self.fused["pool"][0])[1]
+        kv = kv.view(B * P, L, 2, H, hd).permute(2, 0, 3, 1, 4)
+        o = F.scaled_dot_product_attention(q, kv[0], kv[1], attn_mask=bias.view(B * P, 1, 1, L))
+        o = p.wo(o.transpose(1, 2).reshape(B, P, p.k, d))
+        return p.out((q0 + o).reshape(B, P, p.k * d))
+
+    def close(self) -> None:
+        """Force a patch start at t (a diffusion block starts a patch) and run the global model on
+        the patch that ends there, [cur, t), so that the block reads its output (SeqState.close_patch)."""
+        t, move = self.t, self.move
+        self.forced[self.rows, t] |= move
+        self._global(self.cur[:, None], t[:, None])
+        self.ncomp += (self.cur < t) & move
+        self.cur.copy_(torch.where(move, t, self.cur))
+        self._signal()
+
+    def begin_block(self, keep_first: bool) -> None:
+        """A block of MASKs at t (slot 0 = byte t with keep_first), nothing filled yet."""
+        self.noisy.fill_(MASK)
+        if keep_first:
+            self.noisy[:, 0] = self.ids[self.rows, self.t]
+        self.filled.fill_(-1)
+        self.nstep.zero_()
+
+    def denoise(self, size: int, by_entropy: bool) -> None:
+        """One denoising pass over the block's first `size` slots (SeqState.block_logits: the clean
+        decoder cache before t in the window, the block both ways, the newest global output), then
+        `choose_unmask` on the device (one kernel: kernels.denoise_end): fills the chosen slots in
+        `noisy` and `ids`, logs them, and sets `left`. by_entropy: the γ rule, else α (α < 0 fills
+        every slot: BLT-DV's one pass)."""
+        m, b, t = self.m, self.rows, self.t
+        pos = t[:, None] + self.kpos[:size]  # [B, size]
+        noisy = self.noisy[:, :size]
+        x, r = self._layers(m.dec_layers, self.dec_kv, m.noisy_embed(noisy), self.rot(m.dec_layers), pos,
+                            self._block_mask(size), self.table[b, self.ncomp])
+        logits = self.pass_logits = _norm_proj(m.dec_norm, x, r, m.head.weight)[1]  # [B, size, 260]
+        kernels.denoise_end(logits, self.forbid, noisy, self.ids, t, self.move, self.knob, by_entropy, self.nstep,
+                            self.filled, self.scores, self.left)
+
+    def _encode(self, pos: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Local encoder over positions pos [B, L] (hash n-grams reach HASH_CONTEXT ids back, PAD
+        before byte 0) -> h [B, L, d_local], kept in `h` for pooling; mask: the local window's there."""
+        m, L = self.m, pos.shape[1]
+        e = m.embed
+        full = self.ctx_ids.gather(1, pos[:, :1] + self.hctx[:HASH_CONTEXT + L])  # ids t - 8 .. t + L - 1
+        x = kernels.hash_embedding(full, L, [n for _, n in e.keys], e.vocab, e.byte.weight, [w.weight for w in e.tables])
+        x, r = self._layers(m.enc_layers, self.enc_kv, x, self.rot(m.enc_layers), pos, mask)
+        h = x + (F.linear(*r) if isinstance(r, tuple) else r)
+        self.h[self.rows[:, None], pos] = h
+        return h
+
+    def _decode(self, pos: torch.Tensor, h: torch.Tensor, slots: torch.Tensor, mask: torch.Tensor) -> tuple:
+        """Decoder over pos [B, L] from the encoder's h there, reading `slots` (table rows: one per
+        byte, or one per row for the whole pass). Returns step_end's `advance`: the logits [B, L, 260]
+        and where their greedy bytes and the last logits go."""
+        x, r = self._layers(self.m.dec_layers, self.dec_kv, h, self.rot(self.m.dec_layers), pos, mask, slots)
+        logits = self.pass_logits = _norm_proj(self.m.dec_norm, x, r, self.m.head.weight)[1]
+        return logits, self.forbid, self.logits, self.pred, self.given, self.plen, self.move
+
+    def draft(self) -> None:
+        """Self-speculation's draft step at position dt: encoder and decoder only, reading the
+        newest global output (table row ncomp); writes the greedy byte to ids[dt + 1] and moves dt
+        (rows that move). Its cache entries lie past t: the verifying `advance` rewrites them."""
+        pos = self.dt[:, None]
+        local = self._masks(pos, self.cfg.local_window)[0]
+        h = self._encode(pos, local)
+        self._signal(self._decode(pos, h, self.table[self.rows, self.ncomp], local), draft=True)
+
+    def rollback(self, n: int | list[int], byte: int | list[int], rows: list[int] | None = None) -> None:
+        """Back to the first n bytes (rejected drafts), with `byte` as byte n: every row, or with
+        `rows` those rows (n and byte: one per row), the others staying where they are."""
+        t, new = self.t.clone(), self.ids[self.rows, self.t]
+        at = self.rows if rows is None else torch.tensor(rows, device=self.dev)
+        t[at], new[at] = torch.as_tensor(n, device=self.dev), torch.as_tensor(byte, device=self.dev)
+        self.t.copy_(t)  # a row at its own t keeps its patches: they are recomputed as they are
+        self.forced &= self.kpos <= t[:, None]
+        starts = self.olog & (self.kpos < t[:, None])
+        self.ncomp.copy_(starts.sum(1) - 1)
+        self.cur.copy_(torch.where(starts, self.kpos, 0).amax(1))
+        self.ids[self.rows, t] = new
+        self._signal()
+
+    def put(self, ids: torch.Tensor, draft: bool = False) -> None:
+        """Sampling: the rows that move take `ids` [B] as byte t (with `draft`, as byte dt) instead of
+        the greedy byte the step chose."""
+        at = self.dt if draft else self.t
+        self.ids[self.rows, at] = torch.where(self.move, ids, self.ids[self.rows, at])
+        if not draft:
+            self._signal()
+
+    def fill(self, size: int, ids: torch.Tensor, rows: list[int]) -> None:
+        """Sampling: the slots that the last denoising pass filled in `rows` take ids [B, size]
+        instead of their greedy ids."""
+        rows = torch.isin(self.rows, torch.tensor(rows, dtype=torch.long, device=self.dev))
+        chosen = (self.filled[:, 0, :size] == self.nstep[:, None] - 1) & rows[:, None]
+        self.noisy[:, :size] = torch.where(chosen, ids, self.noisy[:, :size])
+        pos = self.t[:, None] + self.kpos[:size]
+        self.ids.scatter_(1, pos, self.noisy[:, :size])
+
+    def only(self, rows: list[int]) -> None:
+        """The steps after this move these rows only (the others keep t and their patches)."""
+        self.move.copy_(torch.isin(self.rows, torch.tensor(rows, dtype=torch.long, device=self.dev)))
+
+    def _signal(self, advance: tuple | None = None, draft: bool = False) -> None:
+        """(byte t, does it open a patch?): the two numbers the host reads; with `advance` (from
+        `_decode`) the rows first take their greedy bytes and next ids and move (one kernel:
+        kernels.step_end). A draft moves dt instead of t and leaves the signal alone."""
+        pc = self.cfg.patch
+        kernels.step_end(self.ids, self.dt if draft else self.t, None if draft else self.signal, self.olog, self.ent,
+                         self.forced, self.cur, self.is_ws, pc.rule, pc.threshold, pc.stride, pc.max_patch, advance)
+
+    # ---- CUDA graphs -------------------------------------------------------------------------
+    # Each run_* is its step as a CUDA-graph replay on a GPU (captured on first use), eager elsewhere.
     @torch.no_grad()
-    def push(self, new_ids: list[int], counters: dict | None = None) -> torch.Tensor:
-        """Append bytes (exact): returns [L, 260] logits, row i predicting the byte after new_ids[i]."""
-        n0, L = len(self.ids), len(new_ids)
-        if n0 + L > self.cfg.max_bytes:
-            raise ValueError(f"sequence would exceed the model's context of {self.cfg.max_bytes} ids")
-        new = torch.tensor([new_ids], dtype=torch.long, device=self.dev)
-        pos = self._positions(n0, L)
-        self._entropy(new, pos)
-        h_new = self._encode(new, pos)
-        n_glob, rows = self.append(new_ids, h_new)
-        if self.shadow:
-            logits = self._decode_shadow(n0, L, rows)
-        else:
-            logits = self._decode(h_new, pos, self.table[:, rows], self.dec_cache)
-        self.last_logits = logits[-1]
-        if counters is not None:
-            counters["n_ent"] += 1
-            counters["n_enc"] += n_glob > 0
-            counters["n_dec"] += 1
-        return logits
+    def run(self, L: int = 1, with_global: bool = True, close: bool = False) -> None:
+        """advance(L, with_global, close)."""
+        self._replay(("advance", L, with_global, close), lambda: self._step("advance", L, with_global, close))
 
     @torch.no_grad()
-    def close_patch(self, counters: dict | None = None) -> None:
-        """Force a patch start at the next position so its global output becomes available now."""
-        if len(self.ids) not in self.forced:
-            self.forced.append(len(self.ids))
-        if self._global() and counters is not None:
-            counters["n_enc"] += 1
+    def run_draft(self) -> None:
+        """draft()."""
+        self._replay("draft", lambda: self._step("draft"))
 
     @torch.no_grad()
-    def draft_logits(self, new_ids: list[int]) -> torch.Tensor:
-        """Decoder over new bytes with the newest global output for all of them (no entropy, no
-        global step): the self-speculation draft. Extends encoder and decoder caches; use on a fork."""
-        n0, L = len(self.ids), len(new_ids)
-        new = torch.tensor([new_ids], dtype=torch.long, device=self.dev)
-        pos = self._positions(n0, L)
-        h_new = self._encode(new, pos)
-        self.ids += new_ids
-        self.h = torch.cat((self.h, h_new), 1)
-        if self.pending:  # the row transformers' layout left out of the cache goes in first
-            h_new, pos, L = self.h[:, n0 - 1:], self._positions(n0 - 1, L + 1), L + 1
-            self.pending = False
-        slots = self.table[:, -1:].expand(1, L, -1, -1)
-        return self._decode(h_new, pos, slots, self.dec_cache)[-len(new_ids):]
+    def run_close(self) -> None:
+        """close()."""
+        self._replay("close", lambda: self._step("close"))
 
     @torch.no_grad()
-    def block_logits(self, noisy: list[int]) -> torch.Tensor:
-        """Denoising pass: a block of noisy ids (bytes or MASK) right after the sequence, reading the
-        clean decoder cache and itself bidirectionally, and the newest global output. Caches are not
-        extended. Returns [B, 260] logits, row j predicting the byte at len + j."""
-        n0, L = len(self.ids), len(noisy)
-        x = self.m.noisy_embed(torch.tensor([noisy], dtype=torch.long, device=self.dev))
-        pos = self._positions(n0, L)
-        kpos = torch.arange(n0 + L, device=self.dev)[None]
-        blk = torch.cat((torch.full((1, n0), -1), torch.zeros(1, L, dtype=torch.long)), 1).to(self.dev)
-        mask = AttnMask(pos, torch.full_like(pos, n0 - 1), torch.zeros_like(pos), kpos, blk,
-                        self.cfg.local_window)  # the whole cache (but too old bytes), the block both ways
-        slots = self.table[:, -1:].expand(1, L, -1, -1)
-        count_kv(self.stats, len(self.m.dec_layers), min(n0, self.cfg.local_window), self.cfg.d_local)
-        for i, layer in enumerate(self.m.dec_layers):
-            x, _ = layer(x, pos, mask, slots=slots, prefix=self.dec_cache[i] if self.dec_cache else None)
-        return self.m.head(self.m.dec_norm(x))[0]
+    def run_begin(self, keep_first: bool, knob: float) -> None:
+        """begin_block(keep_first), unmasked by α or γ = knob (written when it changes)."""
+        if knob != self.knob_now:
+            self.knob.fill_(knob)
+            self.knob_now = knob
+        self._replay(("begin", keep_first), lambda: self._step("begin_block", keep_first))
 
-    def snapshot(self, counters: dict) -> dict:
-        """Running counters for a trace event: pass counts plus the state's cost counters."""
-        return {**counters, **self.stats}
+    @torch.no_grad()
+    def run_denoise(self, size: int, by_entropy: bool) -> None:
+        """denoise(size, by_entropy)."""
+        self._replay(("denoise", size, by_entropy), lambda: self._step("denoise", size, by_entropy))
 
-    def truncate(self, n: int, last_logits: torch.Tensor) -> None:
-        """Roll back to the first n ids (rejected drafts); `last_logits` predicts byte n."""
-        cut = lambda cache, k: [(a[:, :, :k], b[:, :, :k]) for a, b in cache]
-        self.ids = self.ids[:n]
-        self.ent = self.ent[: n + 1]
-        self.forced = [f for f in self.forced if f <= n]
-        self.starts = self.starts[:n]
-        self.h = self.h[:, :n]
-        keep = max(self._known_starts() - 1, 0)
-        self.table = self.table[:, : 1 + keep]
-        self.ent_cache, self.enc_cache = cut(self.ent_cache, n), cut(self.enc_cache, n)
-        self.dec_cache, self.glob_cache = cut(self.dec_cache, n - self.shadow), cut(self.glob_cache, keep)
-        self.pending = self.shadow
-        self.last_logits = last_logits
+    def _step(self, name: str, *args) -> None:
+        """The step method `name`; with a compile backend, compiled on first use, traced with the
+        PyTorch reference ops (the compiler fuses them into its own kernels)."""
+        if self.compile_backend is None:
+            return getattr(self, name)(*args)
+        fn = self._compiled.get(name)
+        if fn is None:
+            dyn = torch._dynamo.config
+            dyn.recompile_limit = max(dyn.recompile_limit, 64)  # a variant per pass length and kind
+            fn = self._compiled[name] = torch.compile(getattr(self, name), backend=self.compile_backend)
+        with kernels.backend("reference"):
+            fn(*args)
+
+    def _replay(self, key, step) -> None:
+        if self.dev.type != "cuda":
+            return step()
+        g = self.graphs.get(key)
+        if g is None:  # capture on first use, after a warm-up that compiles the Triton kernels
+            saved = [x.clone() for x in self.live]
+            s = torch.cuda.Stream(self.dev)
+            s.wait_stream(torch.cuda.current_stream(self.dev))
+            with torch.cuda.stream(s):
+                step()
+            torch.cuda.current_stream(self.dev).wait_stream(s)
+            g = self.graphs[key] = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g):
+                step()
+            for x, y in zip(self.live, saved):
+                x.copy_(y)  # neither pass counts: what else they wrote lies past t (unread, rewritten)
+        g.replay()
+
+
+_STATES: "weakref.WeakKeyDictionary[BLT, dict]" = weakref.WeakKeyDictionary()
+
+
+def decode_state(model: BLT, B: int, compiled: bool = False) -> DecodeState:
+    """The model's DecodeState for batch B on its current device and dtype (with steps compiled by
+    COMPILE_BACKEND if `compiled`), built once (its graphs are captured once too)."""
+    p = next(model.parameters())
+    backend = COMPILE_BACKEND if compiled else None
+    per, key = _STATES.setdefault(model, {}), (B, p.device, p.dtype, backend)
+    if key not in per:
+        per[key] = DecodeState(model, B, backend)
+    return per[key]

@@ -1,0 +1,229 @@
+"""One request on the decoding state: B prompts (one prompt is a batch of one) and, on the host,
+what each row's own passes cost, its trace and its stopper.
+
+The mode loops (blt.py, speculative.py, diffusion.py, hybrid.py) call the operations below,
+which run a step of the state (state.py) for the rows in play and count it. The host reads
+from the device only what decides the next step: the next bytes, the masked slots left, a
+draft, the verified predictions and patch starts.
+
+Counters, per row, are what the prompt decoded alone costs: `n_dec`, `n_enc`, `n_ent` (passes
+of the decoder, of encoder + global, of the entropy model) and `n_loc`, `kv_read`, `hash_rows`
+(local-encoder passes, KV-cache elements and hash rows read). A batch's shared passes, where
+one pass serves every row in play, are counted once in `batch_passes`.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..entropy import entropy_of_logits
+from ..model import BLT
+from ..tokens import OFFSET, ids_to_bytes
+from .common import Generation, Hooks, Sampler, Stopper, Trace, check_request, cost_stats, count_kv, count_local
+from .state import decode_state
+
+
+class Row:
+    """One prompt's host side: its position n and finished patches, counters, trace and stopper."""
+
+    def __init__(self, model: BLT, ids: list[int], ncomp: int, max_bytes: int, stop, hooks: Hooks):
+        self.m, self.cfg, self.ids = model, model.cfg, ids
+        self.n, self.ncomp = len(ids), ncomp
+        self.counters = {"n_dec": 1, "n_enc": int(ncomp > 0), "n_ent": 1}  # the prefill: one pass of each part
+        self.stats = cost_stats()
+        count_local(self.stats, model, self.n)
+        self.trace = Trace(hooks.on_event)
+        self.stopper = Stopper(max_bytes, stop, hooks.should_stop)
+
+    def snapshot(self) -> dict:
+        """Running counters for a trace event."""
+        return {**self.counters, **self.stats}
+
+    def room(self, k: int) -> int:
+        """How many of the next k bytes the budget still allows."""
+        return min(k, self.stopper.max_new - len(self.stopper.out))
+
+    def emit(self, out: list[int]) -> bool:
+        """Give ids to the stopper; True when the generation ends."""
+        return any(self.stopper.push(t) for t in out)
+
+    def count_local(self, t: int, L: int = 1) -> None:
+        """An encoder + decoder pass over L bytes from position t."""
+        c = self.cfg
+        count_local(self.stats, self.m, L)
+        count_kv(self.stats, c.n_enc_layers + c.n_dec_layers, min(t, c.local_window), c.d_local)
+
+    def pushed(self, L: int, ncomp: int) -> int:
+        """L bytes at n went through every part, after which `ncomp` patches are finished. Returns
+        the patches closed."""
+        c, closed = self.cfg, ncomp - self.ncomp
+        count_kv(self.stats, c.entropy.n_layers, self.n, c.entropy.dim)
+        self.count_local(self.n, L)
+        if closed:
+            count_kv(self.stats, c.n_global_layers, self.ncomp, c.d_global)
+        self.counters["n_ent"] += 1
+        self.counters["n_dec"] += 1
+        self.counters["n_enc"] += closed > 0
+        self.n, self.ncomp = self.n + L, ncomp
+        return closed
+
+    def closed(self) -> None:
+        """The patch before n ended (a diffusion block starts one): the global model ran on it."""
+        count_kv(self.stats, self.cfg.n_global_layers, self.ncomp, self.cfg.d_global)
+        self.ncomp += 1
+        self.counters["n_enc"] += 1
+
+    def block_pass(self) -> None:
+        """A denoising pass over a block at n."""
+        count_kv(self.stats, self.cfg.n_dec_layers, min(self.n, self.cfg.local_window), self.cfg.d_local)
+        self.counters["n_dec"] += 1
+
+    def drafted(self, L: int) -> None:
+        """L self-drafted bytes after n - 1, each an encoder + decoder pass."""
+        for u in range(self.n, self.n + L):
+            self.count_local(u)
+        self.counters["n_dec"] += L
+
+
+class Request:
+    """B prompts prefilled on the model's decoding state; `active` lists the rows still running."""
+
+    def __init__(self, model: BLT, prompts: list[str | bytes], max_bytes: int, stop=None,
+                 sampler: Sampler | None = None, hooks: Hooks | None = None, compiled: bool = False):
+        if not prompts:
+            raise ValueError("no prompts given")
+        self.sampler = sampler or Sampler()
+        ids = [check_request(p, max_bytes, model.cfg.max_bytes) for p in prompts]
+        self.s = s = decode_state(model, len(ids), compiled)
+        s.prefill(ids, freeze=True)
+        olog, ent = s.olog.tolist(), s.ent.tolist()
+        self.rows: list[Row] = []
+        for b, p in enumerate(ids):
+            starts = [u for u in range(len(p)) if olog[b][u]]
+            row = Row(model, p, len(starts) - 1, max_bytes, stop, hooks or Hooks())
+            row.trace.append({"type": "prefill", "bytes": len(p) - 1, "patch_starts": starts,
+                              "entropy": [round(h, 4) for h in ent[b][:len(p)]], "counters": row.snapshot()})
+            self.rows.append(row)
+        self.passes = {"n_dec": 1, "n_ent": 1, "n_enc": 1, "n_loc": 1}  # the batch's: the prefill is one pass
+        self.active = list(range(len(ids)))
+
+    @property
+    def sampling(self) -> bool:
+        return self.sampler.temperature > 0
+
+    def only(self, rows: list[int]) -> None:
+        """The state's next steps move these rows only."""
+        self.s.only(rows)
+
+    def stop_rows(self, out: dict[int, list[int]]) -> None:
+        """Each active row emits its ids in `out`; the rows that end leave `active`."""
+        self.active = [b for b in self.active if not self.rows[b].emit(out[b])]
+        self.only(self.active)
+
+    # ---- reads -------------------------------------------------------------------------------
+    def next_bytes(self, draw: list[int] | None = None) -> list[tuple[int, int, float, float]]:
+        """Per row: (byte t, whether it opens a patch, H_t of the entropy model, entropy of the
+        decoder's prediction of byte t) in one host read. Sampling first draws byte t of the rows
+        in `draw` (default: every active row) from that prediction; greedy, the state chose it."""
+        s = self.s
+        if self.sampling:
+            self.only(self.active if draw is None else draw)
+            s.put(self.sampler.pick(s.logits))
+            self.only(self.active)
+        h = s.ent.gather(1, s.t[:, None])
+        both = torch.cat((s.signal.double(), h.double(), entropy_of_logits(s.logits).double()[:, None]), 1)
+        return [(int(a), int(o), h, hd) for a, o, h, hd in both.tolist()]
+
+    # ---- steps -------------------------------------------------------------------------------
+    def step(self, opens: dict[int, int]) -> None:
+        """The byte t of every active row through every part; the global step only where a row's
+        byte opens a patch (`opens`: from next_bytes)."""
+        self.s.run(1, with_global=any(opens[b] for b in self.active))
+        closed = [self.rows[b].pushed(1, self.rows[b].ncomp + opens[b]) for b in self.active]
+        self._count_push(any(closed))
+
+    def push(self, L: int, rows: list[int], close: bool = False, with_global: bool = True,
+             lengths: dict[int, int] | None = None) -> dict[int, tuple[list[int], list[int]]]:
+        """The next L bytes of `rows` (already in the state's ids) through every part, exactly, in
+        one pass (close: its global step also closes the patch after them, which `close(run=False)`
+        counts; with_global=False: no byte opens a patch). `lengths`: the bytes each row really
+        pushes, counted as its own (the rest it drops). Returns per row (the greedy byte after each
+        of the L bytes, the patches started up to byte n - 1, n, ..., n + L - 1)."""
+        s = self.s
+        self.only(rows)
+        s.run(L, with_global, close)
+        at = torch.tensor([r.n for r in self.rows], device=s.dev)[:, None] + s.kpos[:L + 1] - 1
+        both = torch.cat((s.pred.gather(1, at[:, 1:]), s.olog.long().cumsum(1).gather(1, at)), 1).tolist()
+        out = {b: (both[b][:L], both[b][L:]) for b in rows}
+        lengths = lengths or dict.fromkeys(rows, L)
+        closed = [self.rows[b].pushed(lengths[b], out[b][1][lengths[b]] - 1) for b in rows if lengths[b]]
+        self._count_push(any(closed))
+        return out
+
+    def _count_push(self, closed: bool) -> None:
+        for k in ("n_ent", "n_dec", "n_loc"):
+            self.passes[k] += 1
+        self.passes["n_enc"] += closed
+
+    def close(self, rows: list[int], run: bool = True) -> None:
+        """A patch starts at each row's n (a diffusion block): the global model on the one it ends.
+        run=False: only counted (the push before closed it)."""
+        if run:
+            self.only(rows)
+            self.s.run_close()
+        self.passes["n_enc"] += 1
+        for b in rows:
+            self.rows[b].closed()
+
+    def denoise(self, sizes: dict[int, int], knob: float, by_entropy: bool,
+                keep_first: bool = False) -> dict[int, tuple[list[int], list[dict]]]:
+        """Fill a block of sizes[b] slots at each row's n (slot 0 = byte n with keep_first), one
+        replay per pass for every row of a size (a block attends to all of itself), until none has
+        a masked slot left. Returns per row its ids and the trace's steps."""
+        s = self.s
+        s.run_begin(keep_first, knob)
+        for size in sorted(set(sizes.values())):
+            todo = [b for b in sizes if sizes[b] == size] if size > keep_first else []
+            self.only(todo)
+            while todo:
+                s.run_denoise(size, by_entropy)
+                self.passes["n_dec"] += 1
+                if self.sampling:
+                    s.fill(size, self.sampler.pick(s.pass_logits.flatten(0, 1)).view(s.B, size), todo)
+                for b in todo:
+                    self.rows[b].block_pass()
+                left = s.left.tolist()
+                todo = [b for b in todo if left[b]]
+        ids, log, scores = s.noisy.tolist(), s.filled.tolist(), s.scores.tolist()
+        out = {}
+        for b, size in sizes.items():
+            (step, order), (conf, ent) = [x[:size] for x in log[b]], [x[:size] for x in scores[b]]
+            steps = []
+            for j in range(max(step) + 1):
+                chosen = sorted((i for i in range(size) if step[i] == j), key=lambda i: order[i])
+                steps.append({"unmasked": chosen, "bytes": [ids[b][i] - OFFSET for i in chosen],
+                              "confidence": [round(conf[i], 4) for i in chosen],
+                              "entropy": [round(ent[i], 4) for i in chosen]})
+            out[b] = ids[b][:size], steps
+        return out
+
+    def rollback(self, rejected: dict[int, tuple[int, int, int]]) -> None:
+        """Rows b of `rejected` go back to their first n bytes, with `byte` as byte n and `ncomp`
+        finished patches: {b: (n, byte, ncomp)}."""
+        if rejected:
+            self.s.rollback([n for n, _, _ in rejected.values()], [x for _, x, _ in rejected.values()],
+                            list(rejected))
+        for b, (n, _, ncomp) in rejected.items():
+            self.rows[b].n, self.rows[b].ncomp = n, ncomp
+
+    # ---- the end -----------------------------------------------------------------------------
+    def finish(self, mode: str) -> list[Generation]:
+        """A Generation per row: its bytes, stop reason, its own counters and trace; in a batch, the
+        batch's shared passes too (`batch_passes`)."""
+        gens = []
+        for r in self.rows:
+            out = r.stopper.out
+            counters = {**r.counters, **r.stats, "bytes": len(out)}
+            if len(self.rows) > 1:
+                counters |= {"batch": len(self.rows), "batch_passes": dict(self.passes)}
+            gens.append(Generation(mode, ids_to_bytes(r.ids), bytes(out), r.stopper.reason, counters, r.trace))
+        return gens
