@@ -23,7 +23,7 @@ from torch.autograd import DeviceType
 from tqdm import tqdm
 
 from bltlab.checkpoint import SHIPPED, load_model
-from bltlab.decode.static import StaticState
+from bltlab.decode.state import DecodeState
 from bltlab.tokens import encode
 from static_ops import PROMPT, step_kinds  # the step kinds whose operations static_ops.py counts
 
@@ -100,7 +100,7 @@ def main(argv=None) -> None:
         raise SystemExit(f"--replays must be between 1 and {room // 8} (advance(8) runs out of context after that)")
     if args.batch < 1:
         raise SystemExit(f"--batch must be >= 1, got {args.batch}")
-    s = StaticState(model, args.batch)
+    s = DecodeState(model, args.batch)
     rows = []
     with torch.no_grad():
         for name, (setup, replay) in tqdm(step_kinds(s).items(), desc="steps", unit="step"):

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from bltlab import kernels
 from bltlab.checkpoint import SHIPPED, load_model
-from bltlab.decode.static import StaticState
+from bltlab.decode.state import DecodeState
 from bltlab.tokens import encode
 
 FREE = {"view", "_unsafe_view", "unsqueeze", "squeeze", "permute", "t", "transpose", "slice", "select", "expand",
@@ -29,7 +29,7 @@ USED = ("norm_ffn", "norm_proj", "entropy", "hash_embed", "step")  # the kernel 
 PROMPT = "def add(a, b):\n    return a + b\n"
 
 
-def step_kinds(s: StaticState) -> dict:
+def step_kinds(s: DecodeState) -> dict:
     """name -> (setup, one step as the engine runs it: a CUDA-graph replay on a GPU, the eager step
     elsewhere). The setup puts the state where the step may repeat (each advance moves t on: N
     steps need N * L bytes of room); benchmarks/profile_static.py times the same steps."""
@@ -96,7 +96,7 @@ def main() -> None:
     ap.add_argument("--json", default=None, help="also write the table as JSON to this file")
     args = ap.parse_args()
     model = load_model(args.model)[0]
-    s = StaticState(model, 1)
+    s = DecodeState(model, 1)
     rows = []
     with torch.no_grad():
         for name, (setup, step) in tqdm(step_kinds(s).items(), desc="steps", unit="step"):  # minutes: interpreted

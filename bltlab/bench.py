@@ -18,8 +18,7 @@ from tqdm.auto import tqdm
 from .cost import bandwidth, nocache_baseline, part_params, project
 from .data import load_documents, translation_pairs
 from .decode import MODES, generate
-from .decode.common import new_counters
-from .decode.state import cost_stats
+from .decode.common import cost_stats, new_counters
 from .model import BLT
 from .tokens import encode
 

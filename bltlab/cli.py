@@ -83,7 +83,7 @@ def cmd_generate(args) -> None:
     try:
         g = generate(model, prompt, args.mode, max_bytes=args.max_bytes, stop=args.stop,
                      temperature=args.temperature, top_p=args.top_p, seed=args.seed, alpha=args.alpha,
-                     gamma=args.gamma, eta=args.eta, block=args.block, engine=args.engine)
+                     gamma=args.gamma, eta=args.eta, block=args.block, compiled=args.compiled)
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
     if args.json:
@@ -119,8 +119,8 @@ def cmd_speed(args) -> None:
         prompts = [r["prompt"].encode("utf-8", errors="surrogateescape") for r in read_prompts(args.prompts)][:args.n]
         model, _ = _load(args)
         modes = [m.strip() for m in args.modes.split(",") if m.strip()] if args.modes else None
-        engines = [e.strip() for e in args.engines.split(",") if e.strip()] if args.engines else None
-        res = run_speed(model, prompts, modes, args.max_bytes, args.batch, args.hf, args.hf_bytes, engines=engines)
+        res = run_speed(model, prompts, modes, args.max_bytes, args.batch, args.hf, args.hf_bytes,
+                        compiled=args.compiled)
     except (ValueError, OSError, ImportError) as e:
         raise SystemExit(f"error: {e}") from None
     _report(args, res, format_table)
@@ -242,10 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="blt-d*/blt-h: entropy-bounded unmasking with budget γ nats instead of α (0: one per pass)")
     s.add_argument("--eta", type=float, default=1.0, help="blt-h: diffuse when the next-byte entropy <= η nats")
     s.add_argument("--block", type=int, default=8, choices=[4, 8, 16], help="blt-h: diffusion block size")
-    s.add_argument("--engine", default="auto", choices=["auto", "eager", "static", "compiled"],
-                   help="greedy decoding: 'static' = static KV caches + CUDA graphs on a GPU (any mode), "
-                        "'compiled' = the same with torch.compile'd steps (slow first call), 'eager' = the "
-                        "reference decoders; 'auto' (default) takes static for blt on a GPU")
+    s.add_argument("--compiled", action="store_true",
+                   help="pass the decoding steps through torch.compile first (minutes of compiling on first use)")
     s.add_argument("--json", action="store_true", help="print the whole Generation (counters, trace) as JSON")
     model_args(s)
     s.set_defaults(fn=cmd_generate)
@@ -269,12 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--n", type=int, default=16, help="use the first N prompts (default: 16)")
     s.add_argument("--modes", default=None, help="comma-separated modes (default: every mode the model supports)")
     s.add_argument("--max-bytes", type=int, default=64, help="bytes generated per prompt (default: 64)")
-    s.add_argument("--batch", type=int, default=16, help="batch size for the modes that batch (blt and blt-d*; "
-                   "blt-s*, blt-dv* and blt-h too on the static engines) "
-                   "(default: 16; 1 = batch 1 only)")
-    s.add_argument("--engines", default=None, help="comma-separated engines to time every mode on: eager, static, "
-                   "compiled (torch.compile'd static steps: minutes of compiling), auto (default: eager, plus static "
-                   "on a GPU)")
+    s.add_argument("--batch", type=int, default=16, help="batch size timed beside batch 1 (default: 16; 1 = batch 1 only)")
+    s.add_argument("--compiled", action="store_true", help="also time every mode with torch.compile'd decoding "
+                   "steps (minutes of compiling)")
     s.add_argument("--hf", action="store_true", help="also time transformers' BltForCausalLM at the same "
                    "shapes (uncached) and a byte-level Llama as big as the global model (needs transformers)")
     s.add_argument("--hf-bytes", type=int, default=32, help="bytes the transformers baselines generate (default: 32)")

@@ -1,13 +1,14 @@
-"""The slow, obviously-correct generator: recompute everything for every byte.
+"""The slow, obviously-correct generators: recompute everything for every byte (or every
+denoising pass), with the model's training forward and no cache.
 
-It is the test oracle for the fast decoders (and what the official BLT code does)."""
+They are the test oracles for the fast decoders (the first is what the official BLT code does)."""
 from __future__ import annotations
 
 import torch
 
 from ..model import BLT
-from ..tokens import ids_to_bytes
-from .common import Generation, Sampler, Stopper, check_request
+from ..tokens import MASK, ids_to_bytes
+from .common import Generation, Sampler, Stopper, allowed, check_request
 
 
 @torch.no_grad()
@@ -34,3 +35,41 @@ def generate_reference(model: BLT, prompt: str | bytes, max_bytes: int = 64, sto
     counters = {"n_dec": steps, "n_enc": steps, "n_ent": steps, "bytes": len(stopper.out)}
     return Generation("reference", ids_to_bytes(ids[:prompt_len]), bytes(stopper.out),
                       stopper.reason, counters, [{"type": "patches", "starts": boundaries}])
+
+
+@torch.no_grad()
+def generate_reference_diffusion(model: BLT, prompt: str | bytes, max_bytes: int = 64, block: int = 8,
+                                 alpha: float | None = None, gamma: float | None = None) -> Generation:
+    """Greedy block diffusion (`blt-d{block}`) without caches: every denoising pass is the training
+    forward (`BLT.forward` with one noisy block) on the whole sequence, whose patches start at
+    every block, and the unmasking rule is kernels.step.unmask_rule's reference."""
+    from ..kernels.step import unmask_rule
+    from .diffusion import check_knobs
+
+    alpha, gamma = check_knobs(alpha, gamma)
+    knob = torch.tensor([alpha if gamma is None else gamma], dtype=torch.float64)
+    ids = check_request(prompt, max_bytes, model.cfg.max_bytes)
+    prompt_len, blocks, passes = len(ids), [], 0
+    dev = next(model.parameters()).device
+    stopper = Stopper(max_bytes, None)
+    while True:
+        s, size = len(ids), min(block, max_bytes - len(stopper.out))
+        blocks.append(s)
+        x = torch.tensor([ids + [ids[-1]]], device=dev)  # byte s stands in for the block: the block never reads it
+        forced = torch.zeros_like(x, dtype=torch.bool)
+        forced[0, blocks] = True
+        starts = model.patch(x, forced=forced)
+        noisy = torch.full((1, 1, size), MASK, device=dev)
+        while bool((noisy == MASK).any()):
+            logits = allowed(model(x, starts, torch.tensor([[s]], device=dev), noisy)[1][0].float())  # [1, size, V]
+            masked = noisy[0] == MASK
+            chosen = unmask_rule(logits, masked, knob, gamma is not None)[0]
+            noisy[0] = torch.where(chosen, logits.argmax(-1), noisy[0])
+            passes += 1
+        out = noisy[0, 0].tolist()
+        if any(stopper.push(t) for t in out):
+            break
+        ids += out
+    counters = {"n_dec": passes, "bytes": len(stopper.out)}
+    return Generation(f"reference-d{block}", ids_to_bytes(ids[:prompt_len]), bytes(stopper.out), stopper.reason,
+                      counters, [])

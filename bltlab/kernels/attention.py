@@ -6,7 +6,7 @@ The mask is a layers.AttnMask: query i may read key j when
 That one rule covers every pattern the BLT uses: causal and sliding-window byte streams
 (q_lim = q_pos), the block-diffusion training mask of model.forward_hybrid (a noisy block
 reads the clean prefix before its start, q_lim = start - 1, and its own block both ways),
-and decoding with a KV prefix (keys = cached prefix + new keys, as in decode.state).
+and decoding with a KV prefix (keys = cached prefix + new keys, as in decode.hf_layout).
 Keys with k_blk < -1 are padding and never read.
 
 Forward (Triton): one program per (block of BLOCK_M queries, batch x head) streams over key
