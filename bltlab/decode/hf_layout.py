@@ -293,7 +293,7 @@ def _self_speculation(st: SeqState, k: int, sampler: Sampler, counters: dict, tr
             qs.append(sampler.probs(logits[None])[0])
             d.append(int(sampler.pick(logits[None])[0]))
         body = d[:-1] if d[-1] == EOS else d
-        preds = st.push(body, counters)  # preds[i - 1] predicts d[i]
+        preds = st.push(body, counters) if body else []  # preds[i - 1] predicts d[i]
         accepted, fixed = 1, None
         for i in range(1, len(d)):
             p = sampler.probs(preds[i - 1][None])[0] if sampler.temperature > 0 else None

@@ -198,7 +198,7 @@ class Request:
         for b, size in sizes.items():
             (step, order), (conf, ent) = [x[:size] for x in log[b]], [x[:size] for x in scores[b]]
             steps = []
-            for j in range(max(step) + 1):
+            for j in sorted(set(step) - {-1}):  # the row's passes (a pass of another size counts in nstep too)
                 chosen = sorted((i for i in range(size) if step[i] == j), key=lambda i: order[i])
                 steps.append({"unmasked": chosen, "bytes": [ids[b][i] - OFFSET for i in chosen],
                               "confidence": [round(conf[i], 4) for i in chosen],

@@ -485,7 +485,7 @@ class DecodeState:
         chosen = (self.filled[:, 0, :size] == self.nstep[:, None] - 1) & rows[:, None]
         self.noisy[:, :size] = torch.where(chosen, ids, self.noisy[:, :size])
         pos = self.t[:, None] + self.kpos[:size]
-        self.ids.scatter_(1, pos, self.noisy[:, :size])
+        self.ids.scatter_(1, pos, torch.where(chosen, ids, self.ids.gather(1, pos)))
 
     def only(self, rows: list[int]) -> None:
         """The steps after this move these rows only (the others keep t and their patches)."""

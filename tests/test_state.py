@@ -1,6 +1,8 @@
-"""The static-cache / CUDA-graph engine (decode/static.py, static_modes.py) against the eager
-decoders it replaces, in every mode: same bytes, stop reasons, counters and trace; same logits,
-entropies and patches per step."""
+"""The batched decoding state (decode/state.py) and the mode loops over it, against slower oracles:
+the single-sequence decoder with growing caches (decode/hf_layout.py: `blt`, `blt-s*`: same bytes,
+counters and trace; same logits, entropies and patches per step), the no-cache block-diffusion
+reference (`blt-d*`: same bytes), and one prompt at a time (every mode batched: same bytes,
+counters and trace per row)."""
 import dataclasses
 
 import pytest
@@ -8,11 +10,11 @@ import torch
 
 from bltlab import decode, kernels
 from bltlab.config import PatchConfig, get_config
-from bltlab.decode import generate, generate_batch, static
+from bltlab.decode import Sampler, generate, generate_batch, state
 from bltlab.decode.common import allowed
-from bltlab.decode.diffusion import choose_unmask
-from bltlab.decode.state import SeqState
-from bltlab.decode.static import StaticState, static_state
+from bltlab.decode.hf_layout import SeqState, generate_hf
+from bltlab.decode.reference import generate_reference_diffusion
+from bltlab.decode.state import DecodeState, decode_state
 from bltlab.kernels.step import unmask_rule
 from bltlab.entropy import entropy_of_logits
 from bltlab.model import BLT
@@ -80,7 +82,7 @@ def near_tie(x: dict, y: dict) -> bool:
 def same_generation(a, b, ties: list | None = None):
     """Same bytes, stop reason, counters and trace. With `ties`, a generation whose trace parts at a
     `near_tie` is appended to it and compared no further (the caller bounds how often that happens)."""
-    a.counters.pop("seconds"), b.counters.pop("seconds")
+    a.counters.pop("seconds", None), b.counters.pop("seconds", None)
     if ties is not None:
         for x, y in zip(a.trace, b.trace):
             try:
@@ -95,11 +97,40 @@ def same_generation(a, b, ties: list | None = None):
     same_event(a.trace, b.trace)
 
 
+def eager(m: BLT, prompt, mode: str = "blt", max_bytes: int = 64, stop=None):
+    """`blt` or `blt-s*` on the single-sequence decoder with growing caches (hf_layout.py)."""
+    return generate_hf(m, prompt, mode, max_bytes, stop, Sampler())
+
+
+def alone_and_batched(m: BLT, prompts: list, mode: str, **kw) -> tuple[list, list]:
+    """Each prompt alone, and all of them in one batch (without the batch's own counters)."""
+    alone = [generate(m, p, mode, **kw) for p in prompts]
+    batch = generate_batch(m, prompts, mode, **kw)
+    for g in batch:
+        assert g.counters.pop("batch") == len(prompts) and set(g.counters.pop("batch_passes")) == {
+            "n_dec", "n_enc", "n_ent", "n_loc"}
+    return alone, batch
+
+
+def choose_unmask(logits: torch.Tensor, masked: list[int], alpha: float | None, gamma: float | None) -> list[int]:
+    """The unmasking rule as the paper states it, on one block's logits [L, 260] (the oracle of
+    kernels.step.unmask_rule): by γ, the longest prefix of the masked slots sorted by entropy whose
+    entropy sum less its largest term stays below γ; by α, every masked slot above α; at least one."""
+    ent, conf, _ = kernels.confidence(allowed(logits[masked].float()))
+    if gamma is not None:
+        order = ent.argsort(stable=True)
+        before = kernels.sum_before(ent[order])
+        n = max(1, int((before < gamma).sum())) if gamma > 0 else 1
+        return [masked[i] for i in order[:n].tolist()]
+    chosen = [m for m, c in zip(masked, conf.tolist()) if c > alpha]
+    return chosen or [masked[int(conf.argmax())]]
+
+
 def test_equals_eager_on_every_prompt(model):
     for i, p in enumerate(PROMPTS[:32]):
         n = 100 if i % 8 == 0 else 20  # long ones cross the local window (64) and many patches
-        same_generation(generate(model, p, "blt", max_bytes=n, engine="eager"),
-                        generate(model, p, "blt", max_bytes=n, engine="static"))
+        same_generation(eager(model, p, "blt", max_bytes=n),
+                        generate(model, p, "blt", max_bytes=n))
 
 
 @pytest.mark.parametrize("patch", [PatchConfig(rule="relative", threshold=0.01, max_patch=5),
@@ -109,24 +140,24 @@ def test_equals_eager_on_every_prompt(model):
 def test_equals_eager_under_every_rule(patch):
     m = tiny(patch)
     for p in PROMPTS[:10]:
-        same_generation(generate(m, p, "blt", max_bytes=30, engine="eager"),
-                        generate(m, p, "blt", max_bytes=30, engine="static"))
+        same_generation(eager(m, p, "blt", max_bytes=30),
+                        generate(m, p, "blt", max_bytes=30))
 
 
 def test_entropy_window_and_stop_strings():
     m = tiny(entropy=dataclasses.replace(get_config("tiny").entropy, window=5))
     for p in PROMPTS[:8]:
-        eager = generate(m, p, "blt", max_bytes=40, engine="eager")
-        stop = eager.output[5:7] or None  # a stop string that really occurs
-        same_generation(generate(m, p, "blt", max_bytes=40, stop=stop, engine="eager"),
-                        generate(m, p, "blt", max_bytes=40, stop=stop, engine="static"))
+        first = eager(m, p, "blt", max_bytes=40)
+        stop = first.output[5:7] or None  # a stop string that really occurs
+        same_generation(eager(m, p, "blt", max_bytes=40, stop=stop),
+                        generate(m, p, "blt", max_bytes=40, stop=stop))
 
 
 def test_logits_entropies_and_patches_step_by_step(model):
     ids = encode("def add(a, b):\n    return a + b\n")
     st = SeqState(model)
     st.push(ids)
-    s = StaticState(model, 1)
+    s = DecodeState(model, 1)
     s.prefill([ids])
     for _ in range(40):
         assert torch.allclose(s.logits[0], st.last_logits, atol=1e-5, rtol=1e-5)
@@ -144,10 +175,10 @@ def test_logits_entropies_and_patches_step_by_step(model):
 def test_self_speculation_equals_eager(model, mode):
     for i, p in enumerate(PROMPTS[:24]):
         n = 90 if i % 6 == 0 else 30
-        eager = generate(model, p, mode, max_bytes=n, engine="eager")
-        static = generate(model, p, mode, max_bytes=n, engine="static")
-        assert static.output == generate(model, p, "blt", max_bytes=n, engine="static").output
-        same_generation(eager, static)
+        eager_ = eager(model, p, mode, max_bytes=n)
+        static = generate(model, p, mode, max_bytes=n)
+        assert static.output == generate(model, p, "blt", max_bytes=n).output
+        same_generation(eager_, static)
 
 
 @pytest.mark.parametrize("patch", [PatchConfig(rule="relative", threshold=0.01, max_patch=5),
@@ -156,8 +187,8 @@ def test_self_speculation_under_other_rules(patch):
     m = tiny(patch)
     for p in PROMPTS[:8]:
         for stop in (None, "e"):
-            same_generation(generate(m, p, "blt-s8", max_bytes=40, stop=stop, engine="eager"),
-                            generate(m, p, "blt-s8", max_bytes=40, stop=stop, engine="static"))
+            same_generation(eager(m, p, "blt-s8", max_bytes=40, stop=stop),
+                            generate(m, p, "blt-s8", max_bytes=40, stop=stop))
 
 
 @pytest.mark.parametrize("patch", [PatchConfig(threshold=0.0, max_patch=3), PatchConfig(rule="space", max_patch=0),
@@ -166,7 +197,7 @@ def test_one_pass_equals_pieces(patch):
     m = tiny(patch)
     texts = ["def add(a, b):\n    return a + b  # the sum of a and b\n", "EN: Save the file as\nFR: Enregistrer le"]
     prompts = [encode(x)[:40] for x in texts]  # two rows, one length: one lockstep pass
-    whole, parts = StaticState(m, 2), StaticState(m, 2)
+    whole, parts = DecodeState(m, 2), DecodeState(m, 2)
     whole.reset(prompts), parts.reset(prompts)
     whole.advance(40)
     for L in (1, 5, 2, 9, 1, 22):  # 40 in pieces, patches closing inside and across them
@@ -183,34 +214,46 @@ def test_one_pass_equals_pieces(patch):
 DIFFUSION_MODES = ["blt-d4", "blt-d8", "blt-d16", "blt-dv4", "blt-dv8", "blt-dv16", "blt-h"]
 
 
+def same_as_reference(m: BLT, g, mode: str, parted: list, **knobs) -> None:
+    """blt-d*: the bytes of the no-cache reference, up to where the two part (a near-tie of the
+    unmasking rule, decided by float rounding: the caller bounds how often)."""
+    ref = generate_reference_diffusion(m, g.prompt, len(g.output) or 1, int(mode[5:]), **knobs)
+    if g.stop_reason != "eos" and ref.output != g.output:
+        parted.append((g.prompt, ref.output, g.output))
+
+
 @pytest.mark.parametrize("mode", DIFFUSION_MODES)
-def test_diffusion_modes_equal_eager(sharp, mode):
-    kinds, ties = set(), []
-    for i, p in enumerate(PROMPTS[:12]):
-        n = 90 if i % 6 == 0 else 30  # long ones cross the local window (64)
-        eager = generate(sharp, p, mode, max_bytes=n, eta=2.0, engine="eager")
-        kinds |= {e["type"] for e in eager.trace}
-        same_generation(eager, generate(sharp, p, mode, max_bytes=n, eta=2.0, engine="static"), ties)
-    assert len(ties) <= 1, ties
-    assert kinds >= ({"ar", "block", "switch"} if mode == "blt-h" else {"block"} if mode[5] != "v" else {"verify"})
+def test_diffusion_modes_equal_the_reference_and_batch(sharp, mode):
+    kinds, parted, prompts = set(), [], PROMPTS[:12]
+    lengths = [90 if i % 6 == 0 else 30 for i in range(len(prompts))]  # long ones cross the local window (64)
+    for p, n in zip(prompts, lengths):
+        g = generate(sharp, p, mode, max_bytes=n, eta=2.0)
+        kinds |= {e["type"] for e in g.trace}
+        if mode.startswith("blt-d") and not mode.startswith("blt-dv"):
+            same_as_reference(sharp, g, mode, parted)
+    assert len(parted) <= 1, parted
+    assert kinds >= ({"ar", "block", "switch"} if mode == "blt-h" else {"verify"} if "dv" in mode else {"block"})
+    for a, b in zip(*alone_and_batched(sharp, prompts[1:], mode, max_bytes=30, eta=2.0)):
+        same_generation(a, b)
 
 
 @pytest.mark.parametrize("knobs", [{"gamma": 0.0}, {"gamma": 3.0}, {"gamma": 100.0}, {"alpha": 0.0}, {"alpha": 0.2},
                                    {"alpha": 1.5}])
-def test_unmasking_rules_equal_eager(sharp, knobs):
-    passes, ties = [], []
+def test_unmasking_rules(sharp, knobs):
+    passes, parted = [], []
     for p in PROMPTS[:6]:
         for mode in ("blt-d16", "blt-h"):
-            eager = generate(sharp, p, mode, max_bytes=40, eta=2.5, engine="eager", **knobs)
-            same_generation(eager, generate(sharp, p, mode, max_bytes=40, eta=2.5, engine="static", **knobs), ties)
-            passes += [(len(e["steps"]), e["size"] - (mode == "blt-h")) for e in eager.trace if e["type"] == "block"]
+            g = generate(sharp, p, mode, max_bytes=40, eta=2.5, **knobs)
+            if mode == "blt-d16":
+                same_as_reference(sharp, g, mode, parted, **knobs)
+            passes += [(len(e["steps"]), e["size"] - (mode == "blt-h")) for e in g.trace if e["type"] == "block"]
     if knobs in ({"gamma": 0.0}, {"alpha": 1.5}):  # one slot per pass
         assert all(n == masked for n, masked in passes)
     elif knobs in ({"gamma": 100.0}, {"alpha": 0.0}):  # the whole block in one pass
         assert all(n == 1 for n, _ in passes)
     else:  # neither
         assert any(n > 1 for n, _ in passes) and any(n < masked for n, masked in passes)
-    assert len(ties) <= 1, ties
+    assert len(parted) <= 1, parted
 
 
 @pytest.mark.parametrize("patch", [PatchConfig(rule="relative", threshold=0.01, max_patch=5),
@@ -219,12 +262,13 @@ def test_diffusion_modes_under_other_rules(patch):
     m = tiny(patch)
     with torch.no_grad():
         m.head.weight.mul_(25)
-    ties = []
+    parted = []
     for p in PROMPTS[:6]:
-        for mode, stop in (("blt-d8", None), ("blt-dv8", "e"), ("blt-h", "e")):
-            same_generation(generate(m, p, mode, max_bytes=40, stop=stop, eta=2.0, engine="eager"),
-                            generate(m, p, mode, max_bytes=40, stop=stop, eta=2.0, engine="static"), ties)
-    assert len(ties) <= 1, ties
+        same_as_reference(m, generate(m, p, "blt-d8", max_bytes=40), "blt-d8", parted)
+    assert len(parted) <= 1, parted
+    for mode in ("blt-dv8", "blt-h"):
+        for a, b in zip(*alone_and_batched(m, PROMPTS[:6], mode, max_bytes=40, stop="e", eta=2.0)):
+            same_generation(a, b)
 
 
 @pytest.mark.parametrize("by_entropy", [False, True])
@@ -250,63 +294,41 @@ def test_unmask_rule_equals_choose_unmask(by_entropy):
         assert torch.equal(conf[0], probs.softmax(-1).amax(-1)) and torch.equal(ent[0], entropy_of_logits(probs))
 
 
-def test_batch_equals_eager_batch(model):
-    prompts = PROMPTS[:9]
-    for kw in ({"max_bytes": 20}, {"max_bytes": 33, "stop": "e"}, {"max_bytes": 1}):
-        eager = generate_batch(model, prompts, "blt", engine="eager", **kw)
-        static = generate_batch(model, prompts, "blt", engine="static", **kw)
-        for a, b in zip(eager, static):
-            assert (a.output, a.stop_reason, a.counters) == (b.output, b.stop_reason, b.counters)
-
-
-@pytest.mark.parametrize("mode, kw", [("blt-d4", {"max_bytes": 30}), ("blt-d8", {"max_bytes": 41, "stop": None}),
+@pytest.mark.parametrize("mode, kw", [("blt", {"max_bytes": 20}), ("blt", {"max_bytes": 33, "stop": None}),
+                                      ("blt", {"max_bytes": 1}),
+                                      ("blt-d4", {"max_bytes": 30}), ("blt-d8", {"max_bytes": 41, "stop": None}),
                                       ("blt-d16", {"max_bytes": 35, "gamma": 3.0}), ("blt-d8", {"max_bytes": 1}),
-                                      ("blt-d8", {"max_bytes": 90, "alpha": 0.2})])
-def test_batch_diffusion_equals_eager_batch(sharp, mode, kw):
-    prompts = PROMPTS[:7]  # ragged: rows wait at the end of their prompt while the others read theirs
-    if "stop" in kw:  # one that really occurs, in some rows only
-        kw["stop"] = generate_batch(sharp, prompts, mode, max_bytes=40, engine="eager")[0].output[6:8]
-    eager = generate_batch(sharp, prompts, mode, engine="eager", **kw)
-    static = generate_batch(sharp, prompts, mode, engine="static", **kw)
-    if "stop" in kw:  # rows stop at different times
-        assert len({len(g.output) for g in eager}) > 1
-    for a, b in zip(eager, static):
-        assert (a.output, a.stop_reason, a.counters) == (b.output, b.stop_reason, b.counters)
-
-
-@pytest.mark.parametrize("mode, kw", [("blt-s8", {"max_bytes": 30}), ("blt-s16", {"max_bytes": 45, "stop": None}),
+                                      ("blt-d8", {"max_bytes": 90, "alpha": 0.2}),
+                                      ("blt-s8", {"max_bytes": 30}), ("blt-s16", {"max_bytes": 45, "stop": None}),
                                       ("blt-dv4", {"max_bytes": 30}), ("blt-dv8", {"max_bytes": 37, "stop": None}),
                                       ("blt-dv16", {"max_bytes": 45}), ("blt-s8", {"max_bytes": 1}),
                                       ("blt-h", {"max_bytes": 45}), ("blt-h", {"max_bytes": 40, "stop": None}),
                                       ("blt-h", {"max_bytes": 37, "eta": 2.0, "block": 16, "gamma": 3.0})])
-def test_batch_static_only_modes_equal_one_prompt_at_a_time(sharp, mode, kw):
-    """Batched blt-s*, blt-dv*, blt-h (static engine only): each row's bytes and stop reason are those
-    of its prompt alone; rows move on by different numbers of bytes per round, so their positions part."""
+def test_batch_equals_one_prompt_at_a_time(sharp, mode, kw):
+    """Every mode batched on ragged prompts: each row's bytes, stop reason, counters and trace are
+    those of its prompt alone; rows stop at different times, and the speculative and hybrid rows
+    move on by different numbers of bytes per round, so their positions part."""
     prompts = PROMPTS[:7]
     if "stop" in kw:  # one that really occurs, in some rows only
-        kw["stop"] = generate(sharp, prompts[0], mode, max_bytes=40, engine="eager").output[6:8]
-    alone = [generate(sharp, p, mode, engine="eager", **kw) for p in prompts]
-    batch = generate_batch(sharp, prompts, mode, **kw)  # auto: the static engine
-    assert [(g.output, g.stop_reason, own_reads(g)) for g in batch] == \
-           [(g.output, g.stop_reason, own_reads(g)) for g in alone]
-    assert all(g.counters["batch"] == 7 and g.counters == batch[0].counters | {"bytes": len(g.output)} | own_reads(g)
-               for g in batch)
+        kw["stop"] = generate(sharp, prompts[0], mode, max_bytes=40).output[6:8]
+    passes = generate_batch(sharp, prompts, mode, **kw)[0].counters["batch_passes"]
+    alone, batch = alone_and_batched(sharp, prompts, mode, **kw)
+    for a, b in zip(alone, batch):
+        same_generation(a, b)
     if kw["max_bytes"] > 1:
         assert len({g.counters["bytes"] for g in alone}) > 1 or "stop" not in kw
-        assert batch[0].counters["n_dec"] < sum(g.counters["n_dec"] for g in alone)  # passes shared by rows
-    with pytest.raises(ValueError, match="static engine only"):
-        generate_batch(sharp, prompts, mode, engine="eager", **kw)
+        assert passes["n_dec"] < sum(g.counters["n_dec"] for g in alone)  # passes shared by rows
 
 
 def test_state_is_reused_and_reloaded(model):
-    assert static_state(model, 2) is static_state(model, 2)
+    assert decode_state(model, 2) is decode_state(model, 2)
     m = tiny().double()
-    assert static_state(m, 1).h.dtype == torch.float64
+    assert decode_state(m, 1).h.dtype == torch.float64
     m.float()  # moved or cast: a new state with buffers to match
-    assert static_state(m, 1).h.dtype == torch.float32
-    first = generate(model, "abc", "blt", max_bytes=30, engine="static")
-    generate(model, "something else entirely", "blt", max_bytes=50, engine="static")
-    assert generate(model, "abc", "blt", max_bytes=30, engine="static").output == first.output
+    assert decode_state(m, 1).h.dtype == torch.float32
+    first = generate(model, "abc", "blt", max_bytes=30)
+    generate(model, "something else entirely", "blt", max_bytes=50)
+    assert generate(model, "abc", "blt", max_bytes=30).output == first.output
 
 
 @pytest.mark.parametrize("window", [0, 5, 40])
@@ -315,7 +337,7 @@ def test_band_masks_equal_causal_masks(window):
     cache, in additive form, at any positions (the first and the last included)."""
     from bltlab.layers import causal_mask
 
-    s = StaticState(tiny(), 2)
+    s = DecodeState(tiny(), 2)
     s.bands[window] = s._band(window)
     pos = torch.tensor([[0, 1, 2], [s.T - 3, s.T - 2, s.T - 1]])
     want = torch.where(causal_mask(pos, s.keys[None], window), 0.0, float("-inf"))
@@ -328,7 +350,7 @@ def test_advance_with_close_equals_advance_then_close(model, L):
     and then `close` do: positions, patches, signal, logs, the global model's table rows and cache."""
     states = []
     for fused in (False, True):
-        s = StaticState(model, 3)
+        s = DecodeState(model, 3)
         s.prefill([encode(p) for p in PROMPTS[:3]], freeze=True)
         s.advance(L, True, close=fused)
         if not fused:
@@ -349,7 +371,7 @@ def test_block_masks_equal_the_denoising_rule():
     """A denoising pass's mask, gathered from its block size's table, lets slot i of a block at t
     read every key before the block's end that is less than the local window behind it (the
     block both ways), at any t (the first and the last a block may start at)."""
-    s = StaticState(tiny(), 2)
+    s = DecodeState(tiny(), 2)
     k = s.keys[None, None]
     for size in (1, 3, 16):
         for t in ([0, s.T - size], [7, s.cfg.local_window + 2]):
@@ -367,7 +389,7 @@ def test_steps_with_the_triton_kernels_equal_the_references(sharp):
     out = {}
     for name in ("reference", "triton"):
         with kernels.backend(name):
-            s = StaticState(sharp, 2)  # far from uniform: no near-ties in the entropies γ sorts
+            s = DecodeState(sharp, 2)  # far from uniform: no near-ties in the entropies γ sorts
             s.prefill(prompts)
             s.run()  # a byte with the global step
             s.dt.copy_(s.t)
@@ -390,54 +412,59 @@ def test_weights_written_in_place_reach_the_state():
     with torch.no_grad():
         for p in other.parameters():
             p.add_(0.05 * torch.randn_like(p))
-    s = static_state(m, 1)
-    generate(m, PROMPTS[0], "blt", max_bytes=20, engine="static")
+    s = decode_state(m, 1)
+    generate(m, PROMPTS[0], "blt", max_bytes=20)
     version = s.version
-    generate(m, PROMPTS[0], "blt", max_bytes=20, engine="static")
+    generate(m, PROMPTS[0], "blt", max_bytes=20)
     assert s.version is version  # nothing written: nothing recopied
     layer = m.dec_layers[0]
     for w in (layer.attn.wq.weight, layer.ffn.w3.weight, layer.cross.wv.weight, m.pool.wk.weight, m.start_slots):
         with torch.no_grad():
             w.mul_(1.5)
-        same_generation(generate(m, PROMPTS[0], "blt", max_bytes=20, engine="eager"),
-                        generate(m, PROMPTS[0], "blt", max_bytes=20, engine="static"))
+        same_generation(eager(m, PROMPTS[0], "blt", max_bytes=20), generate(m, PROMPTS[0], "blt", max_bytes=20))
     m.load_state_dict(other.state_dict())
-    same_generation(generate(m, PROMPTS[0], "blt", max_bytes=20, engine="eager"),
-                    generate(m, PROMPTS[0], "blt", max_bytes=20, engine="static"))
-    assert static_state(m, 1) is s
+    same_generation(eager(m, PROMPTS[0], "blt", max_bytes=20), generate(m, PROMPTS[0], "blt", max_bytes=20))
+    assert decode_state(m, 1) is s
 
 
-def test_engine_choice_and_refusals(model, monkeypatch):
-    with pytest.raises(ValueError, match="unknown engine"):
-        generate(model, "a", "blt", engine="fast")
-    for kw in ({"mode": "blt-d4", "temperature": 0.5}, {"temperature": 0.5}, {"hooks": decode.Hooks()}):
-        with pytest.raises(ValueError, match="engine 'static'"):
-            generate(model, "a", **{"mode": "blt", **kw}, engine="static")
+def test_refusals(model):
     for bad in ({"alpha": 3.0}, {"alpha": 0.5, "gamma": 1.0}, {"eta": -1.0}, {"block": 5}):
-        for engine in ("eager", "static"):  # the same refusals on both engines
-            with pytest.raises(ValueError, match="alpha|gamma|eta|block"):
-                generate(model, "a", "blt-h", engine=engine, **bad)
-    hf = tiny(PatchConfig(max_patch=0), arch="hf")
-    with pytest.raises(ValueError, match="engine 'static'"):
-        generate(hf, "a", "blt", engine="static")
-    monkeypatch.setattr(decode, "generate_static", lambda *a, **k: pytest.fail("static engine on a CPU"))
-    generate(model, "a", "blt", max_bytes=3)  # auto: eager on a CPU
+        with pytest.raises(ValueError, match="alpha|gamma|eta|block"):
+            generate(model, "a", "blt-h", **bad)
+        with pytest.raises(ValueError, match="alpha|gamma|eta|block"):
+            generate_batch(model, ["a", "b"], "blt-h", **bad)
+    with pytest.raises(ValueError, match="no prompts"):
+        generate_batch(model, [], "blt")
+    with pytest.raises(ValueError, match="unknown mode"):
+        generate_batch(model, ["a"], "blt-x")
+
+
+def test_sampling_is_seeded_and_batches(sharp):
+    """Sampling in every mode: a seed gives the same bytes again, another seed other bytes, and
+    a batch samples each of its rows."""
+    for mode in ("blt", "blt-s8", "blt-d8", "blt-dv8", "blt-h"):
+        kw = dict(max_bytes=30, temperature=1.0, eta=2.0)
+        a, b = (generate(sharp, PROMPTS[0], mode, seed=3, **kw) for _ in range(2))
+        others = {generate(sharp, PROMPTS[0], mode, seed=s, **kw).output for s in range(4, 8)}
+        assert a.output == b.output and others - {a.output}, mode
+        batch = generate_batch(sharp, PROMPTS[:3], mode, seed=3, **kw)
+        assert all(g.stop_reason and (g.output or g.stop_reason == "eos") for g in batch)
 
 
 def test_compiled_steps_equal_eager(model, monkeypatch):
-    """engine "compiled": the same steps through torch.compile. Traced here with "aot_eager", which
+    """compiled=True: the same steps through torch.compile. Traced here with "aot_eager", which
     builds and functionalises the same graphs as inductor but runs them with PyTorch's kernels
     (inductor's compile of every step takes minutes on a CPU; the GPU run uses it)."""
     gpu = torch.cuda.is_available()  # there: the real compiler, and CUDA graphs of its kernels
-    monkeypatch.setattr(static, "COMPILE_BACKEND", "inductor" if gpu else "aot_eager")
+    monkeypatch.setattr(state, "COMPILE_BACKEND", "inductor" if gpu else "aot_eager")
     m = tiny().to("cuda" if gpu else "cpu")
     with torch.no_grad():
         m.head.weight.mul_(25)
     for mode in ("blt", "blt-s8", "blt-d8", "blt-dv8"):  # each step kind; compiling is what takes time
-        same_generation(generate(m, PROMPTS[1], mode, max_bytes=24, engine="eager"),
-                        generate(m, PROMPTS[1], mode, max_bytes=24, engine="compiled"))
-    s = static_state(m, 1, compiled=True)
-    assert s is not static_state(m, 1) and set(s._compiled) >= {"advance", "draft", "close", "denoise"}
+        same_generation(generate(m, PROMPTS[1], mode, max_bytes=24),
+                        generate(m, PROMPTS[1], mode, max_bytes=24, compiled=True))
+    s = decode_state(m, 1, compiled=True)
+    assert s is not decode_state(m, 1) and set(s._compiled) >= {"advance", "draft", "close", "denoise"}
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
@@ -446,14 +473,11 @@ def test_cuda_graphs_equal_eager(model):
     m.load_state_dict(model.state_dict())
     m.cuda()
     for p in PROMPTS[:12]:
-        for mode in ("blt", "blt-s16", "blt-d8", "blt-dv16", "blt-h"):
-            same_generation(generate(m, p, mode, max_bytes=60, engine="eager"),
-                            generate(m, p, mode, max_bytes=60, engine="static"))
-    for mode in ("blt", "blt-d8"):
-        eager = generate_batch(m, PROMPTS[:16], mode, max_bytes=40, engine="eager")
-        for a, b in zip(eager, generate_batch(m, PROMPTS[:16], mode, max_bytes=40, engine="static")):
-            assert a.output == b.output
-    for mode in ("blt-s16", "blt-dv8", "blt-h"):
-        batch = generate_batch(m, PROMPTS[:16], mode, max_bytes=40, engine="static")
-        assert [g.output for g in batch] == [generate(m, p, mode, max_bytes=40, engine="eager").output
-                                             for p in PROMPTS[:16]]
+        for mode in ("blt", "blt-s16"):
+            same_generation(eager(m, p, mode, max_bytes=60), generate(m, p, mode, max_bytes=60))
+        for mode in ("blt-d8", "blt-dv16", "blt-h"):
+            assert generate(m, p, mode, max_bytes=60).output == generate(m.cpu(), p, mode, max_bytes=60).output
+            m.cuda()
+    for mode in ("blt", "blt-d8", "blt-s16", "blt-dv8", "blt-h"):
+        batch = generate_batch(m, PROMPTS[:16], mode, max_bytes=40)
+        assert [g.output for g in batch] == [generate(m, p, mode, max_bytes=40).output for p in PROMPTS[:16]]
