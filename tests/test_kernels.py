@@ -521,9 +521,9 @@ def test_attention_odd_head_dim_and_lengths(dev):
 
 # ---- the whole model -------------------------------------------------------------------------
 def test_cached_decoding_passes_triton_equal_reference(dev):
-    """decode.state's passes (prefill with KV caches, one more byte, a denoising block) per backend."""
-    from bltlab.decode.state import SeqState
-    from bltlab.tokens import MASK
+    """The single-sequence decoder's passes (prefill with KV caches, one more byte) per backend (the
+batched state's steps: tests/test_state.py)."""
+    from bltlab.decode.hf_layout import SeqState
 
     torch.manual_seed(0)
     model = BLT(get_config("tiny")).to(dev).eval()
@@ -532,7 +532,7 @@ def test_cached_decoding_passes_triton_equal_reference(dev):
     for name in ("reference", "triton"):
         with kernels.backend(name):
             st = SeqState(model)
-            out[name] = (st.push(ids), st.push([ids[3]]), st.block_logits([MASK] * 4), torch.tensor(st.ent))
+            out[name] = (st.push(ids), st.push([ids[3]]), torch.tensor(st.ent))
     for a, b in zip(out["triton"], out["reference"]):
         close(a, b, 1e-4, "decoding pass")
 

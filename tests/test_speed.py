@@ -25,7 +25,7 @@ def test_rows_roofline_and_hf_baselines(tiny):
                     progress=False)
     json.dumps(res)  # JSON-serialisable as written by --json
     got = [(r["mode"], r["batch"]) for r in res["rows"]]
-    assert got == [("blt", 1), ("blt-s8", 1), ("blt-d4", 1), ("blt", 2), ("blt-d4", 2)]
+    assert got == [("blt", 1), ("blt-s8", 1), ("blt-d4", 1), ("blt", 2), ("blt-s8", 2), ("blt-d4", 2)]
     for r in res["rows"]:
         assert 0 < r["bytes"] <= 5 * 3 and r["bytes_per_s"] > 0
         assert r["counters"]["n_dec"] >= 1 and r["read_bytes_per_byte"] > 0
@@ -41,30 +41,26 @@ def test_rows_roofline_and_hf_baselines(tiny):
     assert "× HF BLT" in format_table(res)
 
 
-def test_every_job_on_every_engine_asked_for(tiny):
+def test_every_mode_at_both_batch_sizes(tiny):
     modes = ["blt", "blt-d4", "blt-s8"]
-    res = run_speed(tiny, PROMPTS, modes, max_bytes=3, batch=2, progress=False, engines=["eager", "static"])
-    got = [(r["engine"], r["mode"], r["batch"]) for r in res["rows"]]
-    # blt-s8 batches on the static engine only
-    assert got == [(e, m, b) for e in ("eager", "static") for b in (1, 2) for m in modes
-                   if (e, m, b) != ("eager", "blt-s8", 2)]
-    by = {(r["engine"], r["mode"], r["batch"]): r for r in res["rows"]}
-    for m, b in (("blt", 1), ("blt-d4", 2)):  # same work on both engines
-        assert by["eager", m, b]["counters"] == by["static", m, b]["counters"]
-    assert [r["engine"] for r in res["static_steps"]] == ["static"] * 4
-    with pytest.raises(ValueError, match="unknown engine"):
-        run_speed(tiny, PROMPTS, ["blt"], engines=["fast"], progress=False)
+    res = run_speed(tiny, PROMPTS, modes, max_bytes=3, batch=2, progress=False)
+    assert [(r["steps"], r["mode"], r["batch"]) for r in res["rows"]] == [
+        ("eager ops", m, b) for b in (1, 2) for m in modes]
+    for r in res["rows"]:  # a batch counts its shared passes once: fewer than its rows alone
+        alone = next(x for x in res["rows"] if x["mode"] == r["mode"] and x["batch"] == 1)
+        assert r["counters"]["n_dec"] <= alone["counters"]["n_dec"]
+    assert [r["steps"] for r in res["static_steps"]] == ["eager ops"] * 4
 
 
 def test_static_steps_rows(tiny):
     rows = static_steps(tiny, [1, 2], b"abc", steps=3)  # eager steps on a CPU, graph replays on a GPU
-    assert [(r["engine"], r["batch"], r["with_global"]) for r in rows] == [
-        ("static", 1, True), ("static", 1, False), ("static", 2, True), ("static", 2, False)]
+    assert [(r["steps"], r["batch"], r["with_global"]) for r in rows] == [
+        ("eager ops", 1, True), ("eager ops", 1, False), ("eager ops", 2, True), ("eager ops", 2, False)]
     assert all(r["us_per_step"] > 0 and r["bytes_per_s"] == pytest.approx(r["batch"] * 1e6 / r["us_per_step"])
                for r in rows)
     table = format_table({"model": "tiny", "device": "cpu", "dtype": "float32", "copy_GBps": 1.0, "rows": [],
                           "static_steps": rows})
-    assert "| static | 2 | no |" in table
+    assert "| eager ops | 2 | no |" in table
 
 
 def test_hf_config_has_our_shapes(tiny):
@@ -81,7 +77,7 @@ def test_cli_speed(tiny_dir, tmp_path, capsys):
           "--batch", "1", "--json", str(tmp_path / "s.json")])
     res = json.loads((tmp_path / "s.json").read_text())
     assert [r["mode"] for r in res["rows"]] == ["blt"] and "hf" not in res
-    assert "| blt | eager | 1 |" in capsys.readouterr().out
+    assert "| blt | eager ops | 1 |" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="batch"):
         main(["speed", "--model", str(tiny_dir), "--prompts", str(prompts), "--batch", "0"])
 
