@@ -17,11 +17,11 @@ if [ "${KERNELS:-1}" = 1 ]; then
     $PY -m pytest -q -p no:cacheprovider tests/test_kernels.py 2>&1 | tail -5 | tee "$OUT/kernel_tests.txt"
     $PY -m bltlab bench-kernels --train-steps 10 --json "$OUT/kernels.json" | tee "$OUT/kernels.md"
 fi
-# the static engine's CUDA tests (the rest of tests/test_static.py runs on the CPU in CI)
-$PY -m pytest -q -p no:cacheprovider tests/test_static.py -k "cuda or compiled" 2>&1 | tail -5 | tee "$OUT/static_tests.txt"
+# the decoding state's CUDA tests (the rest of tests/test_state.py runs on the CPU in CI)
+$PY -m pytest -q -p no:cacheprovider tests/test_state.py -k "cuda or compiled" 2>&1 | tail -5 | tee "$OUT/static_tests.txt"
 $PY -m bltlab speed --device cuda --batch 16 --hf ${MODEL:+--model "$MODEL"} --json "$OUT/speed.json" 2>&1 | grep -v "%|" | tee "$OUT/speed.md"
 if [ "${COMPILED:-1}" = 1 ]; then  # torch.compile'd static steps beside the plain ones, blt only (compiling takes minutes)
-    $PY -m bltlab speed --device cuda --batch 16 --modes blt --engines static,compiled ${MODEL:+--model "$MODEL"} \
+    $PY -m bltlab speed --device cuda --batch 16 --modes blt --compiled ${MODEL:+--model "$MODEL"} \
         --json "$OUT/speed_compiled.json" 2>&1 | grep -v "%|" | tee "$OUT/speed_compiled.md"
 fi
 # last, and not fatal (the profiler needs CUPTI): where a step's time goes, each step kind's
