@@ -505,8 +505,8 @@ def live_counters(wb: Workbench, counters: dict, n_bytes: int, seconds: float, f
 
 def emitted_bytes(trace: list[dict]) -> bytes:
     """The bytes the trace says were produced so far (the stop string may still be in it; the
-    final Generation.output is authoritative)."""
-    out = bytearray()
+    final Generation.output is authoritative). A trace writes EOS as byte -2: it ends the bytes."""
+    out = []
     for e in trace:
         t = e.get("type")
         if t in ("byte", "ar"):
@@ -515,7 +515,7 @@ def emitted_bytes(trace: list[dict]) -> bytes:
             out.extend(e["draft"][:e["accepted"]])
         elif t == "block":
             out.extend(e["bytes"])
-    return bytes(out)
+    return bytes(out[:next((i for i, b in enumerate(out) if b < 0), len(out))])
 
 
 def last_counters(trace: list[dict]) -> dict:

@@ -368,3 +368,12 @@ def test_serves_transformers_layout_weights(tmp_path):
     assert _trace(hf_wb, "blt-s8").output == _trace(hf_wb, "blt").output
     with pytest.raises(gr.Error, match="masked blocks"):
         _trace(hf_wb, "blt-d4")
+
+
+def test_emitted_bytes_end_at_an_accepted_eos():
+    """A verification that accepts a drafted EOS (written -2 in the trace), a block and a hybrid
+    byte holding one: the live view shows the bytes before it and no error."""
+    verify = {"type": "verify", "draft": [104, 105, -2], "accepted": 3}
+    assert wbm.emitted_bytes([verify]) == b"hi"
+    assert wbm.emitted_bytes([{"type": "block", "bytes": [104, -2, 0]}]) == b"h"
+    assert wbm.emitted_bytes([{"type": "ar", "byte": 104}, {"type": "ar", "byte": -2}]) == b"h"

@@ -481,3 +481,15 @@ def test_cuda_graphs_equal_eager(model):
     for mode in ("blt", "blt-d8", "blt-s16", "blt-dv8", "blt-h"):
         batch = generate_batch(m, PROMPTS[:16], mode, max_bytes=40)
         assert [g.output for g in batch] == [generate(m, p, mode, max_bytes=40).output for p in PROMPTS[:16]]
+
+
+def test_concurrent_requests_each_get_a_state(model):
+    """Requests from several threads at once (the app's) each claim a state of their own: the
+    same bytes as one after another, and the states are handed back."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    serial = [generate(model, p, "blt-s8", max_bytes=30).output for p in PROMPTS[:8]]
+    with ThreadPoolExecutor(8) as pool:
+        threaded = list(pool.map(lambda p: generate(model, p, "blt-s8", max_bytes=30).output, PROMPTS[:8]))
+    assert threaded == serial
+    assert not any(s.busy for pool in state._STATES[model].values() for s in pool)

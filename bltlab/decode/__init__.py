@@ -44,7 +44,10 @@ def generate(model: BLT, prompt: str | bytes, mode: str = "blt", max_bytes: int 
         g = generate_hf(model, prompt, mode, max_bytes, stop, sampler, hooks)
     else:
         req = Request(model, [prompt], max_bytes, stop, sampler, hooks, compiled)
-        _run(req, mode, *knobs)
+        try:
+            _run(req, mode, *knobs)
+        finally:
+            req.release()
         g = req.finish(mode)[0]
     g.counters["seconds"] = time.perf_counter() - t0
     return g
@@ -62,7 +65,10 @@ def generate_batch(model: BLT, prompts: list[str | bytes], mode: str = "blt", ma
     if model.cfg.arch == "hf":
         raise ValueError("batched generation supports bltlab-layout models only; generate one prompt at a time")
     req = Request(model, prompts, max_bytes, stop, sampler, None, compiled)
-    _run(req, mode, *knobs)
+    try:
+        _run(req, mode, *knobs)
+    finally:
+        req.release()
     return req.finish(mode)
 
 

@@ -93,7 +93,7 @@ class Request:
             raise ValueError("no prompts given")
         self.sampler = sampler or Sampler()
         ids = [check_request(p, max_bytes, model.cfg.max_bytes) for p in prompts]
-        self.s = s = decode_state(model, len(ids), compiled)
+        self.s = s = decode_state(model, len(ids), compiled, claim=True)
         s.prefill(ids, freeze=True)
         olog, ent = s.olog.tolist(), s.ent.tolist()
         self.rows: list[Row] = []
@@ -216,6 +216,10 @@ class Request:
             self.rows[b].n, self.rows[b].ncomp = n, ncomp
 
     # ---- the end -----------------------------------------------------------------------------
+    def release(self) -> None:
+        """Hand the state back for the next request."""
+        self.s.busy = False
+
     def finish(self, mode: str) -> list[Generation]:
         """A Generation per row: its bytes, stop reason, its own counters and trace; in a batch, the
         batch's shared passes too (`batch_passes`)."""

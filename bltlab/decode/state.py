@@ -31,6 +31,7 @@ logits and the trace against the eager decoders, and one pass against the same b
 """
 from __future__ import annotations
 
+import threading
 import weakref
 
 import torch
@@ -195,6 +196,7 @@ class DecodeState:
         self._rot: dict = {}
         self.fused = _fused(model)
         self.version = None  # _weights_version when `fused` and the table's start row were made
+        self.busy = False  # claimed by a running request (decode_state)
 
     def rot(self, layers) -> torch.Tensor:
         """RoPE's angles of `layers` at every position as (cos, sin) [T, hd/2, 2], computed once exactly
@@ -562,14 +564,21 @@ class DecodeState:
 
 
 _STATES: "weakref.WeakKeyDictionary[BLT, dict]" = weakref.WeakKeyDictionary()
+_LOCK = threading.Lock()
 
 
-def decode_state(model: BLT, B: int, compiled: bool = False) -> DecodeState:
-    """The model's DecodeState for batch B on its current device and dtype (with steps compiled by
-    COMPILE_BACKEND if `compiled`), built once (its graphs are captured once too)."""
+def decode_state(model: BLT, B: int, compiled: bool = False, claim: bool = False) -> DecodeState:
+    """A DecodeState of `model` for batch B on its current device and dtype (with steps compiled by
+    COMPILE_BACKEND if `compiled`), built once and reused (its graphs are captured once too). A
+    request `claim`s one for itself until it `release`s it: concurrent requests (the app's
+    threads) each get a state of their own."""
     p = next(model.parameters())
     backend = COMPILE_BACKEND if compiled else None
-    per, key = _STATES.setdefault(model, {}), (B, p.device, p.dtype, backend)
-    if key not in per:
-        per[key] = DecodeState(model, B, backend)
-    return per[key]
+    with _LOCK:
+        pool = _STATES.setdefault(model, {}).setdefault((B, p.device, p.dtype, backend), [])
+        s = next((s for s in pool if not s.busy), None)
+        if s is None:
+            s = DecodeState(model, B, backend)
+            pool.append(s)
+        s.busy = claim
+        return s
