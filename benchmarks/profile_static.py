@@ -6,7 +6,7 @@ and idle gaps between kernels; device time is what fusing or tuning kernels can 
 
     PYTHONPATH=. python benchmarks/profile_static.py [--batch 1] [--replays 40] [--json OUT]
 
-On a GPU this is the figure to take before tuning (static.LATER_MAX_BYTES, block sizes). On a
+On a GPU this is the figure to take before tuning (layers.LATER_MAX_BYTES, block sizes). On a
 CPU (`--device cpu`: no graphs, eager steps) the same table gives the self CPU time of the
 PyTorch operations, a check of the script rather than a GPU figure.
 """

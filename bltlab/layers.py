@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from . import kernels
 
@@ -30,6 +31,42 @@ class RMSNorm(nn.Module):
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None):
         """RMSNorm(x); with `residual`, the fused pair (x + residual, RMSNorm(x + residual))."""
         return kernels.rms_norm(x, self.weight, self.eps, residual)
+
+    def linear(self, x: torch.Tensor, weight: torch.Tensor, residual=None, swiglu: bool = False):
+        """(x + residual, the projection `weight` of their norm) in one kernel on the Triton path;
+        residual None (0), a tensor, or (h, W) meaning h @ W.T (`project_later`); with swiglu,
+        weight = [gate; up] and the projection is silu(gate) * up. Decoding's fused form of
+        `forward` followed by a linear layer."""
+        return kernels.norm_linear(x, self.weight, self.eps, weight, residual, swiglu)
+
+
+# A projection left to the next norm's kernel (`kernels.norm_linear`'s residual (h, W)) is read
+# whole, twice, by every program of that kernel, from L2 at about 110 GB/s per SM on an H100: worth
+# it while that costs less than the ~3 us launch it saves. A first estimate, not a measurement:
+# bench-kernels' norm_linear_proj case times the fused kernel against the two launches.
+LATER_MAX_BYTES = 128 * 1024
+
+
+def project_later(h: torch.Tensor, W: torch.Tensor):
+    """h @ W.T, as (h, W) for the next norm's kernel to compute when W is small enough, else now."""
+    return (h, W) if W.numel() * W.element_size() <= LATER_MAX_BYTES else F.linear(h, W)
+
+
+@dataclass(eq=False)
+class KVCache:
+    """One attention layer's keys and values for B rows, preallocated at a fixed length and indexed
+    by position: kv [2, B, H, S, hd], written at each row's positions. A row's length is its
+    position (the masks hide what lies past it), so rolling back is moving the position. With it
+    a layer runs its decoding form, which also needs RoPE's angles by position, rot [T, hd/2, 2]
+    (cos, sin), and the layer's projections that read one input as one matrix each (one product
+    where there were two or three): qkv [3 D, D] and gate_up [2 F, D], copies that their owner
+    keeps current."""
+
+    kv: torch.Tensor
+    rot: torch.Tensor
+    qkv: torch.Tensor
+    gate_up: torch.Tensor
+    rows: torch.Tensor  # [B]: arange, the cache row of each batch row
 
 
 class SwiGLU(nn.Module):
@@ -121,6 +158,14 @@ class SlotCrossAttention(nn.Module):
         o = torch.einsum("blhk,blkhd->blhd", att.softmax(-1), v)
         return self.wo(o.reshape(B, L, D))
 
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+        """forward on projected queries q [B, L, D] and slots whose keys and values are projected
+        already, [B', H, k, hd]: one slot set per query (B' = B L) or one per row for the whole pass
+        (B' = B). Returns the output as `project_later` does."""
+        B, L, D = q.shape
+        o = F.scaled_dot_product_attention(q.view(k.shape[0], -1, self.heads, D // self.heads).transpose(1, 2), k, v)
+        return project_later(o.transpose(1, 2).reshape(B, L, D), self.wo.weight)
+
 
 class Block(nn.Module):
     """Pre-norm transformer layer: [cross-attention to slots] + self-attention + SwiGLU.
@@ -139,14 +184,37 @@ class Block(nn.Module):
         self.ffn_norm = RMSNorm(dim, eps)
         self.ffn = SwiGLU(dim, mult, ffn)
 
-    def forward(self, x, pos, mask, slots=None, prefix=None, is_causal=False):
-        """Returns (x, (k, v)) so callers can keep a KV cache."""
+    def forward(self, x, pos, mask, slots=None, prefix=None, is_causal=False, cache: KVCache | None = None, r=None):
+        """Returns (x, (k, v)) so callers can keep a KV cache. With `cache`, the decoding form."""
+        if cache is not None:
+            return self.decode(x, r, pos, mask, cache, slots)
         if self.cross is not None:
             c = self.cross(self.cross_norm(x), slots)
             x = x + (c + x if self.hf else c)
         a, kv = self.attn(self.attn_norm(x), pos, mask, prefix, is_causal)
         x, hn = self.ffn_norm(x, a)  # x + a, then its norm (one fused kernel on the Triton path)
         return x + self.ffn(hn), kv
+
+    def decode(self, x, r, pos, mask, cache: KVCache, slots=None):
+        """The same layer over L new positions per row on the residual stream x + r, with its keys
+        and values written to `cache` at pos [B, L] and the queries reading the whole cache under
+        `mask` ([B, 1, L, S] additive: 0 or -inf). r is the previous layer's last branch (None, a
+        tensor, or (h, W) for h @ W.T, `project_later`), which this layer's first norm adds in its
+        kernel; returns its own output the same way, as (x, r). Each norm and the projection after
+        it are one kernel on the Triton path (q|k|v with RoPE and the cache write too), and a small
+        output projection is left to the next norm's kernel: a decoding step is launch-bound.
+        slots: the slots' cross-attention keys and values, projected once per patch
+        (`SlotCrossAttention.attend`). Not for the "hf" layout (its cross-attention differs)."""
+        B, L, D = x.shape
+        if self.cross is not None:
+            x, q = self.cross_norm.linear(x, self.cross.wq.weight, r)
+            r = self.cross.attend(q, *slots)
+        norm = self.attn_norm
+        x, q = kernels.norm_qkv(x, norm.weight, norm.eps, cache.qkv, r, cache.rot, pos, cache.kv, cache.rows)
+        o = F.scaled_dot_product_attention(q, cache.kv[0], cache.kv[1], attn_mask=mask)  # q: [B, H, L, hd]
+        o = o.transpose(1, 2).reshape(B, L, D)  # a view: q's layout is [B, L, H, hd], and so is o's
+        x, h = self.ffn_norm.linear(x, cache.gate_up, project_later(o, self.attn.wo.weight), swiglu=True)
+        return x, project_later(h, self.ffn.w2.weight)  # h: silu(gate) * up, [B, L, F]
 
 
 def causal_mask(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int = 0) -> torch.Tensor:

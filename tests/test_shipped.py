@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from bltlab.checkpoint import SHIPPED, load_model
-from bltlab.decode import MODES, generate, generate_batch, generate_reference
+from bltlab.decode import generate, generate_batch, generate_reference
 
 ROOT = Path(__file__).resolve().parent.parent
 REPORT = ROOT / "docs" / "results" / "report_small.json"

@@ -8,7 +8,7 @@ import dataclasses
 import pytest
 import torch
 
-from bltlab import decode, kernels
+from bltlab import kernels
 from bltlab.config import PatchConfig, get_config
 from bltlab.decode import Sampler, generate, generate_batch, state
 from bltlab.decode.common import allowed
@@ -19,7 +19,7 @@ from bltlab.kernels.step import unmask_rule
 from bltlab.entropy import entropy_of_logits
 from bltlab.model import BLT
 from bltlab.tokens import OFFSET, encode
-from test_decode import PROMPTS, own_reads
+from test_decode import PROMPTS
 
 
 def tiny(patch: PatchConfig | None = None, **kw) -> BLT:
@@ -363,7 +363,7 @@ def test_advance_with_close_equals_advance_then_close(model, L):
     for row, n in enumerate(a.ncomp.tolist()):  # the finished patches' table rows (0: the start) and keys
         assert torch.allclose(a.table[row, :n + 1], b.table[row, :n + 1], atol=1e-4)
         for x, y in zip(a.glob_kv, b.glob_kv):
-            assert torch.allclose(x[:, row, :, :n], y[:, row, :, :n], atol=1e-4)
+            assert torch.allclose(x.kv[:, row, :, :n], y.kv[:, row, :, :n], atol=1e-4)
     assert torch.equal(b.cur, b.t) and b.forced[b.rows, b.t].all()  # a patch starts at t
 
 

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 
 from .. import kernels
 from ..entropy import entropy_of_logits
-from ..layers import Block
+from ..layers import KVCache
 from ..model import BLT
 from ..patching import WHITESPACE
 from ..tokens import MASK, OFFSET, PAD
@@ -75,57 +75,9 @@ def _weights_version(model: BLT) -> tuple:
     return tuple((p.data_ptr(), p._version) for p in model.parameters())
 
 
-# A projection left to the next norm's kernel (`kernels.norm_linear`'s residual (h, W)) is read
-# whole, twice, by every program of that kernel, from L2 at about 110 GB/s per SM on an H100: worth
-# it while that costs less than the ~3 us launch it saves. A first estimate, not a measurement:
-# bench-kernels' norm_linear_proj case times the fused kernel against the two launches.
-LATER_MAX_BYTES = 128 * 1024
-
-
-def _project_later(h: torch.Tensor, W: torch.Tensor):
-    """h @ W.T, as (h, W) for the next norm's kernel to compute when W is small enough, else now."""
-    return (h, W) if W.numel() * W.element_size() <= LATER_MAX_BYTES else F.linear(h, W)
-
-
-def _attend_slots(c, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
-    """SlotCrossAttention on projected queries q [B, L, D], with the slots' keys and values
-    [B', H, k, hd] already projected (`DecodeState.slot_kv`): one slot set per query (B' = B L)
-    or one per row for the whole pass (B' = B). Returns its output as `_project_later` does."""
-    B, L, D = q.shape
-    o = F.scaled_dot_product_attention(q.view(k.shape[0], -1, c.heads, D // c.heads).transpose(1, 2), k, v)
-    return _project_later(o.transpose(1, 2).reshape(B, L, D), c.wo.weight)
-
-
-def _norm_proj(norm, x: torch.Tensor, r, weight: torch.Tensor, swiglu: bool = False):
-    """(x + r, the projection `weight` of norm(x + r)), r None meaning 0 or (h, W) meaning h @ W.T
-    (`_project_later`): the residual (or the projection giving it), the norm and the projection
-    (with `swiglu`, its activation too) in one kernel on the Triton path."""
-    return kernels.norm_linear(x, norm.weight, norm.eps, weight, r, swiglu)
-
-
-def _block(layer: Block, w, x, r, rot, kv, at, mask, rows, slots=None):
-    """One layer over L new positions per row, on input x + r (x [B, L, D]; r None or the previous
-    layer's last branch, as `_project_later` gives it, left for this layer's first norm's kernel to
-    add); returns its output the same way.
-    w: `_fused(model)[id(layer)]`, rot: RoPE's (cos, sin) by position (`DecodeState.rot`), kv:
-    [2, B, H, S, hd] static cache (keys, values) written at indices `at` [B, L], mask: [B, 1, L, S]
-    float (0 or -inf), slots: (keys, values) for a cross-attending layer (`_attend_slots`)."""
-    B, L, D = x.shape
-    if layer.cross is not None:
-        x, q = _norm_proj(layer.cross_norm, x, r, layer.cross.wq.weight)
-        r = _attend_slots(layer.cross, q, *slots)
-    norm = layer.attn_norm  # q|k|v, RoPE and the cache write in one kernel on the Triton path
-    x, q = kernels.norm_qkv(x, norm.weight, norm.eps, w[0], r, rot, at, kv, rows)  # q: [B, H, L, hd]
-    o = F.scaled_dot_product_attention(q, kv[0], kv[1], attn_mask=mask)
-    o = o.transpose(1, 2).reshape(B, L, D)  # a view: q's layout is [B, L, H, hd], and so is o's
-    x, h = _norm_proj(layer.ffn_norm, x, _project_later(o, layer.attn.wo.weight), w[1], swiglu=True)
-    return x, _project_later(h, layer.ffn.w2.weight)  # h: silu(gate) * up, [B, L, F]
-
-
-def _caches(layers, B: int, S: int, like: torch.Tensor) -> list[torch.Tensor]:
-    """Per layer [2, B, H, S, hd]: keys and values in one tensor (one write per pass)."""
-    return [like.new_zeros(2, B, layer.attn.heads, S, layer.attn.wq.out_features // layer.attn.heads)
-            for layer in layers]
+def _norm_proj(norm, x: torch.Tensor, r, weight: torch.Tensor) -> torch.Tensor:
+    """The projection `weight` of norm(x + r) (RMSNorm.linear): a head or a table row after a stack."""
+    return norm.linear(x, weight, r)[1]
 
 
 class DecodeState:
@@ -174,10 +126,12 @@ class DecodeState:
         # caches as long as the longest context rounded up to 16 keys (what fused attention aligns
         # its masks to: no padded copy per call); keys past T lie in the future of every query
         S = 16 * -(-T // 16)
-        self.ent_kv = _caches(model.entropy.layers, B, S, p)
-        self.enc_kv = _caches(model.enc_layers, B, S, p)
-        self.glob_kv = _caches(model.global_layers, B, S, p)
-        self.dec_kv = _caches(model.dec_layers, B, S, p)
+        self.rows = torch.arange(B, device=dev)
+        self.fused = _fused(model)
+        self.ent_kv = self._caches(model.entropy.layers, S)
+        self.enc_kv = self._caches(model.enc_layers, S)
+        self.glob_kv = self._caches(model.global_layers, S)
+        self.dec_kv = self._caches(model.dec_layers, S)
         self.kpos, self.keys = torch.arange(T, device=dev), torch.arange(S, device=dev)
         self.first = self.kpos == 0  # a patch's first byte, in its gathered layout
         self.hctx = torch.arange(HASH_CONTEXT + T, device=dev)  # ctx_ids columns of bytes t - 8 ..
@@ -189,26 +143,23 @@ class DecodeState:
         self.lmax = self.cfg.patch.max_patch or self.cfg.max_bytes  # longest possible patch
         self.is_ws = torch.zeros(MASK + 1, dtype=torch.bool, device=dev)  # ids of whitespace bytes
         self.is_ws[torch.tensor(list(WHITESPACE)) + OFFSET] = True
-        self.rows = torch.arange(B, device=dev)
         self.graphs: dict = {}  # CUDA graphs, one per step kind and length
         self.live = (self.ids, self.ent, self.t, self.cur, self.ncomp, self.signal, self.dt,
                      self.forced, self.noisy, self.filled, self.scores, self.nstep, self.left)  # what steps update
-        self._rot: dict = {}
-        self.fused = _fused(model)
         self.version = None  # _weights_version when `fused` and the table's start row were made
         self.busy = False  # claimed by a running request (decode_state)
 
-    def rot(self, layers) -> torch.Tensor:
-        """RoPE's angles of `layers` at every position as (cos, sin) [T, hd/2, 2], computed once exactly
-        as layers.rope computes them."""
-        a = layers[0].attn
+    def _caches(self, layers, S: int) -> list[KVCache]:
+        """Per layer a KVCache of S keys (keys and values in one tensor: one write per pass), with RoPE's
+        angles at every position computed once exactly as layers.rope computes them, and the fused
+        copies of the layer's projections."""
+        a, p = layers[0].attn, next(self.m.parameters())
         hd = a.wq.out_features // a.heads
-        key = (a.theta, hd)
-        if key not in self._rot:
-            inv = 1.0 / a.theta ** (torch.arange(0, hd, 2, device=self.dev, dtype=torch.float32) / hd)
-            ang = torch.arange(self.T, device=self.dev).float()[:, None] * inv  # [T, hd/2]
-            self._rot[key] = torch.stack((ang.cos(), ang.sin()), -1)
-        return self._rot[key]
+        inv = 1.0 / a.theta ** (torch.arange(0, hd, 2, device=self.dev, dtype=torch.float32) / hd)
+        ang = torch.arange(self.T, device=self.dev).float()[:, None] * inv  # [T, hd/2]
+        rot = torch.stack((ang.cos(), ang.sin()), -1)
+        return [KVCache(p.new_zeros(2, self.B, a.heads, S, hd), rot, *self.fused[id(layer)], self.rows)
+                for layer in layers]
 
     # ---- a new request --------------------------------------------------------------------------
     @torch.no_grad()
@@ -306,14 +257,13 @@ class DecodeState:
         H = self.m.dec_layers[0].cross.heads
         return F.linear(slots, self.fused["slots"][0]).view(B, P, k, -1, 2, H, D // H).permute(0, 1, 3, 4, 5, 2, 6)
 
-    def _layers(self, layers, caches, x, rot, pos, mask, slots=None):
-        """x through `layers` at positions pos [B, L] (their caches written there); slots: the decoder's
-        table rows [B or B L, layers, 2, H, k, hd] (`_attend_slots`). Returns the output as a pair
-        (x, r) whose sum it is, r as `_project_later` gives it: the next norm's kernel adds it."""
+    def _layers(self, layers, caches: list[KVCache], x, pos, mask, slots=None):
+        """x through `layers` at positions pos [B, L] (their caches written there), each in its decoding
+        form (`Block.decode`); slots: the decoder's table rows [B or B L, layers, 2, H, k, hd]. Returns
+        the output as a pair (x, r) whose sum it is, as `Block.decode` does."""
         r = None
-        for i, (layer, kv) in enumerate(zip(layers, caches)):
-            x, r = _block(layer, self.fused[id(layer)], x, r, rot, kv, pos, mask, self.rows,
-                          None if slots is None else slots[:, i].unbind(1))
+        for i, (layer, cache) in enumerate(zip(layers, caches)):
+            x, r = layer(x, pos, mask, slots=None if slots is None else slots[:, i].unbind(1), cache=cache, r=r)
         return x, r
 
     def advance(self, L: int = 1, with_global: bool = True, close: bool = False) -> None:
@@ -327,8 +277,8 @@ class DecodeState:
         # entropy model: H_{u + 1} for every u, which the patch decisions after byte t need
         x = m.entropy.emb(self.ids.gather(1, pos))
         emask, local = self._masks(pos, m.entropy.cfg.window, self.cfg.local_window)
-        x, r = self._layers(m.entropy.layers, self.ent_kv, x, self.rot(m.entropy.layers), pos, emask)
-        logits = _norm_proj(m.entropy.norm, x, r, m.entropy.head.weight)[1]
+        x, r = self._layers(m.entropy.layers, self.ent_kv, x, pos, emask)
+        logits = _norm_proj(m.entropy.norm, x, r, m.entropy.head.weight)
         self.ent.scatter_(1, pos + 1, entropy_of_logits(logits).float())
         if L > 1:
             opens = self._opens(pos)
@@ -374,9 +324,9 @@ class DecodeState:
         idx = start[..., None] + self.kpos[:self.lmax]  # [B, P, lmax]
         g = self._pool(self.h[b[:, None, None], idx.clamp(max=self.T - 1)], idx < end[..., None])
         gpos = self.ncomp[:, None] + self.kpos[:P]
-        g, r = self._layers(m.global_layers, self.glob_kv, g, self.rot(m.global_layers), gpos,
+        g, r = self._layers(m.global_layers, self.glob_kv, g, gpos,
                             self._masks(gpos, 0)[0])
-        slots = _norm_proj(m.global_norm, g, r, m.slot_proj.weight)[1]  # m.slot_rows, norm fused
+        slots = _norm_proj(m.global_norm, g, r, m.slot_proj.weight)  # m.slot_rows, norm fused
         self.table[b[:, None], gpos + 1] = self.slot_kv(slots.view(*slots.shape[:2], self.cfg.cross_k, -1))
 
     def _pool(self, bytes_: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -389,8 +339,8 @@ class DecodeState:
         H, hd = p.heads, d // p.heads
         bias = self._additive(valid | self.first[:L])  # [B, P, lmax]
         q0 = p.q_proj((bytes_ + bias[..., None]).amax(2)).view(B, P, p.k, d)
-        q = _norm_proj(p.q_norm, q0, None, p.wq.weight)[1].view(B * P, p.k, H, hd).transpose(1, 2)  # [B P, H, k, hd]
-        kv = _norm_proj(p.kv_norm, bytes_, None, self.fused["pool"][0])[1]
+        q = _norm_proj(p.q_norm, q0, None, p.wq.weight).view(B * P, p.k, H, hd).transpose(1, 2)  # [B P, H, k, hd]
+        kv = _norm_proj(p.kv_norm, bytes_, None, self.fused["pool"][0])
         kv = kv.view(B * P, L, 2, H, hd).permute(2, 0, 3, 1, 4)
         o = F.scaled_dot_product_attention(q, kv[0], kv[1], attn_mask=bias.view(B * P, 1, 1, L))
         o = p.wo(o.transpose(1, 2).reshape(B, P, p.k, d))
@@ -423,9 +373,9 @@ class DecodeState:
         m, b, t = self.m, self.rows, self.t
         pos = t[:, None] + self.kpos[:size]  # [B, size]
         noisy = self.noisy[:, :size]
-        x, r = self._layers(m.dec_layers, self.dec_kv, m.noisy_embed(noisy), self.rot(m.dec_layers), pos,
+        x, r = self._layers(m.dec_layers, self.dec_kv, m.noisy_embed(noisy), pos,
                             self._block_mask(size), self.table[b, self.ncomp])
-        logits = self.pass_logits = _norm_proj(m.dec_norm, x, r, m.head.weight)[1]  # [B, size, 260]
+        logits = self.pass_logits = _norm_proj(m.dec_norm, x, r, m.head.weight)  # [B, size, 260]
         kernels.denoise_end(logits, self.forbid, noisy, self.ids, t, self.move, self.knob, by_entropy, self.nstep,
                             self.filled, self.scores, self.left)
 
@@ -436,7 +386,7 @@ class DecodeState:
         e = m.embed
         full = self.ctx_ids.gather(1, pos[:, :1] + self.hctx[:HASH_CONTEXT + L])  # ids t - 8 .. t + L - 1
         x = kernels.hash_embedding(full, L, [n for _, n in e.keys], e.vocab, e.byte.weight, [w.weight for w in e.tables])
-        x, r = self._layers(m.enc_layers, self.enc_kv, x, self.rot(m.enc_layers), pos, mask)
+        x, r = self._layers(m.enc_layers, self.enc_kv, x, pos, mask)
         h = x + (F.linear(*r) if isinstance(r, tuple) else r)
         self.h[self.rows[:, None], pos] = h
         return h
@@ -445,8 +395,8 @@ class DecodeState:
         """Decoder over pos [B, L] from the encoder's h there, reading `slots` (table rows: one per
         byte, or one per row for the whole pass). Returns step_end's `advance`: the logits [B, L, 260]
         and where their greedy bytes and the last logits go."""
-        x, r = self._layers(self.m.dec_layers, self.dec_kv, h, self.rot(self.m.dec_layers), pos, mask, slots)
-        logits = self.pass_logits = _norm_proj(self.m.dec_norm, x, r, self.m.head.weight)[1]
+        x, r = self._layers(self.m.dec_layers, self.dec_kv, h, pos, mask, slots)
+        logits = self.pass_logits = _norm_proj(self.m.dec_norm, x, r, self.m.head.weight)
         return logits, self.forbid, self.logits, self.pred, self.given, self.plen, self.move
 
     def draft(self) -> None:

@@ -11,7 +11,7 @@ programs of output block 0 store s. The residual may also be given as a projecti
 computed, (h, P) for h @ P.T (an attention's or a SwiGLU's output projection): each program
 then computes the rows of it that it reads, so that a layer's output projection runs inside
 the next norm's kernel instead of as a launch of its own. Each program reads P whole in both
-passes, which pays only for a small P (decode.state.LATER_MAX_BYTES).
+passes, which pays only for a small P (layers.LATER_MAX_BYTES).
 
 `norm_qkv` is the same for self-attention's query|key|value, with RoPE and the KV-cache write
 as its epilogue: each program takes output pairs (2j, 2j + 1), the pairs RoPE rotates, rotates
