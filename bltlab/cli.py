@@ -163,7 +163,7 @@ def cmd_report(args) -> None:
 def cmd_bench_kernels(args) -> None:
     from tqdm.auto import tqdm
 
-    from .kernels.bench import main_args
+    from .bench_kernels import main_args
 
     try:
         main_args(args, progress=lambda jobs: tqdm(jobs, desc="kernels", file=sys.stderr))
@@ -303,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="stored weight dtype")
     s.set_defaults(fn=cmd_export)
 
-    from .kernels.bench import add_arguments
+    from .bench_kernels import add_arguments
 
     s = sub.add_parser("bench-kernels", help="time the Triton kernels against their PyTorch references "
                        "(docs/kernels.md)")

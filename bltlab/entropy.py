@@ -6,7 +6,8 @@ import torch.nn as nn
 
 from . import kernels
 from .config import EntropyConfig
-from .layers import AttnMask, Block, RMSNorm
+from .layers import Block, RMSNorm
+from .positions import AttnMask
 from .tokens import N_IDS
 
 

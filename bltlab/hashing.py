@@ -2,14 +2,12 @@
 
 For each n in `hash_sizes`, the n ids ending at position t are folded into one integer
 with a rolling polynomial hash (mod a Mersenne prime, so it never overflows int64),
-then taken modulo the table size V. Positions before the sequence start count as PAD.
+then taken modulo the table size V. Positions before the sequence start count as PAD. The
+embedding module that reads these tables is layers.HashEmbedding.
 """
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
-
-from . import kernels
 
 HASH_BASE = 257  # > every id, so distinct n-grams give distinct pre-modulo values
 HASH_MOD = (1 << 31) - 1  # Mersenne prime; h * HASH_BASE stays far inside int64
@@ -43,35 +41,3 @@ def prime_hashes(ids: torch.Tensor, n: int, vocab: int, prime: int) -> torch.Ten
         shifted = torch.nn.functional.pad(ids, (n - 1 - i, 0))[:, : ids.shape[1]]
         h = h + shifted * _int64(prime ** i)
     return h % vocab
-
-
-class HashEmbedding(nn.Module):
-    """Byte embedding plus hashed n-gram tables (one per hash function and n), summed.
-
-    scheme "bltlab" uses `ngram_hashes`; scheme "hf" uses `prime_hashes` with one prime per
-    function, tables ordered function-major like transformers' fused table."""
-
-    def __init__(self, n_ids: int, dim: int, sizes: tuple[int, ...], vocab: int, functions: int = 1,
-                 scheme: str = "bltlab"):
-        super().__init__()
-        self.sizes, self.vocab, self.scheme = tuple(sizes), vocab, scheme
-        self.keys = [(f, n) for f in range(functions) for n in self.sizes]
-        self.byte = nn.Embedding(n_ids, dim)
-        self.tables = nn.ModuleList(nn.Embedding(vocab, dim) for _ in self.keys)
-
-    def hashes(self, ids: torch.Tensor, f: int, n: int) -> torch.Tensor:
-        if self.scheme == "hf":
-            return prime_hashes(ids, n, self.vocab, HF_PRIMES[f % len(HF_PRIMES)])
-        return ngram_hashes(ids, n, self.vocab)
-
-    def forward(self, ids: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
-        """ids: [B, L] -> [B, L, dim]. `context` ([B, C] ids before `ids`) feeds the n-grams
-        that reach back past the first position (used by cached decoding)."""
-        full = ids if context is None else torch.cat((context, ids), 1)
-        if self.scheme == "bltlab":  # PyTorch or one Triton kernel: kernels/hash_embed.py
-            return kernels.hash_embedding(full, ids.shape[1], [n for _, n in self.keys], self.vocab,
-                                          self.byte.weight, [t.weight for t in self.tables])
-        x = self.byte(ids)
-        for (f, n), table in zip(self.keys, self.tables):
-            x = x + table(self.hashes(full, f, n)[:, full.shape[1] - ids.shape[1]:])
-        return x

@@ -9,13 +9,15 @@ there too unless asked for, see docs/kernels.md).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from . import kernels
+from .hashing import HF_PRIMES, ngram_hashes, prime_hashes
+from .positions import rope
 
 
 def ffn_hidden(dim: int, mult: float) -> int:
@@ -79,21 +81,6 @@ class SwiGLU(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.w2(kernels.swiglu(self.w1(x), self.w3(x)))
-
-
-def rope(x: torch.Tensor, pos: torch.Tensor, theta: float) -> torch.Tensor:
-    """Rotary embedding. x: [B, H, L, hd], pos: [B, L] (any integer positions)."""
-    hd = x.shape[-1]
-    inv = 1.0 / theta ** (torch.arange(0, hd, 2, device=x.device, dtype=torch.float32) / hd)
-    ang = pos.float()[:, None, :, None] * inv  # [B, 1, L, hd/2]
-    return rotate(x, ang.cos(), ang.sin())
-
-
-def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """RoPE's rotation of x [..., hd] by angles given as cos/sin [..., hd/2] (broadcast)."""
-    x1, x2 = x.float()[..., 0::2], x.float()[..., 1::2]
-    out = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)
-    return out.type_as(x)
 
 
 class SelfAttention(nn.Module):
@@ -217,46 +204,33 @@ class Block(nn.Module):
         return x, project_later(h, self.ffn.w2.weight)  # h: silu(gate) * up, [B, L, F]
 
 
-def causal_mask(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int = 0) -> torch.Tensor:
-    """[B, 1, Lq, Lk] bool: key position <= query position (and within `window` if > 0)."""
-    d = q_pos[:, None, :, None] - k_pos[:, None, None, :]
-    m = d >= 0
-    if window > 0:
-        m &= d < window
-    return m
+class HashEmbedding(nn.Module):
+    """Byte embedding plus hashed n-gram tables (one per hash function and n), summed.
 
+    scheme "bltlab" uses `ngram_hashes`; scheme "hf" uses `prime_hashes` with one prime per
+    function, tables ordered function-major like transformers' fused table."""
 
-@dataclass(eq=False)
-class AttnMask:
-    """An attention mask given by positions and block ids, so a kernel can compute it on the fly.
+    def __init__(self, n_ids: int, dim: int, sizes: tuple[int, ...], vocab: int, functions: int = 1,
+                 scheme: str = "bltlab"):
+        super().__init__()
+        self.sizes, self.vocab, self.scheme = tuple(sizes), vocab, scheme
+        self.keys = [(f, n) for f in range(functions) for n in self.sizes]
+        self.byte = nn.Embedding(n_ids, dim)
+        self.tables = nn.ModuleList(nn.Embedding(vocab, dim) for _ in self.keys)
 
-    Query i may attend key j when
-      key j is clean (k_blk = -1), k_pos[j] <= q_lim[i] and (window = 0 or q_pos[i] - k_pos[j] < window),
-      or key j is in the query's own noisy block (k_blk[j] == q_blk[i] >= 0).
-    Clean queries have q_lim = q_pos and q_blk = -1 (causal, sliding window); a noisy block at s has
-    q_lim = s - 1 (the clean prefix before it). Keys with k_blk < -1 are never read (padding).
-    Tensors are long, [B or 1, Lq] for q_*, [B or 1, Lk] for k_*."""
+    def hashes(self, ids: torch.Tensor, f: int, n: int) -> torch.Tensor:
+        if self.scheme == "hf":
+            return prime_hashes(ids, n, self.vocab, HF_PRIMES[f % len(HF_PRIMES)])
+        return ngram_hashes(ids, n, self.vocab)
 
-    q_pos: torch.Tensor
-    q_lim: torch.Tensor
-    q_blk: torch.Tensor
-    k_pos: torch.Tensor
-    k_blk: torch.Tensor
-    window: int = 0
-    _dense: torch.Tensor | None = field(default=None, repr=False)
-
-    @classmethod
-    def causal(cls, q_pos: torch.Tensor, k_pos: torch.Tensor, window: int = 0) -> "AttnMask":
-        """Key position <= query position (and within `window` if > 0): causal_mask's rule."""
-        return cls(q_pos, q_pos, torch.full_like(q_pos, -1), k_pos, torch.full_like(k_pos, -1), window)
-
-    def dense(self) -> torch.Tensor:
-        """[B or 1, 1, Lq, Lk] bool (True = may attend), built once."""
-        if self._dense is None:
-            kb, kp = self.k_blk[:, None, :], self.k_pos[:, None, :]
-            clean = (kb == -1) & (kp <= self.q_lim[:, :, None])
-            if self.window > 0:
-                clean &= self.q_pos[:, :, None] - kp < self.window
-            own = (kb >= 0) & (kb == self.q_blk[:, :, None])
-            self._dense = (clean | own)[:, None]
-        return self._dense
+    def forward(self, ids: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        """ids: [B, L] -> [B, L, dim]. `context` ([B, C] ids before `ids`) feeds the n-grams
+        that reach back past the first position (used by cached decoding)."""
+        full = ids if context is None else torch.cat((context, ids), 1)
+        if self.scheme == "bltlab":  # PyTorch or one Triton kernel: kernels/hash_embed.py
+            return kernels.hash_embedding(full, ids.shape[1], [n for _, n in self.keys], self.vocab,
+                                          self.byte.weight, [t.weight for t in self.tables])
+        x = self.byte(ids)
+        for (f, n), table in zip(self.keys, self.tables):
+            x = x + table(self.hashes(full, f, n)[:, full.shape[1] - ids.shape[1]:])
+        return x

@@ -11,46 +11,19 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from .config import BLTConfig
 from .entropy import EntropyModel, entropy_of_logits
 from . import kernels
-from .hashing import HashEmbedding
-from .layers import AttnMask, Block, RMSNorm
-from .patching import opens_patch, patch_starts
-from .tokens import N_IDS, N_INPUT_IDS, PAD
+from .layers import Block, HashEmbedding, RMSNorm
+from .patching import opens_patch, patch_layout, patch_starts
+from .positions import AttnMask
+from .tokens import N_IDS, N_INPUT_IDS
 
 
 def patch_index(starts: torch.Tensor) -> torch.Tensor:
     """[B, T] bool starts -> [B, T] long patch index of every byte."""
     return starts.long().cumsum(1) - 1
-
-
-def patch_bounds(pids: torch.Tensor, n_patches: int):
-    """pids [B, T] (-1 = ignore) -> (first byte [B, P] (T when empty), size [B, P]); patches are contiguous."""
-    B, T = pids.shape
-    pos = torch.arange(T, device=pids.device).expand(B, T)
-    idx = torch.where(pids < 0, n_patches, pids)  # ignored bytes go to a dump row
-    first = torch.full((B, n_patches + 1), T, device=pids.device).scatter_reduce(1, idx, pos, "amin")
-    size = torch.zeros(B, n_patches + 1, dtype=torch.long, device=pids.device).scatter_add(1, idx, torch.ones_like(idx))
-    return first[:, :n_patches], size[:, :n_patches]
-
-
-def patch_layout(h: torch.Tensor, pids: torch.Tensor, n_patches: int):
-    """Each patch's bytes gathered: ([B, P, L, d] states, [B, P, L] valid), L = longest patch."""
-    B, T, d = h.shape
-    first, size = patch_bounds(pids, n_patches)
-    L = max(int(size.max()), 1)
-    where = (first[..., None] + torch.arange(L, device=h.device)).clamp(max=T - 1)  # [B, P, L]
-    valid = torch.arange(L, device=h.device) < size[..., None]
-    return h.gather(1, where.view(B, -1, 1).expand(-1, -1, d)).view(B, n_patches, L, d), valid
-
-
-def layout_max(bytes_: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """Max over each patch's gathered bytes ([B, P, L, d], valid [B, P, L]) -> [B, P, d]; empty 0."""
-    pooled = bytes_.masked_fill(~valid[..., None], float("-inf")).amax(2)
-    return pooled.masked_fill(~valid[:, :, :1], 0.0)
 
 
 class PatchPooling(nn.Module):
@@ -73,10 +46,6 @@ class PatchPooling(nn.Module):
         bytes_, valid = patch_layout(h, pids, n_patches)  # [B, P, L, d], [B, P, L]
         pooled = kernels.patch_max(h, pids, n_patches, (bytes_, valid))  # [B, P, d]; empty patches 0
         return self.attend(pooled, bytes_, valid)
-
-    def from_layout(self, bytes_: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """forward on an already gathered layout (static shapes, no host synchronisation)."""
-        return self.attend(layout_max(bytes_, valid), bytes_, valid)
 
     def attend(self, pooled: torch.Tensor, bytes_: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """Slots seeded by `pooled` [B, P, d] attend to their patch's bytes -> [B, P, d_global]."""

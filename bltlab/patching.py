@@ -189,3 +189,23 @@ def calibrate_threshold(entropy: torch.Tensor, ids: torch.Tensor, lengths: torch
             return mid
         lo, m_lo, hi, m_hi = (mid, m, hi, m_hi) if m < target_mean else (lo, m_lo, mid, m)
     return lo if target_mean - m_lo <= m_hi - target_mean else hi
+
+
+def patch_bounds(pids: torch.Tensor, n_patches: int):
+    """pids [B, T] (-1 = ignore) -> (first byte [B, P] (T when empty), size [B, P]); patches are contiguous."""
+    B, T = pids.shape
+    pos = torch.arange(T, device=pids.device).expand(B, T)
+    idx = torch.where(pids < 0, n_patches, pids)  # ignored bytes go to a dump row
+    first = torch.full((B, n_patches + 1), T, device=pids.device).scatter_reduce(1, idx, pos, "amin")
+    size = torch.zeros(B, n_patches + 1, dtype=torch.long, device=pids.device).scatter_add(1, idx, torch.ones_like(idx))
+    return first[:, :n_patches], size[:, :n_patches]
+
+
+def patch_layout(h: torch.Tensor, pids: torch.Tensor, n_patches: int):
+    """Each patch's bytes gathered: ([B, P, L, d] states, [B, P, L] valid), L = longest patch."""
+    B, T, d = h.shape
+    first, size = patch_bounds(pids, n_patches)
+    L = max(int(size.max()), 1)
+    where = (first[..., None] + torch.arange(L, device=h.device)).clamp(max=T - 1)  # [B, P, L]
+    valid = torch.arange(L, device=h.device) < size[..., None]
+    return h.gather(1, where.view(B, -1, 1).expand(-1, -1, d)).view(B, n_patches, L, d), valid

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from .cost import bandwidth, part_params
 from .decode import HF_MODES, MODES, generate, generate_batch
 from .decode.common import cost_stats, new_counters
-from .kernels.bench import copy_bandwidth
+from .bench_kernels import copy_bandwidth
 from .model import BLT
 from .tokens import encode
 

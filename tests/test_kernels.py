@@ -15,7 +15,7 @@ import torch
 
 from bltlab import kernels
 from bltlab.config import get_config
-from bltlab.layers import AttnMask, causal_mask
+from bltlab.positions import AttnMask, causal_mask
 from bltlab.model import BLT
 from bltlab.train import diffusion_loss, next_byte_loss, sample_blocks
 
@@ -123,7 +123,7 @@ def test_hash_embedding(dev, dtype, B, C, L, sizes):
 def test_hash_embedding_module_with_context(dev, functions):
     """The HashEmbedding module under the Triton backend, with cached decoding's context ids
     (two hash functions: 12 tables, more than one kernel takes, so the reference serves them)."""
-    from bltlab.hashing import HashEmbedding
+    from bltlab.layers import HashEmbedding
 
     torch.manual_seed(0)
     emb = HashEmbedding(260, 16, (3, 4, 5, 6, 7, 8), 64, functions=functions).to(dev)
@@ -355,13 +355,15 @@ def test_step_end(dev, rule, max_patch, L):
 def test_sum_before_rounds_once_per_prefix(dev):
     """γ's prefix sums come out the same on every device: accumulated in float64 and rounded once,
     where adding sixteen float32 0.1s one at a time in float32 (torch.cumsum on a GPU) drifts."""
+    from bltlab.kernels.step import sum_before
+
     x = torch.full((2, 16), 0.1)
     acc, drift = torch.zeros(2), []
     for j in range(16):
         acc = acc + x[:, j]
         drift.append(acc - x[:, j])
     sums = torch.tensor([sum([float(x[0, 0])] * (j + 1)) for j in range(16)])  # Python's float64 sums
-    got = kernels.sum_before(x.to(dev)).cpu()
+    got = sum_before(x.to(dev)).cpu()
     assert torch.equal(got, (sums.float() - x[0]).expand(2, -1))
     assert not torch.equal(torch.stack(drift, 1), got)  # float32 accumulation gives other sums
 

@@ -1,4 +1,4 @@
-"""The kernel benchmark harness (bltlab/kernels/bench.py) and its CLI: well-formed output only.
+"""The kernel benchmark harness (bltlab/bench_kernels.py) and its CLI: well-formed output only.
 
 Nothing here judges a timing: on CPU the kernels run in Triton's interpreter, where times say
 nothing about kernel speed. The harness runs its tiny shapes once (about ten seconds).
@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from bltlab import kernels
-from bltlab.kernels.bench import KERNELS
+from bltlab.bench_kernels import KERNELS
 
 needs_kernels = pytest.mark.skipif(not (kernels.interpreting() or torch.cuda.is_available()),
                                    reason="no GPU and TRITON_INTERPRET is not 1")
@@ -45,7 +45,7 @@ def test_bench_kernels_cli_writes_wellformed_json(tmp_path):
 @needs_kernels
 def test_training_step_timed_on_both_backends():
     from bltlab.config import get_config
-    from bltlab.kernels.bench import format_table, train_steps
+    from bltlab.bench_kernels import format_table, train_steps
     from bltlab.model import BLT
     from bltlab.tokens import BOS, OFFSET
 
@@ -83,7 +83,7 @@ def test_bench_kernels_refuses_cpu_without_interpreter():
 
 def test_graph_speedups_get_their_own_column():
     """On a GPU each forward row also carries the graph-replayed times (not capturable: None)."""
-    from bltlab.kernels.bench import format_table
+    from bltlab.bench_kernels import format_table
 
     row = {"kernel": "swiglu", "shapes": "small", "pass": "fwd", "triton_ms": 0.08, "reference_ms": 0.04,
            "speedup": 0.5}

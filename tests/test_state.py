@@ -15,7 +15,7 @@ from bltlab.decode.common import allowed
 from bltlab.decode.hf_layout import SeqState, generate_hf
 from bltlab.decode.reference import generate_reference_diffusion
 from bltlab.decode.state import DecodeState, decode_state
-from bltlab.kernels.step import unmask_rule
+from bltlab.kernels.step import sum_before, unmask_rule
 from bltlab.entropy import entropy_of_logits
 from bltlab.model import BLT
 from bltlab.tokens import OFFSET, encode
@@ -119,7 +119,7 @@ def choose_unmask(logits: torch.Tensor, masked: list[int], alpha: float | None, 
     ent, conf, _ = kernels.confidence(allowed(logits[masked].float()))
     if gamma is not None:
         order = ent.argsort(stable=True)
-        before = kernels.sum_before(ent[order])
+        before = sum_before(ent[order])
         n = max(1, int((before < gamma).sum())) if gamma > 0 else 1
         return [masked[i] for i in order[:n].tolist()]
     chosen = [m for m, c in zip(masked, conf.tolist()) if c > alpha]
@@ -335,7 +335,7 @@ def test_state_is_reused_and_reloaded(model):
 def test_band_masks_equal_causal_masks(window):
     """A pass's mask gathered from its window's band equals layers.causal_mask over the whole
     cache, in additive form, at any positions (the first and the last included)."""
-    from bltlab.layers import causal_mask
+    from bltlab.positions import causal_mask
 
     s = DecodeState(tiny(), 2)
     s.bands[window] = s._band(window)

@@ -20,7 +20,7 @@ import copy
 import torch
 
 from ..entropy import entropy_of_logits
-from ..layers import AttnMask
+from ..positions import AttnMask
 from ..model import BLT
 from ..patching import opens_patch, patch_starts
 from ..tokens import EOS, OFFSET

@@ -330,7 +330,7 @@ class DecodeState:
         self.table[b[:, None], gpos + 1] = self.slot_kv(slots.view(*slots.shape[:2], self.cfg.cross_k, -1))
 
     def _pool(self, bytes_: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """PatchPooling.from_layout on gathered bytes [B, P, lmax, d] (valid [B, P, lmax]), with one
+        """PatchPooling on gathered bytes [B, P, lmax, d] (valid [B, P, lmax]), with one
         additive mask for the max and the attention, keys and values in one projection and fused
         attention. An empty patch (written past those really closed, never read) pools its first
         byte instead of nothing, which keeps it finite as a cache entry must be."""

@@ -15,7 +15,7 @@ PyTorch code the model always ran) or to a Triton kernel. The backend:
 
 Pick it with `set_backend(name)`, the context manager `backend(name)`, or the environment
 variable `BLTLAB_KERNELS` (read once at import). One module per kernel: entropy.py,
-hash_embed.py, pooling.py, norm_ffn.py, norm_proj.py, attention.py, step.py; bench.py times
+hash_embed.py, pooling.py, norm_ffn.py, norm_proj.py, attention.py, step.py; bltlab/bench_kernels.py times
 them, compile_check.py compiles them for a GPU without one (docs/kernels.md).
 """
 from __future__ import annotations
@@ -60,14 +60,6 @@ def backend(name: str):
         yield
     finally:
         set_backend(old)
-
-
-def sum_before(x: torch.Tensor) -> torch.Tensor:
-    """[..., L] float32 -> each prefix's sum less its last term, for BLT-D's γ rule (decode/
-    diffusion.py, step.py's kernel): accumulated in float64 and rounded once per prefix on every
-    device (torch.cumsum adds float32 in float64 on a CPU but in float32 on a GPU, which could move
-    a sum by an ulp across γ)."""
-    return x.double().cumsum(-1).float() - x
 
 
 def interpreting() -> bool:

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from ..layers import AttnMask
+from ..positions import AttnMask
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
 

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from ..layers import rotate
+from ..positions import rotate
 from .attention import _dot
 from .norm_ffn import rms_norm_reference, swiglu_reference
 

@@ -14,12 +14,18 @@ import torch
 import triton
 import triton.language as tl
 
-from ..model import layout_max, patch_bounds, patch_layout
+from ..patching import patch_bounds, patch_layout
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 # ---- reference -------------------------------------------------------------------------------
+
+def layout_max(bytes_: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Max over each patch's gathered bytes ([B, P, L, d], valid [B, P, L]) -> [B, P, d]; empty 0."""
+    pooled = bytes_.masked_fill(~valid[..., None], float("-inf")).amax(2)
+    return pooled.masked_fill(~valid[:, :, :1], 0.0)
+
 def patch_max_reference(h, pids, n_patches: int, gathered=None):
     """h: [B, T, d] -> [B, P, d] max over each patch's bytes (0 for empty patches)."""
     return layout_max(*(gathered if gathered is not None else patch_layout(h, pids, n_patches)))

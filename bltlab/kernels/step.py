@@ -23,7 +23,6 @@ import triton
 import triton.language as tl
 
 from ..tokens import MASK
-from . import sum_before
 from .entropy import confidence_reference
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
@@ -34,6 +33,14 @@ def check_rule(rule: str) -> int:
     if rule not in RULES:
         raise ValueError(f"patch rule must be one of {RULES}, got {rule!r}")
     return RULES.index(rule)
+
+
+def sum_before(x: torch.Tensor) -> torch.Tensor:
+    """[..., L] float32 -> each prefix's sum less its last term, for BLT-D's γ rule (the unmasking
+    rule's reference and kernel below): accumulated in float64 and rounded once per prefix on every
+    device (torch.cumsum adds float32 in float64 on a CPU but in float32 on a GPU, which could move
+    a sum by an ulp across γ)."""
+    return x.double().cumsum(-1).float() - x
 
 
 # ---- reference -------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Kernel benchmark: each Triton kernel against its PyTorch reference, plus the copy peak.
 
-`python -m bltlab bench-kernels` (or `python -m bltlab.kernels.bench`, which needs no tqdm).
+`python -m bltlab bench-kernels` (or `python -m bltlab.bench_kernels`, which needs no tqdm).
 Shapes: `small` (the shipped small model at training batch 16 x 512 bytes), `large` (paper-1b
 widths, 16 x 4096 bytes), `tiny` (a few rows: for Triton's CPU interpreter, where timings mean
 nothing; tests use it to check the JSON). In the same run it measures the device copy
@@ -21,9 +21,9 @@ from pathlib import Path
 
 import torch
 
-from . import interpreting
-from ..layers import AttnMask
-from ..tokens import MASK
+from .kernels import interpreting
+from .positions import AttnMask
+from .tokens import MASK
 
 # B x T bytes (attention: attn_B x T clean bytes + nb noisy blocks of bs), d = d_local, hidden = the local
 # SwiGLU width, `tables` hash tables of `vocab` rows, heads x hd attention, P patches per row
@@ -108,7 +108,7 @@ def _leaf(*shape, dtype, device, scale=1.0):
 
 
 def case_entropy(s, dt, dev):
-    from . import entropy
+    from .kernels import entropy
     x = torch.randn(s["B"] * s["T"], V, device=dev).to(dt)
     x[:, :4] = float("-inf")
     return (lambda: entropy.confidence_triton(x), lambda: entropy.confidence_reference(x),
@@ -116,7 +116,7 @@ def case_entropy(s, dt, dev):
 
 
 def case_rms_norm(s, dt, dev):
-    from . import norm_ffn
+    from .kernels import norm_ffn
     x, r = _leaf(s["B"] * s["T"], s["d"], dtype=dt, device=dev), _leaf(s["B"] * s["T"], s["d"], dtype=dt, device=dev)
     w = torch.ones(s["d"], device=dev, requires_grad=True)
     n = x.numel() * x.element_size()
@@ -125,14 +125,14 @@ def case_rms_norm(s, dt, dev):
 
 
 def case_swiglu(s, dt, dev):
-    from . import norm_ffn
+    from .kernels import norm_ffn
     a, b = (_leaf(s["B"] * s["T"], s["hidden"], dtype=dt, device=dev) for _ in range(2))
     return (lambda: norm_ffn.swiglu_triton(a, b), lambda: norm_ffn.swiglu_reference(a, b),
             3 * a.numel() * a.element_size(), True)
 
 
 def case_norm_linear(s, dt, dev):
-    from . import norm_proj
+    from .kernels import norm_proj
     N, d, F = s["B"], s["d"], s["hidden"]  # a decoding kernel: one byte of each of B rows
     x, r = (torch.randn(N, d, device=dev).to(dt) for _ in range(2))
     g, w = torch.ones(d, device=dev).to(dt), (torch.randn(2 * F, d, device=dev) / d ** 0.5).to(dt)
@@ -143,7 +143,7 @@ def case_norm_linear(s, dt, dev):
 
 
 def case_norm_linear_proj(s, dt, dev):
-    from . import norm_proj
+    from .kernels import norm_proj
     N, d, F = s["B"], s["d"], s["hidden"]  # as norm_linear, the residual given as the SwiGLU's down
     x, h = torch.randn(N, d, device=dev).to(dt), torch.randn(N, F, device=dev).to(dt)  # projection h @ P.T
     g, P = torch.ones(d, device=dev).to(dt), (torch.randn(d, F, device=dev) / F ** 0.5).to(dt)
@@ -155,7 +155,7 @@ def case_norm_linear_proj(s, dt, dev):
 
 
 def case_norm_qkv(s, dt, dev):
-    from . import norm_proj
+    from .kernels import norm_proj
     N, d, H, T = s["B"], s["d"], s["heads"], s["T"]  # one byte of each of B rows, caches of T positions
     hd = d // H
     x, r = (torch.randn(N, 1, d, device=dev).to(dt) for _ in range(2))
@@ -170,7 +170,7 @@ def case_norm_qkv(s, dt, dev):
 
 
 def case_hash_embed(s, dt, dev):
-    from . import hash_embed
+    from .kernels import hash_embed
     full = torch.randint(4, V, (s["B"], s["T"]), device=dev)
     bw = _leaf(V, s["d"], dtype=dt, device=dev)
     tabs = [_leaf(s["vocab"], s["d"], dtype=dt, device=dev) for _ in range(s["tables"])]
@@ -182,7 +182,7 @@ def case_hash_embed(s, dt, dev):
 
 
 def case_patch_max(s, dt, dev):
-    from . import pooling
+    from .kernels import pooling
     B, T, P = s["B"], s["T"], s["P"]
     starts = torch.zeros(B, T, dtype=torch.bool, device=dev)
     starts[:, :: max(1, T // P)] = True  # P patches of T / P bytes
@@ -195,7 +195,7 @@ def case_patch_max(s, dt, dev):
 
 
 def case_attention(s, dt, dev):
-    from . import attention
+    from .kernels import attention
 
     B, T, nb, bs = s["attn_B"], s["T"], s["nb"], s["bs"]
     starts = torch.arange(nb, device=dev) * (T // nb) + 1
@@ -212,7 +212,7 @@ def case_attention(s, dt, dev):
 
 
 def case_step_end(s, dt, dev):
-    from . import step
+    from .kernels import step
     B, T = s["B"], s["T"]  # the end of one step of B rows: a decoder pass over one byte, then the signal
     ids, given = (torch.randint(4, V, (B, T), device=dev) for _ in range(2))
     t = torch.randint(0, T // 2, (B,), device=dev)
@@ -228,7 +228,7 @@ def case_step_end(s, dt, dev):
 
 
 def case_denoise_end(s, dt, dev):
-    from . import step
+    from .kernels import step
     B, T, L = s["B"], s["T"], s["bs"]  # one denoising step of B rows over blocks of bs slots, the γ rule
     logits = torch.randn(B, L, V, device=dev).to(dt)
     noisy, ids = torch.full((B, L), MASK, device=dev), torch.randint(4, V, (B, T), device=dev)
@@ -314,8 +314,8 @@ def train_steps(model, ids: torch.Tensor, steps: int, block_size: int = 8) -> li
     """Median ms of one hybrid training step (the loss of bltlab.train, backward, AdamW) on `ids`
     with each kernel backend (reference, every kernel, and 'auto': what training uses), same model
     and inputs; the entropy model stays frozen, as in training. Speed-ups are against the reference."""
-    from . import backend
-    from ..train import blt_loss
+    from .kernels import backend
+    from .train import blt_loss
 
     device = ids.device.type
     model.train().entropy.requires_grad_(False)
@@ -366,8 +366,8 @@ def main_args(args, progress=None) -> dict:
     names = tuple(KERNELS) if args.kernels == "all" else tuple(k.strip() for k in args.kernels.split(",") if k.strip())
     res = run(args.device, shapes, args.dtype, 1 if args.tiny else args.repeats, names, progress)
     if args.train_steps > 0:
-        from ..checkpoint import load_model
-        from ..data import load_documents, validation_windows
+        from .checkpoint import load_model
+        from .data import load_documents, validation_windows
 
         device = _resolve(args.device)
         model = load_model(device=device)[0]
@@ -383,7 +383,7 @@ def main_args(args, progress=None) -> dict:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(prog="python -m bltlab.kernels.bench", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m bltlab.bench_kernels", description=__doc__.split("\n")[0])
     add_arguments(p)
     try:
         main_args(p.parse_args(argv))
