@@ -16,18 +16,16 @@ Layout of this file:
   3. the command line: `python apps/workbench.py [--model DIR] [--host H] [--port P] [--device D]`.
 
 Event handlers carry api_names (`/patching`, `/generate` (streaming), `/stop`, `/compare`,
-`/model_card`) so that `gradio_client` can drive the app (the tests do). `/stop` ends the
-running generations of the caller's session (stop_reason "cancelled"). The server binds to
-127.0.0.1 unless told otherwise and is never shared publicly.
+`/model_card`) so that `gradio_client` can drive the app (the tests do). `/stop` cancels the
+running generation (Gradio closes its generator, which ends the decoding) and says so in the
+status. The server binds to 127.0.0.1 unless told otherwise and is never shared publicly.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import html
-import queue
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +40,7 @@ import torch
 from bltlab.checkpoint import SHIPPED, CheckpointError, load_model
 from bltlab.config import PatchConfig
 from bltlab.cost import bandwidth, part_params
-from bltlab.decode import MODES, Generation, Hooks, generate
+from bltlab.decode import MODES, Done, Generation, generate, stream
 from bltlab.interop import is_hf_dir, load_hf
 from bltlab.model import BLT
 from bltlab.patching import RULES, mean_patch_length, patch_starts, starts_to_spans
@@ -102,8 +100,6 @@ class Workbench:
     model_dir: Path
     device: str
     params: dict = dataclasses.field(init=False)  # bltlab.cost.part_params of the model
-    stops: dict = dataclasses.field(init=False, default_factory=dict)  # session -> set of running flags
-    lock: threading.Lock = dataclasses.field(init=False, default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
         self.params = part_params(self.model)
@@ -120,28 +116,6 @@ class Workbench:
     def dtype_bytes(self) -> int:
         """Bytes per weight element (for the full bandwidth formula)."""
         return next(self.model.parameters()).element_size()
-
-    def register_stop(self, session: str) -> threading.Event:
-        """A fresh stop flag for one generation of a browser session."""
-        flag = threading.Event()
-        with self.lock:
-            self.stops.setdefault(session, set()).add(flag)
-        return flag
-
-    def unregister_stop(self, session: str, flag: threading.Event) -> None:
-        with self.lock:
-            flags = self.stops.get(session, set())
-            flags.discard(flag)
-            if not flags:
-                self.stops.pop(session, None)
-
-    def stop_session(self, session: str) -> int:
-        """Set the stop flag of every running generation of a session; returns how many."""
-        with self.lock:
-            flags = list(self.stops.get(session, ()))
-        for f in flags:
-            f.set()
-        return len(flags)
 
     @property
     def cfg(self):
@@ -438,9 +412,10 @@ def header_markdown(wb: Workbench) -> str:
 
 # ---- generation: knobs, streaming, counters ----------------------------------------------
 UNMASK_RULES = ("confidence α", "entropy bound γ")
+STOPPED = "stopped: **cancelled** (the Stop button was pressed; the text above is what was made until then)"
 STOP_REASONS = {"max_bytes": "the byte budget was reached", "eos": "the model emitted EOS",
                 "stop": "the stop string was generated (it is not shown)",
-                "context": "the model's context is full", "cancelled": "the Stop button was pressed"}
+                "context": "the model's context is full"}
 
 
 @dataclass
@@ -481,11 +456,11 @@ def gen_knobs(prompt: str | None, mode: str, max_bytes, temperature, top_p, seed
         raise user_error(f"Invalid knob value: {e}") from None
 
 
-def run_generation(wb: Workbench, knobs: GenKnobs, hooks: Hooks | None = None) -> Generation:
+def run_generation(wb: Workbench, knobs: GenKnobs) -> Generation:
     """One generation; the library's ValueError/TypeError become gr.Error with the same text."""
     try:
         with torch.no_grad():
-            return generate(wb.model, **knobs.kwargs(), hooks=hooks)
+            return generate(wb.model, **knobs.kwargs())
     except (ValueError, TypeError) as e:
         raise user_error(str(e)) from None
 
@@ -505,17 +480,17 @@ def live_counters(wb: Workbench, counters: dict, n_bytes: int, seconds: float, f
 
 def emitted_bytes(trace: list[dict]) -> bytes:
     """The bytes the trace says were produced so far (the stop string may still be in it; the
-    final Generation.output is authoritative). A trace writes EOS as byte -2: it ends the bytes."""
-    out = []
+    final Generation.output is authoritative). EOS is no byte: it only ends them."""
+    out = bytearray()
     for e in trace:
         t = e.get("type")
-        if t in ("byte", "ar"):
+        if t in ("byte", "ar") and e["byte"] is not None:
             out.append(e["byte"])
         elif t == "verify":
             out.extend(e["draft"][:e["accepted"]])
         elif t == "block":
             out.extend(e["bytes"])
-    return bytes(out[:next((i for i, b in enumerate(out) if b < 0), len(out))])
+    return bytes(out)
 
 
 def last_counters(trace: list[dict]) -> dict:
@@ -530,66 +505,48 @@ def status_markdown(wb: Workbench, mode: str, reason: str | None, n_bytes: int, 
             f"**{_md_cell(device_name(wb.device))}**")
 
 
-def _worker(wb: Workbench, knobs: GenKnobs, events: queue.Queue, flag: threading.Event) -> None:
-    """Thread body: run one generation, streaming events; ends with ("done", Generation | gr.Error)."""
-    try:
-        g = run_generation(wb, knobs, Hooks(on_event=lambda e: events.put(("event", e)), should_stop=flag.is_set))
-        events.put(("done", g))
-    except BaseException as e:  # noqa: BLE001 - handed to the page as an error
-        events.put(("done", e))
-
-
-def generate_stream(wb: Workbench, session: str, *values, interval: float = STREAM_INTERVAL):
-    """The Generate tab as a generator: yields (text so far, counters, status, steps HTML) while a
-    worker thread generates; Stop (`stop_session`) ends it with stop_reason "cancelled"."""
+def generate_stream(wb: Workbench, *values, interval: float = STREAM_INTERVAL):
+    """The Generate tab as a generator over `bltlab.decode.stream`: yields (text so far, counters,
+    status, steps HTML) every `interval` seconds, then the finished generation. Stop cancels it
+    (Gradio closes the generator, which ends the decoding and frees its state)."""
     knobs = gen_knobs(*values)
-    events: queue.Queue = queue.Queue()
-    flag = wb.register_stop(session)
-    worker = threading.Thread(target=_worker, args=(wb, knobs, events, flag), daemon=True)
     trace: list[dict] = []
-    t0 = time.perf_counter()
-    worker.start()
+    t0 = last_yield = time.perf_counter()
     try:
-        last_yield = 0.0
-        while True:
-            try:
-                kind, item = events.get(timeout=max(interval, 0.02))
-            except queue.Empty:
-                kind, item = "tick", None
-            if kind == "event":
-                trace.append(item)
-            elif kind == "done":
-                break
-            now = time.perf_counter()
-            if now - last_yield >= interval:
-                last_yield = now
-                out = emitted_bytes(trace)
-                yield (out.decode("utf-8", errors="replace"),
-                       live_counters(wb, last_counters(trace), len(out), now - t0, final=False),
-                       status_markdown(wb, knobs.mode, None, len(out), now - t0),
-                       steps_html(trace, knobs.prompt))
-        if isinstance(item, BaseException):
-            raise item
-        g: Generation = item
-        seconds = float(g.counters.get("seconds", time.perf_counter() - t0))
-        yield (g.text, live_counters(wb, g.counters, len(g.output), seconds, final=True),
-               status_markdown(wb, knobs.mode, g.stop_reason, len(g.output), seconds),
-               steps_html(g.trace, g.prompt, g.output))
-    finally:
-        flag.set()  # the page went away or the run ended: never leave a worker generating
-        wb.unregister_stop(session, flag)
+        with torch.no_grad():
+            for event in stream(wb.model, **knobs.kwargs()):
+                if isinstance(event, Done):
+                    g: Generation = event.generation
+                    break
+                trace.append(event.to_json())
+                now = time.perf_counter()
+                if now - last_yield >= interval:
+                    last_yield = now
+                    out = emitted_bytes(trace)
+                    yield (out.decode("utf-8", errors="replace"),
+                           live_counters(wb, last_counters(trace), len(out), now - t0, final=False),
+                           status_markdown(wb, knobs.mode, None, len(out), now - t0),
+                           steps_html(trace, knobs.prompt))
+    except (ValueError, TypeError) as e:
+        raise user_error(str(e)) from None
+    seconds = float(g.counters.get("seconds", time.perf_counter() - t0))
+    yield (g.text, live_counters(wb, g.counters, len(g.output), seconds, final=True),
+           status_markdown(wb, knobs.mode, g.stop_reason, len(g.output), seconds),
+           steps_html(g.trace, g.prompt, g.output))
 
 
 def generate_once(wb: Workbench, *values) -> tuple[str, dict, str, str]:
     """The last update of `generate_stream` (tests, notebooks)."""
-    *_, last = generate_stream(wb, "", *values)
+    *_, last = generate_stream(wb, *values)
     return last
 
 
 # ---- what happens at each step (built from the trace only) ------------------------------
-def byte_glyph(b: int) -> str:
+def byte_glyph(b: int | None) -> str:
     """A short, HTML-escaped glyph for one byte: the ASCII character, ␣ for space, ↵ for
-    newline, else \\xNN."""
+    newline, else \\xNN; None (EOS, which is no byte) is ∎."""
+    if b is None:
+        return "∎"
     special = {0x20: "␣", 0x0A: "↵", 0x09: "⇥", 0x0D: "␍"}
     if b in special:
         return special[b]
@@ -598,7 +555,7 @@ def byte_glyph(b: int) -> str:
     return f"\\x{b:02x}"
 
 
-def _cell(b: int, style: str, title: str = "") -> str:
+def _cell(b: int | None, style: str, title: str = "") -> str:
     tip = f' title="{html.escape(title)}"' if title else ""
     return f'<span class="bl-b" style="{style}"{tip}>{byte_glyph(b)}</span>'
 
@@ -617,22 +574,22 @@ def trace_layout(trace: list[dict], prompt: bytes, output: bytes | None = None
     for e in trace:
         t = e.get("type")
         if t == "prefill":
-            starts.update(e.get("patch_starts", []))
+            starts.update(e.get("patch_starts") or [])
         elif t == "byte":
             pos_byte[e["pos"]] = e["byte"]
             if e.get("patch_start"):
                 starts.add(e["pos"])
-        elif t == "ar":
+        elif t == "ar" and e["byte"] is not None:
             pos_byte[e["pos"]] = e["byte"]
         elif t == "verify":
             for i, b in enumerate(e["draft"][:e["accepted"]]):
                 pos_byte[e["pos"] + 1 + i] = b
-            starts.update(e.get("patch_starts", []))
+            starts.update(e.get("patch_starts") or [])
         elif t == "block":
             for i, b in enumerate(e["bytes"]):
                 pos_byte[e["pos"] + i] = b
             starts.add(e["pos"])  # a diffusion block always begins a patch
-            starts.update(e.get("patch_starts", []))
+            starts.update(e.get("patch_starts") or [])
         elif t == "switch":
             switches[e["pos"]] = e["to"]
     if output is not None:
@@ -690,11 +647,11 @@ def block_grid_html(event: dict) -> str:
 
 def verify_html(event: dict) -> str:
     """One speculative draft: accepted bytes green, the rejected byte red, then the correction."""
-    d, acc = event["draft"], event["accepted"]
+    d, acc = list(event["draft"]) + [None] * event["eos"], event["accepted"]  # None: EOS
     cells = [_cell(b, "background:#c7e9c0", "accepted") for b in d[:acc]]
-    if event.get("rejected") is not None:
+    if event["rejected"] is not None or event["rejected_eos"]:
         cells.append(_cell(event["rejected"], "background:#fcbba1;text-decoration:line-through", "rejected"))
-    if event.get("correction") is not None:
+    if event["correction"] is not None or event["correction_eos"]:
         cells.append('<span class="bl-arrow">→</span>'
                      + _cell(event["correction"], "background:#c6dbef", "correction (exact byte)"))
     return (f'<div class="bl-row"><span class="bl-lab">pos {event["pos"] + 1}: {acc}/{len(d)} kept</span>'
@@ -828,11 +785,6 @@ def _unmask_controls(rule: str):
     return gr.update(visible=rule == UNMASK_RULES[0]), gr.update(visible=rule != UNMASK_RULES[0])
 
 
-def _session(request: gr.Request | None) -> str:
-    """The browser session (or API client) a request comes from."""
-    return getattr(request, "session_hash", None) or ""
-
-
 def _generate_tab(wb: Workbench) -> None:
     with gr.Row():
         with gr.Column(scale=2):
@@ -869,19 +821,15 @@ def _generate_tab(wb: Workbench) -> None:
     unmask.change(_unmask_controls, unmask, [alpha, gamma], api_visibility="private", queue=False)
     inputs = [prompt, mode, max_bytes, temperature, top_p, seed, stop, unmask, alpha, gamma, eta, block]
 
-    def run(prompt, mode, max_bytes, temperature, top_p, seed, stop, unmask, alpha, gamma, eta, block,
-            request: gr.Request):  # explicit arguments: gradio injects `request` only so
-        yield from generate_stream(wb, _session(request), prompt, mode, max_bytes, temperature, top_p, seed,
-                                   stop, unmask, alpha, gamma, eta, block)
+    def run(prompt, mode, max_bytes, temperature, top_p, seed, stop, unmask, alpha, gamma, eta, block):
+        yield from generate_stream(wb, prompt, mode, max_bytes, temperature, top_p, seed, stop, unmask, alpha,
+                                   gamma, eta, block)
 
-    def stop_now(request: gr.Request) -> None:
-        wb.stop_session(_session(request))
-
-    go_btn.click(run, inputs, [output, counters, status, steps], api_name="generate",
-                 concurrency_limit=CONCURRENCY, show_progress="minimal")
-    # Stop sets the flags of this session's running generations: the worker ends at the next
-    # byte and the stream finishes with stop_reason "cancelled" (nothing is thrown away).
-    stop_btn.click(stop_now, None, None, api_name="stop", queue=False)
+    running = go_btn.click(run, inputs, [output, counters, status, steps], api_name="generate",
+                           concurrency_limit=CONCURRENCY, show_progress="minimal")
+    # Stop cancels the running generation (its generator is closed: decoding ends at once); what was
+    # already shown stays, and the status says it was stopped.
+    stop_btn.click(lambda: STOPPED, None, status, api_name="stop", cancels=[running])
 
 
 def _sampling_controls(default_bytes: int):

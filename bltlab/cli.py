@@ -267,7 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--n", type=int, default=16, help="use the first N prompts (default: 16)")
     s.add_argument("--modes", default=None, help="comma-separated modes (default: every mode the model supports)")
     s.add_argument("--max-bytes", type=int, default=64, help="bytes generated per prompt (default: 64)")
-    s.add_argument("--batch", type=int, default=16, help="batch size timed beside batch 1 (default: 16; 1 = batch 1 only)")
+    s.add_argument("--batch", type=int, default=16,
+                   help="batch size timed beside batch 1 (default: 16; 1 = batch 1 only)")
     s.add_argument("--compiled", action="store_true", help="also time every mode with torch.compile'd decoding "
                    "steps (minutes of compiling)")
     s.add_argument("--hf", action="store_true", help="also time transformers' BltForCausalLM at the same "

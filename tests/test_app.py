@@ -117,20 +117,24 @@ def test_generate_budget_counters_and_errors(wb):
         _gen(wb, "x", "blt-d4", 4, unmask="entropy bound γ", gamma=-1.0)
 
 
+def decode_state_pools(model):
+    from bltlab.decode import state
+
+    return state._STATES.get(model, {}).values()
+
+
 def test_streaming_yields_partial_output_and_stop_cancels(wb):
-    updates = list(wbm.generate_stream(wb, "s1", "ab", "blt", 64, 0.0, 1.0, 0, "", *GEN.values(), interval=0.0))
+    updates = list(wbm.generate_stream(wb, "ab", "blt", 64, 0.0, 1.0, 0, "", *GEN.values(), interval=0.0))
     assert len(updates) >= 3  # several partial updates, then the final one
     texts = [u[0] for u in updates]
     assert texts[-1] and all(texts[-1].startswith(t.rstrip("\ufffd")) for t in texts[:-1])
     assert updates[0][1]["GB_full_is"].startswith("lower bound") and "running" in updates[0][2]
-    # Stop: set the session's flag after the first update; the stream ends "cancelled"
-    stream = wbm.generate_stream(wb, "s2", "ab", "blt", 200, 0.0, 1.0, 0, "", *GEN.values(), interval=0.0)
+    # Stop: Gradio closes the generator; the decoding ends there and its state is free again
+    stream = wbm.generate_stream(wb, "ab", "blt", 200, 0.0, 1.0, 0, "", *GEN.values(), interval=0.0)
     first = next(stream)
-    assert wb.stop_session("s2") == 1
-    last = list(stream)[-1]
-    assert "cancelled" in last[2] and last[1]["bytes"] < 200
-    assert first[1]["bytes"] <= last[1]["bytes"]
-    assert wb.stops == {}  # flags are unregistered when streams end
+    stream.close()
+    assert first[1]["bytes"] < 200
+    assert not any(s.busy for pool in decode_state_pools(wb.model) for s in pool)
 
 
 def _trace(wb, mode, n=12, **kw):
@@ -248,14 +252,21 @@ def test_app_endpoints_and_stop_button(app):
     demo, client = app
     names = set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
     assert {"/patching", "/generate", "/stop", "/compare", "/model_card"} <= names
-    # Stop really stops the work: a long generation ends early with stop_reason "cancelled"
+    # Stop really stops the work: the browser cancels the running generation (Gradio's `cancels`,
+    # which a Python client does with job.cancel()); the decoding ends and frees its state
+    from bltlab.decode import state
+
     job = client.submit("ab", "blt", 250, 0.0, 1.0, 0, "", *GEN_ARGS, api_name="/generate")
     deadline = time.time() + 60
     while not job.outputs() and time.time() < deadline and not job.done():
         time.sleep(0.05)
-    client.predict(api_name="/stop")
-    text, counters, status, steps = job.result(timeout=60)
-    assert "cancelled" in status and counters["bytes"] < 250
+    assert job.cancel()
+    deadline = time.time() + 30
+    while any(s.busy for per in list(state._STATES.values()) for pool in per.values() for s in pool):
+        assert time.time() < deadline, "the cancelled generation still holds its decoding state"
+        time.sleep(0.05)
+    assert job.outputs()[-1][1]["bytes"] < 250
+    assert "cancelled" in client.predict(api_name="/stop")  # what the Stop button shows
 
 
 def test_app_patching(app):
@@ -370,10 +381,15 @@ def test_serves_transformers_layout_weights(tmp_path):
         _trace(hf_wb, "blt-d4")
 
 
-def test_emitted_bytes_end_at_an_accepted_eos():
-    """A verification that accepts a drafted EOS (written -2 in the trace), a block and a hybrid
-    byte holding one: the live view shows the bytes before it and no error."""
-    verify = {"type": "verify", "draft": [104, 105, -2], "accepted": 3}
+def test_streamed_pictures_of_an_accepted_eos():
+    """A verification that accepts a drafted EOS, a block and a hybrid step that end in one: the
+    live bytes are those before it, and the step pictures draw EOS (no error, as a byte -2 gave)."""
+    verify = {"type": "verify", "pos": 3, "draft": [104, 105], "eos": True, "accepted": 3, "rejected": None,
+              "rejected_eos": False, "correction": None, "correction_eos": False, "patch_starts": []}
     assert wbm.emitted_bytes([verify]) == b"hi"
-    assert wbm.emitted_bytes([{"type": "block", "bytes": [104, -2, 0]}]) == b"h"
-    assert wbm.emitted_bytes([{"type": "ar", "byte": 104}, {"type": "ar", "byte": -2}]) == b"h"
+    assert "∎" in wbm.verify_html(verify)
+    block = {"type": "block", "pos": 4, "size": 2, "bytes": [104], "eos": True,
+             "steps": [{"unmasked": [0, 1], "bytes": [104, None], "confidence": [0.9, 0.8], "entropy": [0.1, 0.2]}]}
+    assert wbm.emitted_bytes([block]) == b"h" and "∎" in wbm.block_grid_html(block)
+    steps = [{"type": "ar", "byte": 104, "eos": False}, {"type": "ar", "byte": None, "eos": True}]
+    assert wbm.emitted_bytes(steps) == b"h"

@@ -163,15 +163,43 @@ def test_oversized_prompt(model):
         generate(model, "a" * model.cfg.max_bytes, "blt", max_bytes=1)
 
 
-def test_hooks_stream_events_and_cancel(model):
-    from bltlab.decode import Hooks
+@pytest.mark.parametrize("mode", ["blt", "blt-s8", "blt-d4", "blt-dv4", "blt-h"])
+def test_stream_yields_typed_events_as_they_happen(model, mode):
+    """stream() yields each event before the generation ends (a prefill first, Done last), the same
+    events generate() collects; closing the stream early stops the work and frees the state."""
+    from bltlab.decode import Done, Prefill, stream
+    from bltlab.decode import state
 
-    seen = []
-    g = generate(model, "abc", "blt-s8", max_bytes=30, hooks=Hooks(on_event=seen.append))
-    assert seen == list(g.trace) and seen[0]["type"] == "prefill"
-    calls = []
-    g = generate(model, "abc", "blt", max_bytes=30, hooks=Hooks(should_stop=lambda: len(calls.append(1) or calls) > 5))
-    assert g.stop_reason == "cancelled" and len(g.output) == 5
+    events = list(stream(model, "abc", mode, max_bytes=30, eta=2.0))
+    assert isinstance(events[0], Prefill) and isinstance(events[-1], Done) and len(events) > 3
+    g = events[-1].generation
+    assert [e.to_json() for e in events[:-1]] == g.trace == generate(model, "abc", mode, max_bytes=30, eta=2.0).trace
+    json.dumps([e.to_json() for e in events])
+    it = stream(model, "abc", mode, max_bytes=200, eta=2.0)
+    first = [next(it) for _ in range(3)]
+    it.close()  # what Gradio does on Stop
+    assert isinstance(first[0], Prefill)
+    assert not any(s.busy for pool in state._STATES[model].values() for s in pool)
+
+
+def test_events_carry_real_bytes_and_eos_apart(model):
+    """EOS is no byte: every byte field of every event is 0-255 (or None), and EOS shows in `eos`
+    fields; a tiny model that prefers EOS ends drafts and blocks with it."""
+    m = BLT(model.cfg.__class__.from_dict(model.cfg.to_dict()))
+    m.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        m.eval().head.weight[2] += 0.3 * m.head.weight[OFFSET + 97]  # EOS likely after some bytes
+    seen_eos = set()
+    for mode in ("blt-s8", "blt-d8", "blt-dv8", "blt-h"):
+        for p in PROMPTS[:12]:
+            for e in generate(m, p, mode, max_bytes=40, eta=2.0).trace:
+                for key in ("draft", "bytes"):
+                    if isinstance(e.get(key), list):
+                        assert all(0 <= b < 256 for b in e[key]), e
+                for key in ("byte", "rejected", "correction"):
+                    assert e.get(key) is None or 0 <= e[key] < 256, e
+                seen_eos |= {e["type"] for k in ("eos", "rejected_eos", "correction_eos") if e.get(k)}
+    assert seen_eos & {"verify", "block"}, seen_eos
 
 
 def test_entropy_bound_uses_real_entropies(model):

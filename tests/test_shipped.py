@@ -55,15 +55,13 @@ def test_fast_decoders_keep_their_contract_on_real_weights(shipped):
 def test_the_state_equals_its_oracles_on_real_weights(shipped):
     """blt and blt-s* against the single-sequence decoder (same bytes, counters, trace), blt-d*
     against the no-cache reference (same bytes), on the shipped weights."""
-    from bltlab.decode import Sampler
-    from bltlab.decode.hf_layout import generate_hf
     from bltlab.decode.reference import generate_reference_diffusion
-    from test_state import same_generation
+    from test_state import eager, same_generation
 
     model, _ = shipped
     for p in PROMPTS[::3]:
         for mode in ("blt", "blt-s8", "blt-s16"):
-            same_generation(generate_hf(model, p, mode, 40, None, Sampler()), generate(model, p, mode, max_bytes=40))
+            same_generation(eager(model, p, mode, max_bytes=40), generate(model, p, mode, max_bytes=40))
         for block in (4, 8, 16):
             g = generate(model, p, f"blt-d{block}", max_bytes=40)
             assert g.output == generate_reference_diffusion(model, p, 40, block).output

@@ -10,16 +10,22 @@ hybrid.py) over one batched decoding state (state.py, with request.py's host boo
 one. On a GPU the state's steps are CUDA-graph replays; `compiled=True` passes them through
 torch.compile first (minutes of compiling on first use). `generate_reference` is the no-cache
 oracle the tests compare against. Weights in transformers' layout decode in hf_layout.py.
+
+`stream(model, prompt, mode, **knobs)` yields the generation's events (events.py) as they happen,
+ending with `Done`, which holds the Generation; `generate` collects a stream. To cancel, stop
+iterating: closing the stream ends the work and frees the state.
 """
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 
 from ..model import BLT
 from .blt import run_blt
-from .common import MODES, Generation, Hooks, Sampler, mode_size
+from .common import MODES, Generation, Sampler, mode_size
 from .diffusion import check_knobs, run_diffusion
-from .hf_layout import generate_hf
+from .events import Block, Byte, Done, Event, Prefill, Step, Switch, Verify
+from .hf_layout import stream_hf
 from .hybrid import check_hybrid, run_hybrid
 from .reference import generate_reference
 from .request import Request
@@ -28,29 +34,44 @@ from .speculative import run_speculative
 HF_MODES = ("blt", "blt-s8", "blt-s16")  # what needs no extra training: for weights from transformers
 
 
-def generate(model: BLT, prompt: str | bytes, mode: str = "blt", max_bytes: int = 64,
-             stop: str | bytes | None = None, temperature: float = 0.0, top_p: float = 1.0,
-             seed: int | None = None, alpha: float | None = None, gamma: float | None = None,
-             eta: float = 1.0, block: int = 8, hooks: Hooks | None = None, compiled: bool = False) -> Generation:
-    """Generate up to `max_bytes` bytes after `prompt` with decoding `mode`.
+def stream(model: BLT, prompt: str | bytes, mode: str = "blt", max_bytes: int = 64,
+           stop: str | bytes | None = None, temperature: float = 0.0, top_p: float = 1.0,
+           seed: int | None = None, alpha: float | None = None, gamma: float | None = None,
+           eta: float = 1.0, block: int = 8, compiled: bool = False) -> Iterator[Event]:
+    """Generate up to `max_bytes` bytes after `prompt` with decoding `mode`, yielding each event
+    (events.py) as it happens; the last one is `Done` with the Generation.
 
     alpha / gamma: unmasking rule of the diffusion modes (blt-d*, blt-h); eta and block: the
     hybrid's switch threshold (nats) and block size. Knobs a mode does not use are ignored.
-    hooks: stream trace events as they happen and/or cancel from outside (see `Hooks`).
-    compiled: the state's steps through torch.compile."""
+    compiled: the state's steps through torch.compile. Bad arguments raise ValueError before the
+    first event."""
     t0 = time.perf_counter()
     sampler, knobs = _check(model, mode, temperature, top_p, seed, alpha, gamma, eta, block)
     if model.cfg.arch == "hf":
-        g = generate_hf(model, prompt, mode, max_bytes, stop, sampler, hooks)
-    else:
-        req = Request(model, [prompt], max_bytes, stop, sampler, hooks, compiled)
-        try:
-            _run(req, mode, *knobs)
-        finally:
-            req.release()
-        g = req.finish(mode)[0]
+        yield from stream_hf(model, prompt, mode, max_bytes, stop, sampler)
+        return
+    req = Request(model, [prompt], max_bytes, stop, sampler, compiled)
+    try:
+        for _ in _run(req, mode, *knobs):
+            yield from req.drain()
+        yield from req.drain()
+    finally:
+        req.release()
+    g = req.finish(mode)[0]
     g.counters["seconds"] = time.perf_counter() - t0
-    return g
+    yield Done(req.rows[0].n, g.counters, g)
+
+
+def generate(model: BLT, prompt: str | bytes, mode: str = "blt", max_bytes: int = 64,
+             stop: str | bytes | None = None, temperature: float = 0.0, top_p: float = 1.0,
+             seed: int | None = None, alpha: float | None = None, gamma: float | None = None,
+             eta: float = 1.0, block: int = 8, compiled: bool = False) -> Generation:
+    """`stream`, collected: the Generation (its trace holds every event as JSON)."""
+    t0 = time.perf_counter()
+    *_, done = stream(model, prompt, mode, max_bytes, stop, temperature, top_p, seed, alpha, gamma, eta, block,
+                      compiled)
+    done.generation.counters["seconds"] = time.perf_counter() - t0
+    return done.generation
 
 
 def generate_batch(model: BLT, prompts: list[str | bytes], mode: str = "blt", max_bytes: int = 64,
@@ -64,9 +85,10 @@ def generate_batch(model: BLT, prompts: list[str | bytes], mode: str = "blt", ma
     sampler, knobs = _check(model, mode, temperature, top_p, seed, alpha, gamma, eta, block)
     if model.cfg.arch == "hf":
         raise ValueError("batched generation supports bltlab-layout models only; generate one prompt at a time")
-    req = Request(model, prompts, max_bytes, stop, sampler, None, compiled)
+    req = Request(model, prompts, max_bytes, stop, sampler, compiled)
     try:
-        _run(req, mode, *knobs)
+        for _ in _run(req, mode, *knobs):
+            pass
     finally:
         req.release()
     return req.finish(mode)
@@ -88,15 +110,16 @@ def _check(model: BLT, mode: str, temperature: float, top_p: float, seed: int | 
     return sampler, (alpha, gamma, eta, block)
 
 
-def _run(req: Request, mode: str, alpha: float | None, gamma: float | None, eta: float, block: int) -> None:
+def _run(req: Request, mode: str, alpha: float | None, gamma: float | None, eta: float, block: int) -> Iterator[None]:
+    """The mode's loop over the request: a generator that yields after each step or round."""
     if mode == "blt":
-        run_blt(req)
-    elif mode.startswith("blt-s") or mode.startswith("blt-dv"):
-        run_speculative(req, mode_size(mode), mode.startswith("blt-s"))
-    elif mode.startswith("blt-d"):
-        run_diffusion(req, mode_size(mode), alpha, gamma)
-    else:
-        run_hybrid(req, eta, block, alpha, gamma)
+        return run_blt(req)
+    if mode.startswith("blt-s") or mode.startswith("blt-dv"):
+        return run_speculative(req, mode_size(mode), mode.startswith("blt-s"))
+    if mode.startswith("blt-d"):
+        return run_diffusion(req, mode_size(mode), alpha, gamma)
+    return run_hybrid(req, eta, block, alpha, gamma)
 
 
-__all__ = ["HF_MODES", "MODES", "Generation", "Hooks", "Sampler", "generate", "generate_batch", "generate_reference"]
+__all__ = ["HF_MODES", "MODES", "Block", "Byte", "Done", "Event", "Generation", "Prefill", "Sampler", "Step", "Switch",
+           "Verify", "generate", "generate_batch", "generate_reference", "stream"]

@@ -7,7 +7,9 @@ the patch before the next block.
 """
 from __future__ import annotations
 
-from ..tokens import OFFSET
+from collections.abc import Iterator
+
+from .events import Block, split_eos
 from .request import Request
 
 
@@ -24,8 +26,9 @@ def check_knobs(alpha: float | None, gamma: float | None) -> tuple[float | None,
     return alpha, gamma
 
 
-def run_diffusion(req: Request, block: int, alpha: float | None, gamma: float | None) -> None:
-    """Blocks of `block` bytes (fewer at the end of the budget) until every row stops."""
+def run_diffusion(req: Request, block: int, alpha: float | None, gamma: float | None) -> Iterator[None]:
+    """Blocks of `block` bytes (fewer at the end of the budget) until every row stops; yields after
+    each."""
     pushed = False
     while req.active:
         rows = req.active
@@ -38,9 +41,7 @@ def run_diffusion(req: Request, block: int, alpha: float | None, gamma: float | 
         pushed = True
         for b in rows:
             ids, steps = filled[b]
-            event = {"type": "block", "pos": start[b], "size": sizes[b], "steps": steps,
-                     "bytes": [t - OFFSET for t in ids]}
-            if b in opens:
-                cum = opens[b][1]
-                event["patch_starts"] = [start[b] + j for j in range(sizes[b]) if cum[j + 1] > cum[j]]
-            req.rows[b].trace.append(event | {"counters": req.rows[b].snapshot()})
+            cum = opens[b][1] if b in opens else None
+            starts = None if cum is None else [start[b] + j for j in range(sizes[b]) if cum[j + 1] > cum[j]]
+            req.rows[b].add(Block(start[b], req.rows[b].snapshot(), sizes[b], steps, *split_eos(ids), starts))
+        yield

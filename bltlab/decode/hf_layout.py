@@ -16,6 +16,7 @@ tensors that are replaced, never written in place, so `fork()` is a cheap snapsh
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 
 import torch
 
@@ -24,8 +25,9 @@ from ..positions import AttnMask
 from ..model import BLT
 from ..patching import opens_patch, patch_starts
 from ..tokens import EOS, OFFSET
-from .common import (HASH_CONTEXT, Generation, Hooks, Sampler, Stopper, Trace, allowed, check_request, cost_stats,
-                     count_kv, count_local, finish)
+from .common import (HASH_CONTEXT, Sampler, Stopper, allowed, check_request, cost_stats, count_kv, count_local,
+                     finish)
+from .events import Byte, Done, Event, Prefill, Verify, split_eos
 
 def _run(layers, x, pos, cache: list, window: int, slots=None, stats: dict | None = None) -> torch.Tensor:
     """Layers over new positions `pos` [1, L], attending to the cached prefix too; extends cache.
@@ -250,35 +252,41 @@ class SeqState:
         self.last_logits = last_logits
 
 
-def generate_hf(model: BLT, prompt: str | bytes, mode: str, max_bytes: int, stop: str | bytes | None,
-                sampler: Sampler, hooks: Hooks | None = None) -> Generation:
-    """`blt` or `blt-s{k}` on an "hf"-layout model: the same rules, bytes and trace events as the
-    batched decoders' (blt.py, speculative.py)."""
-    hooks = hooks or Hooks()
+def stream_hf(model: BLT, prompt: str | bytes, mode: str, max_bytes: int, stop: str | bytes | None,
+              sampler: Sampler) -> Iterator[Event]:
+    """`blt` or `blt-s{k}` on an "hf"-layout model: the same rules, bytes and events as the batched
+    decoders' (blt.py, speculative.py), streamed; the last event is `Done`."""
     ids = check_request(prompt, max_bytes, model.cfg.max_bytes)
     counters = {"n_dec": 0, "n_enc": 0, "n_ent": 0}
     st = SeqState(model)
     st.push(ids, counters)
-    trace = Trace(hooks.on_event)
-    trace.append({"type": "prefill", "bytes": len(ids) - 1, "patch_starts": st.starts.nonzero()[:, 0].tolist(),
-                  "entropy": [round(h, 4) for h in st.ent[:len(ids)]], "counters": st.snapshot(counters)})
-    stopper = Stopper(max_bytes, stop, hooks.should_stop)
+    trace = []
+    yield _add(trace, Prefill(0, st.snapshot(counters), len(ids) - 1, st.starts.nonzero()[:, 0].tolist(),
+                              [round(h, 4) for h in st.ent[:len(ids)]]))
+    stopper = Stopper(max_bytes, stop)
     if mode == "blt":
         while True:
             tok = int(sampler.pick(st.last_logits[None])[0])
-            event = {"type": "byte", "pos": len(st), "byte": tok - OFFSET, "entropy": round(st.ent[len(st)], 4)}
+            pos, h = len(st), round(st.ent[len(st)], 4)
             if stopper.push(tok):
                 if stopper.reason in ("max_bytes", "stop"):  # emitted, never pushed: its patch is open
-                    trace.append(event | {"patch_start": None, "counters": st.snapshot(counters)})
+                    yield _add(trace, Byte(pos, st.snapshot(counters), tok - OFFSET, h, None))
                 break
             st.push([tok], counters)
-            trace.append(event | {"patch_start": bool(st.starts[-1]), "counters": st.snapshot(counters)})
+            yield _add(trace, Byte(pos, st.snapshot(counters), tok - OFFSET, h, bool(st.starts[-1])))
     else:
-        _self_speculation(st, int(mode[len("blt-s"):]), sampler, counters, trace, stopper)
-    return finish(mode, ids, stopper, counters, trace, st.stats)
+        for event in _self_speculation(st, int(mode[len("blt-s"):]), sampler, counters, stopper):
+            yield _add(trace, event)
+    g = finish(mode, ids, stopper, counters, trace, st.stats)
+    yield Done(len(st), g.counters, g)
 
 
-def _self_speculation(st: SeqState, k: int, sampler: Sampler, counters: dict, trace: list, stopper: Stopper) -> None:
+def _add(trace: list, event: Event) -> Event:
+    trace.append(event.to_json())
+    return event
+
+
+def _self_speculation(st: SeqState, k: int, sampler: Sampler, counters: dict, stopper: Stopper) -> Iterator[Event]:
     """speculative.py's rounds on one SeqState: draft on a fork, verify by one push, truncate."""
     from .speculative import _judge
 
@@ -302,10 +310,10 @@ def _self_speculation(st: SeqState, k: int, sampler: Sampler, counters: dict, tr
                 st.truncate(n + i, preds[i - 1])
                 break
             accepted += 1
-        trace.append({"type": "verify", "pos": n - 1, "draft": [t - OFFSET for t in d], "accepted": accepted,
-                      "rejected": None if fixed is None else d[accepted] - OFFSET,
-                      "correction": None if fixed is None else fixed - OFFSET,
-                      "patch_starts": [int(i) for i in st.starts[n:].nonzero()[:, 0] + n],
-                      "counters": st.snapshot(counters)})
+        bad = None if fixed is None else d[accepted]
+        yield Verify(n - 1, st.snapshot(counters), *split_eos(d), accepted,
+                     None if bad in (None, EOS) else bad - OFFSET, bad == EOS,
+                     None if fixed in (None, EOS) else fixed - OFFSET, fixed == EOS,
+                     [int(i) for i in st.starts[n:].nonzero()[:, 0] + n])
         if any(stopper.push(t) for t in d[:accepted]):
             return

@@ -8,7 +8,10 @@ pure diffusion. Every switch is recorded in the trace.
 """
 from __future__ import annotations
 
-from ..tokens import OFFSET
+from collections.abc import Iterator
+
+from ..tokens import EOS, OFFSET
+from .events import Block, Step, Switch, split_eos
 from .request import Request
 
 
@@ -20,8 +23,9 @@ def check_hybrid(eta: float, block: int) -> None:
         raise ValueError(f"block must be 4, 8 or 16 (the trained sizes), got {block}")
 
 
-def run_hybrid(req: Request, eta: float, block: int, alpha: float | None, gamma: float | None) -> None:
-    """Per round, each running row takes one byte or a block opened by it, by its own H."""
+def run_hybrid(req: Request, eta: float, block: int, alpha: float | None, gamma: float | None) -> Iterator[None]:
+    """Per round, each running row takes one byte or a block opened by it, by its own H; yields
+    after each round."""
     current: dict[int, str] = {}
     while req.active:
         rows, nxt = req.active, req.next_bytes()
@@ -30,19 +34,17 @@ def run_hybrid(req: Request, eta: float, block: int, alpha: float | None, gamma:
             first, _, _, h = nxt[b]
             mode, row = "diffusion" if h <= eta else "ar", req.rows[b]
             if current.get(b) != mode:
-                row.trace.append({"type": "switch", "pos": row.n, "to": mode, "entropy": round(h, 4),
-                                  "counters": row.snapshot()})
+                row.add(Switch(row.n, row.snapshot(), mode, round(h, 4)))
                 current[b] = mode
             out[b] = [first]
-            events[b] = {"type": "ar", "pos": row.n, "byte": first - OFFSET}
+            events[b] = Step(row.n, {}, None if first == EOS else first - OFFSET, first == EOS, round(h, 4))
         blocks = {b: req.rows[b].room(block) for b in rows if current[b] == "diffusion" and req.rows[b].room(block) > 1}
         if blocks:
             req.close(list(blocks))
             filled = req.denoise(blocks, alpha if gamma is None else gamma, gamma is not None, keep_first=True)
             for b, (ids, steps) in filled.items():
                 out[b] = ids
-                events[b] = {"type": "block", "pos": req.rows[b].n, "size": blocks[b], "steps": steps,
-                             "bytes": [t - OFFSET for t in ids]}
+                events[b] = Block(req.rows[b].n, {}, blocks[b], steps, *split_eos(ids), entropy=round(nxt[b][3], 4))
         start = {b: req.rows[b].n for b in rows}
         req.stop_rows(out)
         going = req.active
@@ -51,7 +53,9 @@ def run_hybrid(req: Request, eta: float, block: int, alpha: float | None, gamma:
             opens = req.push(L, group, with_global=L > 1 or any(nxt[b][1] for b in group))
             for b in group:
                 cum = opens[b][1]
-                events[b]["patch_starts"] = [start[b] + j for j in range(L) if cum[j + 1] > cum[j]]
+                events[b].patch_starts = [start[b] + j for j in range(L) if cum[j + 1] > cum[j]]
         req.only(going)
         for b in rows:
-            req.rows[b].trace.append(events[b] | {"entropy": round(nxt[b][3], 4), "counters": req.rows[b].snapshot()})
+            events[b].counters = req.rows[b].snapshot()
+            req.rows[b].add(events[b])
+        yield

@@ -17,22 +17,29 @@ import torch
 
 from ..entropy import entropy_of_logits
 from ..model import BLT
-from ..tokens import OFFSET, ids_to_bytes
-from .common import Generation, Hooks, Sampler, Stopper, Trace, check_request, cost_stats, count_kv, count_local
+from ..tokens import EOS, OFFSET, ids_to_bytes
+from .common import Generation, Sampler, Stopper, check_request, cost_stats, count_kv, count_local
+from .events import Event, Prefill
 from .state import decode_state
 
 
 class Row:
     """One prompt's host side: its position n and finished patches, counters, trace and stopper."""
 
-    def __init__(self, model: BLT, ids: list[int], ncomp: int, max_bytes: int, stop, hooks: Hooks):
+    def __init__(self, model: BLT, ids: list[int], ncomp: int, max_bytes: int, stop, new: list[Event]):
         self.m, self.cfg, self.ids = model, model.cfg, ids
         self.n, self.ncomp = len(ids), ncomp
         self.counters = {"n_dec": 1, "n_enc": int(ncomp > 0), "n_ent": 1}  # the prefill: one pass of each part
         self.stats = cost_stats()
         count_local(self.stats, model, self.n)
-        self.trace = Trace(hooks.on_event)
-        self.stopper = Stopper(max_bytes, stop, hooks.should_stop)
+        self.trace: list[dict] = []  # the events' JSON
+        self.new = new  # the request's events not yet streamed
+        self.stopper = Stopper(max_bytes, stop)
+
+    def add(self, event: Event) -> None:
+        """Record an event (and hand it to the stream)."""
+        self.trace.append(event.to_json())
+        self.new.append(event)
 
     def snapshot(self) -> dict:
         """Running counters for a trace event."""
@@ -88,7 +95,7 @@ class Request:
     """B prompts prefilled on the model's decoding state; `active` lists the rows still running."""
 
     def __init__(self, model: BLT, prompts: list[str | bytes], max_bytes: int, stop=None,
-                 sampler: Sampler | None = None, hooks: Hooks | None = None, compiled: bool = False):
+                 sampler: Sampler | None = None, compiled: bool = False):
         if not prompts:
             raise ValueError("no prompts given")
         self.sampler = sampler or Sampler()
@@ -97,11 +104,11 @@ class Request:
         s.prefill(ids, freeze=True)
         olog, ent = s.olog.tolist(), s.ent.tolist()
         self.rows: list[Row] = []
+        self.new: list[Event] = []  # events not yet streamed (one prompt's: `stream`)
         for b, p in enumerate(ids):
             starts = [u for u in range(len(p)) if olog[b][u]]
-            row = Row(model, p, len(starts) - 1, max_bytes, stop, hooks or Hooks())
-            row.trace.append({"type": "prefill", "bytes": len(p) - 1, "patch_starts": starts,
-                              "entropy": [round(h, 4) for h in ent[b][:len(p)]], "counters": row.snapshot()})
+            row = Row(model, p, len(starts) - 1, max_bytes, stop, self.new if b == 0 else [])
+            row.add(Prefill(0, row.snapshot(), len(p) - 1, starts, [round(h, 4) for h in ent[b][:len(p)]]))
             self.rows.append(row)
         self.passes = {"n_dec": 1, "n_ent": 1, "n_enc": 1, "n_loc": 1}  # the batch's: the prefill is one pass
         self.active = list(range(len(ids)))
@@ -200,7 +207,8 @@ class Request:
             steps = []
             for j in sorted(set(step) - {-1}):  # the row's passes (a pass of another size counts in nstep too)
                 chosen = sorted((i for i in range(size) if step[i] == j), key=lambda i: order[i])
-                steps.append({"unmasked": chosen, "bytes": [ids[b][i] - OFFSET for i in chosen],
+                fills = [None if ids[b][i] == EOS else ids[b][i] - OFFSET for i in chosen]  # None: EOS
+                steps.append({"unmasked": chosen, "bytes": fills,
                               "confidence": [round(conf[i], 4) for i in chosen],
                               "entropy": [round(ent[i], 4) for i in chosen]})
             out[b] = ids[b][:size], steps
@@ -214,6 +222,12 @@ class Request:
                             list(rejected))
         for b, (n, _, ncomp) in rejected.items():
             self.rows[b].n, self.rows[b].ncomp = n, ncomp
+
+    def drain(self) -> list[Event]:
+        """The first row's events since the last call (what `stream` yields)."""
+        out = self.new[:]
+        self.new.clear()
+        return out
 
     # ---- the end -----------------------------------------------------------------------------
     def release(self) -> None:

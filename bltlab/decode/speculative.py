@@ -12,14 +12,17 @@ is indexed by position, so that only resets counters.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 
 from ..tokens import EOS, OFFSET
+from .events import Verify, split_eos
 from .request import Request
 
 
-def run_speculative(req: Request, k: int, self_draft: bool) -> None:
-    """Rounds of draft + verification for every running row, until each stops."""
+def run_speculative(req: Request, k: int, self_draft: bool) -> Iterator[None]:
+    """Rounds of draft + verification for every running row, until each stops; yields after each."""
     s, sampler, fixed = req.s, req.sampler, set()  # fixed: rows whose byte n a rejection settled
     while req.active:
         rows = req.active
@@ -74,15 +77,15 @@ def run_speculative(req: Request, k: int, self_draft: bool) -> None:
         fixed = set(rejected)
         for b in rows:
             d, cum = drafts[b], verified[b][1] if b in verified else [0]
-            kept = min(accepted[b], body[b])
-            row = req.rows[b]
+            kept, row = min(accepted[b], body[b]), req.rows[b]
             fix = rejected.get(b, (0, None))[1]
-            row.trace.append({"type": "verify", "pos": start[b] - 1, "draft": [t - OFFSET for t in d],
-                              "accepted": accepted[b], "rejected": None if fix is None else d[accepted[b]] - OFFSET,
-                              "correction": None if fix is None else fix - OFFSET,
-                              "patch_starts": [start[b] + j for j in range(kept) if cum[j + 1] > cum[j]]
-                              if b in verified else [], "counters": row.snapshot()})
+            bad = None if fix is None else d[accepted[b]]
+            row.add(Verify(start[b] - 1, row.snapshot(), *split_eos(d), accepted[b],
+                           None if bad in (None, EOS) else bad - OFFSET, bad == EOS,
+                           None if fix in (None, EOS) else fix - OFFSET, fix == EOS,
+                           [start[b] + j for j in range(kept) if cum[j + 1] > cum[j]] if b in verified else []))
         req.stop_rows({b: drafts[b][:accepted[b]] for b in rows})
+        yield
 
 
 def _judge(drafted: int, greedy: int, p: torch.Tensor | None, q: torch.Tensor, sampler) -> int | None:
