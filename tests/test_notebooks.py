@@ -29,7 +29,7 @@ NB_DIR = ROOT / "notebooks"
 SANITIZE = NB_DIR / "nbval_sanitize.cfg"
 SHIPPED = ROOT / "checkpoints" / "small"
 SERIES = ["00_bytes", "01_entropy_patching", "02_blt_model", "03_training", "04_block_diffusion",
-          "05_self_speculation", "06_dv_and_hybrid", "07_bandwidth", "08_triton_kernels"]
+          "05_self_speculation", "06_dv_and_hybrid", "07_bandwidth", "08_triton_kernels", "09_decoding_state"]
 NOTEBOOKS = sorted(NB_DIR.glob("[0-9][0-9]_*.ipynb"))
 IDS = [p.stem for p in NOTEBOOKS]
 STAMP = re.compile(r"stamp (\S+\.safetensors) sha256=([0-9a-f]{64})")

@@ -28,7 +28,7 @@ def run_hybrid(req: Request, eta: float, block: int, alpha: float | None, gamma:
     after each round."""
     current: dict[int, str] = {}
     while req.active:
-        rows, nxt = req.active, req.next_bytes()
+        rows, nxt = req.active, req.next_bytes(decoder_entropy=True)
         events, out = {}, {}
         for b in rows:
             first, _, _, h = nxt[b]

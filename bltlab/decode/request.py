@@ -127,18 +127,21 @@ class Request:
         self.only(self.active)
 
     # ---- reads -------------------------------------------------------------------------------
-    def next_bytes(self, draw: list[int] | None = None) -> list[tuple[int, int, float, float]]:
-        """Per row: (byte t, whether it opens a patch, H_t of the entropy model, entropy of the
-        decoder's prediction of byte t) in one host read. Sampling first draws byte t of the rows
-        in `draw` (default: every active row) from that prediction; greedy, the state chose it."""
+    def next_bytes(self, draw: list[int] | None = None, decoder_entropy: bool = False) -> list[tuple]:
+        """Per row: (byte t, whether it opens a patch, H_t of the entropy model, and with
+        `decoder_entropy` the entropy of the decoder's prediction of byte t, else None) in one host
+        read. Sampling first draws byte t of the rows in `draw` (default: every active row) from that
+        prediction; greedy, the state chose it."""
         s = self.s
         if self.sampling:
             self.only(self.active if draw is None else draw)
             s.put(self.sampler.pick(s.logits))
             self.only(self.active)
-        h = s.ent.gather(1, s.t[:, None])
-        both = torch.cat((s.signal.double(), h.double(), entropy_of_logits(s.logits).double()[:, None]), 1)
-        return [(int(a), int(o), h, hd) for a, o, h, hd in both.tolist()]
+        cols = [s.signal.double(), s.ent.gather(1, s.t[:, None]).double()]
+        if decoder_entropy:
+            cols.append(entropy_of_logits(s.logits).double()[:, None])
+        return [(int(row[0]), int(row[1]), row[2], row[3] if decoder_entropy else None)
+                for row in torch.cat(cols, 1).tolist()]
 
     # ---- steps -------------------------------------------------------------------------------
     def step(self, opens: dict[int, int]) -> None:
