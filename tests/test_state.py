@@ -352,7 +352,7 @@ def test_advance_with_close_equals_advance_then_close(model, L):
     states = []
     for fused in (False, True):
         s = DecodeState(model, 3)
-        s.prefill([encode(p) for p in PROMPTS[:3]], freeze=True)
+        s.prefill([encode(p) for p in PROMPTS[:3]])
         s.advance(L, True, close=fused)
         if not fused:
             s.close()

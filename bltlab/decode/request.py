@@ -101,7 +101,7 @@ class Request:
         self.sampler = sampler or Sampler()
         ids = [check_request(p, max_bytes, model.cfg.max_bytes) for p in prompts]
         self.s = s = decode_state(model, len(ids), compiled, claim=True)
-        s.prefill(ids, freeze=True)
+        s.prefill(ids)
         olog, ent = s.olog.tolist(), s.ent.tolist()
         self.rows: list[Row] = []
         self.new: list[Event] = []  # events not yet streamed (one prompt's: `stream`)

@@ -185,16 +185,16 @@ class DecodeState:
             self.version = version
         self._signal()
 
-    def prefill(self, prompts: list[list[int]], freeze: bool = False) -> None:
-        """reset, then the prompts' bytes: the common length in one pass, the rest one by one, where
-        a row whose prompt has ended goes on with its greedy bytes, or with `freeze` waits there."""
+    def prefill(self, prompts: list[list[int]]) -> None:
+        """reset, then the prompts' bytes: one pass up to the shortest prompt's end for every row, then
+        one pass per longer length for the rows whose prompt goes on, while the others wait at their
+        end (their next byte is the greedy one)."""
         self.reset(prompts)
-        lens = [len(p) for p in prompts]
-        self.advance(min(lens))
-        for _ in range(max(lens) - min(lens)):
-            if freeze:
-                self.move.copy_(self.t < self.plen)
-            self.run()
+        done = 0
+        for n in sorted({len(p) for p in prompts}):
+            self.move.copy_(self.plen > done)
+            self.advance(n - done)
+            done = n
         self.move.fill_(True)
 
     # ---- the step ------------------------------------------------------------------------------
