@@ -33,7 +33,7 @@ class EntropyConfig:
 
 @dataclass
 class PatchConfig:
-    """How bytes are grouped into patches (DESIGN §1.1)."""
+    """How bytes are grouped into patches (docs/model.md, "Patching")."""
 
     rule: str = "global"  # "global" | "relative" | "fixed" | "space"
     threshold: float = 1.335  # θ in nats for "global", θ_r for "relative" (calibrated per model)
@@ -112,7 +112,7 @@ PRESETS: dict[str, BLTConfig] = {
                       entropy=EntropyConfig(dim=32, n_layers=2, n_heads=2, max_len=128)),
     # the shipped model
     "small": BLTConfig(),
-    # paper shapes for cost projection only (parameter counts from DESIGN §1)
+    # paper shapes for cost projection only (the paper's parameter counts: PAPER_PARAMS below, docs/results.md)
     "paper-1b": BLTConfig(name="paper-1b", d_local=1024, n_enc_layers=1, n_dec_layers=9,
                           local_heads=16, d_global=2048, n_global_layers=25, global_heads=16,
                           hash_vocab=500002, max_bytes=8192),

@@ -1,4 +1,4 @@
-"""Hash n-gram embeddings (DESIGN §1.2).
+"""Hash n-gram embeddings (docs/model.md, "BLT").
 
 For each n in `hash_sizes`, the n ids ending at position t are folded into one integer
 with a rolling polynomial hash (mod a Mersenne prime, so it never overflows int64),

@@ -1,4 +1,4 @@
-"""The Byte Latent Transformer (DESIGN §1): local encoder, global transformer, local decoder.
+"""The Byte Latent Transformer (docs/model.md, "BLT"): local encoder, global transformer, local decoder.
 
 Positions: ids[:, 0] is BOS and forms patch 0 alone. `starts` [B, T] marks patch starts,
 `pids` [B, T] is the patch index of each byte. The decoder at byte t predicts byte t + 1

@@ -1,4 +1,4 @@
-"""Entropy patching (DESIGN §1.1): per-byte entropies -> patch boundaries, batched and vectorised.
+"""Entropy patching (docs/model.md, "Patching"): per-byte entropies -> patch boundaries, batched and vectorised.
 
 Conventions: `ids` [B, T] long, right-padded with PAD, position 0 is BOS. `entropy` [B, T] float,
 entropy[:, t] = H_t = entropy (nats) of the predicted distribution of byte t given bytes < t

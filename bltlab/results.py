@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-PAPER = {  # Fast BLT, 3B, estimated bandwidth relative to BLT (DESIGN §2)
+PAPER = {  # Fast BLT, 3B, estimated bandwidth relative to BLT (docs/results.md)
     "blt-d4": "< 0.5, about matched BLEU / pass@1", "blt-d16": "0.08–0.13, lower code pass@1",
     "blt-dv16": "≈ 0.19, quality recovered", "blt-s16": "≈ 0.23, output identical to BLT",
 }

@@ -1,4 +1,4 @@
-"""Byte ids (DESIGN §1): PAD 0, BOS 1, EOS 2, id 3 reserved, byte b -> b + 4, MASK 260."""
+"""Byte ids (docs/model.md, "Bytes"): PAD 0, BOS 1, EOS 2, id 3 reserved, byte b -> b + 4, MASK 260."""
 from __future__ import annotations
 
 from typing import Iterable, Sequence

@@ -1,6 +1,6 @@
 """Training: the entropy model first, then the BLT with the next-byte or hybrid objective.
 
-The hybrid objective (DESIGN §2, BLT-D) adds masked-block diffusion so one checkpoint
+The hybrid objective (docs/model.md, "The hybrid objective") adds masked-block diffusion so one checkpoint
 serves every decoding mode. Runs on CPU or GPU, single process or `torchrun` (DDP: gloo
 on CPU, NCCL on GPU). Checkpoints are safetensors + JSON and resumable.
 """

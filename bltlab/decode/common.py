@@ -116,7 +116,7 @@ def check_request(prompt: str | bytes, max_new: int, context: int) -> list[int]:
 
 
 def new_counters() -> dict:
-    """Pass counters: decoder, encoder+global, entropy model (DESIGN §2)."""
+    """Pass counters: decoder, encoder+global, entropy model (docs/model.md, "Decoding")."""
     return {"n_dec": 0, "n_enc": 0, "n_ent": 0}
 
 
