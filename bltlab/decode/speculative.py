@@ -30,7 +30,7 @@ def run_speculative(req: Request, k: int, self_draft: bool) -> Iterator[None]:
         room, start = max(rooms.values()), {b: req.rows[b].n for b in rows}
         if req.sampling:
             req.next_bytes(draw=[b for b in rows if b not in fixed])
-        q = torch.zeros(s.B, room, s.logits.shape[-1])  # sampling: the draft's distribution at each slot
+        q = torch.zeros(s.B, room, s.logits.shape[-1]) if req.sampling else None  # the draft's distributions
         if self_draft:  # a draft byte depends on the ones before it only: a row may draft past its room
             s.dt.copy_(s.t)
             for i in range(1, room):
@@ -68,7 +68,8 @@ def run_speculative(req: Request, k: int, self_draft: bool) -> Iterator[None]:
         for b in verified:  # a row whose draft is shorter stops at its end or rejects a byte before it
             d, (preds, cum) = drafts[b], verified[b]
             for i in range(1, len(d)):  # preds[i - 1] is the exact greedy byte at n + i
-                fix = _judge(d[i], preds[i - 1], None if p is None else p[b, i - 1], q[b, i], sampler)
+                fix = _judge(d[i], preds[i - 1], None if p is None else p[b, i - 1], None if q is None else q[b, i],
+                             sampler)
                 if fix is not None:
                     rejected[b] = (start[b] + i, fix, cum[i] - 1)
                     break
@@ -88,7 +89,7 @@ def run_speculative(req: Request, k: int, self_draft: bool) -> Iterator[None]:
         yield
 
 
-def _judge(drafted: int, greedy: int, p: torch.Tensor | None, q: torch.Tensor, sampler) -> int | None:
+def _judge(drafted: int, greedy: int, p: torch.Tensor | None, q: torch.Tensor | None, sampler) -> int | None:
     """None if the drafted byte stands, else the byte that replaces it: greedy, the exact argmax;
     sampling (p, q: the exact and the draft distributions), the rejection rule."""
     if p is None:

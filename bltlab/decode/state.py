@@ -385,7 +385,8 @@ class DecodeState:
         m, L = self.m, pos.shape[1]
         e = m.embed
         full = self.ctx_ids.gather(1, pos[:, :1] + self.hctx[:HASH_CONTEXT + L])  # ids t - 8 .. t + L - 1
-        x = kernels.hash_embedding(full, L, [n for _, n in e.keys], e.vocab, e.byte.weight, [w.weight for w in e.tables])
+        x = kernels.hash_embedding(full, L, [n for _, n in e.keys], e.vocab, e.byte.weight,
+                                   [w.weight for w in e.tables])
         x, r = self._layers(m.enc_layers, self.enc_kv, x, pos, mask)
         h = x + (F.linear(*r) if isinstance(r, tuple) else r)
         self.h[self.rows[:, None], pos] = h
