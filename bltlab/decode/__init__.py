@@ -48,18 +48,23 @@ def stream(model: BLT, prompt: str | bytes, mode: str = "blt", max_bytes: int = 
     t0 = time.perf_counter()
     sampler, knobs = _check(model, mode, temperature, top_p, seed, alpha, gamma, eta, block)
     if model.cfg.arch == "hf":
-        yield from stream_hf(model, prompt, mode, max_bytes, stop, sampler)
-        return
-    req = Request(model, [prompt], max_bytes, stop, sampler, compiled)
-    try:
-        for _ in _run(req, mode, *knobs):
+        for event in stream_hf(model, prompt, mode, max_bytes, stop, sampler):
+            if isinstance(event, Done):
+                done = event  # the last one
+            else:
+                yield event
+    else:
+        req = Request(model, [prompt], max_bytes, stop, sampler, compiled)
+        try:
+            for _ in _run(req, mode, *knobs):
+                yield from req.drain()
             yield from req.drain()
-        yield from req.drain()
-    finally:
-        req.release()
-    g = req.finish(mode)[0]
-    g.counters["seconds"] = time.perf_counter() - t0
-    yield Done(req.rows[0].n, g.counters, g)
+        finally:
+            req.release()
+        g = req.finish(mode)[0]
+        done = Done(req.rows[0].n, g.counters, g)
+    done.generation.counters["seconds"] = time.perf_counter() - t0
+    yield done
 
 
 def generate(model: BLT, prompt: str | bytes, mode: str = "blt", max_bytes: int = 64,
@@ -67,10 +72,8 @@ def generate(model: BLT, prompt: str | bytes, mode: str = "blt", max_bytes: int 
              seed: int | None = None, alpha: float | None = None, gamma: float | None = None,
              eta: float = 1.0, block: int = 8, compiled: bool = False) -> Generation:
     """`stream`, collected: the Generation (its trace holds every event as JSON)."""
-    t0 = time.perf_counter()
     *_, done = stream(model, prompt, mode, max_bytes, stop, temperature, top_p, seed, alpha, gamma, eta, block,
                       compiled)
-    done.generation.counters["seconds"] = time.perf_counter() - t0
     return done.generation
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from .events import Block, split_eos
-from .request import Request
+from .request import Request, opened
 
 
 def check_knobs(alpha: float | None, gamma: float | None) -> tuple[float | None, float | None]:
@@ -41,7 +41,6 @@ def run_diffusion(req: Request, block: int, alpha: float | None, gamma: float | 
         pushed = True
         for b in rows:
             ids, steps = filled[b]
-            cum = opens[b][1] if b in opens else None
-            starts = None if cum is None else [start[b] + j for j in range(sizes[b]) if cum[j + 1] > cum[j]]
+            starts = opened(start[b], opens[b][1], sizes[b]) if b in opens else None
             req.rows[b].add(Block(start[b], req.rows[b].snapshot(), sizes[b], steps, *split_eos(ids), starts))
         yield

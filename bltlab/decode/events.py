@@ -73,6 +73,16 @@ class Verify(Event):
     correction_eos: bool
     patch_starts: list[int]
 
+    @classmethod
+    def of(cls, pos: int, counters: dict, draft: list[int], accepted: int, correction: int | None,
+           patch_starts: list[int]) -> "Verify":
+        """From ids (bytes + OFFSET, or EOS): the draft, how many of its ids were kept, and the
+        exact id that replaced the next one (None: every id was kept)."""
+        rejected = None if correction is None else draft[accepted]
+        byte = lambda i: None if i in (None, EOS) else i - OFFSET  # noqa: E731
+        return cls(pos, counters, *split_eos(draft), accepted, byte(rejected), rejected == EOS, byte(correction),
+                   correction == EOS, patch_starts)
+
 
 @dataclass
 class Block(Event):

@@ -27,7 +27,7 @@ from ..patching import opens_patch, patch_starts
 from ..tokens import EOS, OFFSET
 from .common import (HASH_CONTEXT, Sampler, Stopper, allowed, check_request, cost_stats, count_kv, count_local,
                      finish)
-from .events import Byte, Done, Event, Prefill, Verify, split_eos
+from .events import Byte, Done, Event, Prefill, Verify
 
 def _run(layers, x, pos, cache: list, window: int, slots=None, stats: dict | None = None) -> torch.Tensor:
     """Layers over new positions `pos` [1, L], attending to the cached prefix too; extends cache.
@@ -310,10 +310,7 @@ def _self_speculation(st: SeqState, k: int, sampler: Sampler, counters: dict, st
                 st.truncate(n + i, preds[i - 1])
                 break
             accepted += 1
-        bad = None if fixed is None else d[accepted]
-        yield Verify(n - 1, st.snapshot(counters), *split_eos(d), accepted,
-                     None if bad in (None, EOS) else bad - OFFSET, bad == EOS,
-                     None if fixed in (None, EOS) else fixed - OFFSET, fixed == EOS,
-                     [int(i) for i in st.starts[n:].nonzero()[:, 0] + n])
+        yield Verify.of(n - 1, st.snapshot(counters), d, accepted, fixed,
+                        [int(i) for i in st.starts[n:].nonzero()[:, 0] + n])
         if any(stopper.push(t) for t in d[:accepted]):
             return

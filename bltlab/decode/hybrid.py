@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 from ..tokens import EOS, OFFSET
 from .events import Block, Step, Switch, split_eos
-from .request import Request
+from .request import Request, opened
 
 
 def check_hybrid(eta: float, block: int) -> None:
@@ -52,8 +52,7 @@ def run_hybrid(req: Request, eta: float, block: int, alpha: float | None, gamma:
             group = [b for b in going if len(out[b]) == L]
             opens = req.push(L, group, with_global=L > 1 or any(nxt[b][1] for b in group))
             for b in group:
-                cum = opens[b][1]
-                events[b].patch_starts = [start[b] + j for j in range(L) if cum[j + 1] > cum[j]]
+                events[b].patch_starts = opened(start[b], opens[b][1], L)
         req.only(going)
         for b in rows:
             events[b].counters = req.rows[b].snapshot()

@@ -23,23 +23,30 @@ from .events import Event, Prefill
 from .state import decode_state
 
 
+def opened(start: int, cum: list[int], k: int) -> list[int]:
+    """The positions start .. start + k - 1 that opened a patch, from `push`'s running count of
+    patch starts (cum[0]: up to start - 1)."""
+    return [start + j for j in range(k) if cum[j + 1] > cum[j]]
+
+
 class Row:
     """One prompt's host side: its position n and finished patches, counters, trace and stopper."""
 
-    def __init__(self, model: BLT, ids: list[int], ncomp: int, max_bytes: int, stop, new: list[Event]):
+    def __init__(self, model: BLT, ids: list[int], ncomp: int, max_bytes: int, stop, new: list[Event] | None):
         self.m, self.cfg, self.ids = model, model.cfg, ids
         self.n, self.ncomp = len(ids), ncomp
         self.counters = {"n_dec": 1, "n_enc": int(ncomp > 0), "n_ent": 1}  # the prefill: one pass of each part
         self.stats = cost_stats()
         count_local(self.stats, model, self.n)
         self.trace: list[dict] = []  # the events' JSON
-        self.new = new  # the request's events not yet streamed
+        self.new = new  # where its events wait to be streamed (None: not streamed)
         self.stopper = Stopper(max_bytes, stop)
 
     def add(self, event: Event) -> None:
         """Record an event (and hand it to the stream)."""
         self.trace.append(event.to_json())
-        self.new.append(event)
+        if self.new is not None:
+            self.new.append(event)
 
     def snapshot(self) -> dict:
         """Running counters for a trace event."""
@@ -107,7 +114,7 @@ class Request:
         self.new: list[Event] = []  # events not yet streamed (one prompt's: `stream`)
         for b, p in enumerate(ids):
             starts = [u for u in range(len(p)) if olog[b][u]]
-            row = Row(model, p, len(starts) - 1, max_bytes, stop, self.new if b == 0 else [])
+            row = Row(model, p, len(starts) - 1, max_bytes, stop, self.new if b == 0 else None)
             row.add(Prefill(0, row.snapshot(), len(p) - 1, starts, [round(h, 4) for h in ent[b][:len(p)]]))
             self.rows.append(row)
         self.passes = {"n_dec": 1, "n_ent": 1, "n_enc": 1, "n_loc": 1}  # the batch's: the prefill is one pass

@@ -16,9 +16,9 @@ from collections.abc import Iterator
 
 import torch
 
-from ..tokens import EOS, OFFSET
-from .events import Verify, split_eos
-from .request import Request
+from ..tokens import EOS
+from .events import Verify
+from .request import Request, opened
 
 
 def run_speculative(req: Request, k: int, self_draft: bool) -> Iterator[None]:
@@ -76,15 +76,11 @@ def run_speculative(req: Request, k: int, self_draft: bool) -> Iterator[None]:
                 accepted[b] += 1
         req.rollback(rejected)
         fixed = set(rejected)
-        for b in rows:
-            d, cum = drafts[b], verified[b][1] if b in verified else [0]
+        for b in rows:  # a row verifies nothing only when no row does (L = 0)
             kept, row = min(accepted[b], body[b]), req.rows[b]
-            fix = rejected.get(b, (0, None))[1]
-            bad = None if fix is None else d[accepted[b]]
-            row.add(Verify(start[b] - 1, row.snapshot(), *split_eos(d), accepted[b],
-                           None if bad in (None, EOS) else bad - OFFSET, bad == EOS,
-                           None if fix in (None, EOS) else fix - OFFSET, fix == EOS,
-                           [start[b] + j for j in range(kept) if cum[j + 1] > cum[j]] if b in verified else []))
+            starts = opened(start[b], verified[b][1], kept) if verified else []
+            row.add(Verify.of(start[b] - 1, row.snapshot(), drafts[b], accepted[b], rejected.get(b, (0, None))[1],
+                              starts))
         req.stop_rows({b: drafts[b][:accepted[b]] for b in rows})
         yield
 

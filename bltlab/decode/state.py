@@ -1,10 +1,7 @@
-"""The static engine: static KV caches and, on CUDA, CUDA-graph-captured steps, for every greedy
-mode (the modes' host loops are in static_modes.py).
-
-The eager decoders (state.py) grow their caches with `torch.cat` and decide patches on the
-host: exact, easy to read, and bound by Python and kernel-launch overhead on a GPU. Here
-every buffer is allocated once at the model's context length and one decoding step is a
-fixed sequence of kernels that a CUDA graph replays:
+"""The decoding state every mode runs on (the modes' loops: blt.py, speculative.py, diffusion.py,
+hybrid.py; their host bookkeeping: request.py). Every buffer is allocated once at the model's
+context length and indexed by position, and one decoding step is a fixed sequence of kernels
+that a CUDA graph replays on a GPU (eager ops elsewhere):
 
     byte t (already in `ids`)
       -> does t open a patch? (its entropy H_t, the rule, the max patch length; on the device)
@@ -20,14 +17,15 @@ needs no branch: at batch B it runs for every row in one graph. At batch 1 it is
 skipping, so two graphs exist (with and without it) and the host reads one flag per byte
 (with the new byte, which it needs anyway to stop). The same code takes L bytes in one pass
 (`advance(L)`: patches that close inside the pass are compacted into one global pass over L
-slots), which is how a prompt is read: one eager pass, its next byte taken from the prompt
-instead of the prediction. The other steps, each a graph of its own: `draft` (encoder and
-decoder only, for self-speculation), `close` (a diffusion block starts a patch: the global
-model on the one it ends) and `denoise` (one pass over a masked block and the unmasking rule,
+slots), which is how a prompt is read: one pass (a ragged batch: one per prompt length), its
+next byte taken from the prompt instead of the prediction. The other steps, each a graph of
+its own: `draft` (encoder and decoder only, for self-speculation), `close` (a diffusion block
+starts a patch: the global model on the one it ends) and `denoise` (one pass over a masked block and the unmasking rule,
 on the device). Rows outside `move` wait: a pass computes them at their own t but leaves t,
 their patches and their chosen slots alone, which is how a batch's rows part (ragged prompts,
-stopped rows, per-row accepted drafts, blocks of other sizes). Tests check the bytes, the
-logits and the trace against the eager decoders, and one pass against the same bytes in pieces.
+stopped rows, per-row accepted drafts, blocks of other sizes). Tests (tests/test_state.py)
+check the bytes, the logits and the trace against a single-sequence decoder with growing caches
+(hf_layout.py) and the no-cache references, and one pass against the same bytes in pieces.
 """
 from __future__ import annotations
 
@@ -49,11 +47,6 @@ MAX_BLOCK = 16  # the longest denoised block (blt-d16, blt-dv16)
 # what engine "compiled" compiles its steps with ("aot_eager" traces the same graphs without
 # generating code: the CPU tests use it, inductor's compile takes minutes on a CPU)
 COMPILE_BACKEND = "inductor"
-
-
-def supports(model: BLT) -> bool:
-    """Whether `model` can use this path (bltlab layout: the hf layout's pending rows are not here)."""
-    return model.cfg.arch == "bltlab"
 
 
 def _fused(model: BLT) -> dict:
@@ -97,7 +90,7 @@ class DecodeState:
         self.ids = self.ctx_ids[:, HASH_CONTEXT:]
         self.given = torch.full((B, T), PAD, dtype=torch.long, device=dev)  # the prompts
         self.plen = torch.ones(B, dtype=torch.long, device=dev)  # prompt lengths (BOS included)
-        self.ent = torch.zeros(B, T + 1, device=dev)  # ent[b, t] = H_t, float32 as SeqState.ent
+        self.ent = torch.zeros(B, T + 1, device=dev)  # ent[b, t] = H_t (float32)
         self.t = torch.zeros(B, dtype=torch.long, device=dev)  # position of the byte the next step takes
         self.cur = torch.zeros(B, dtype=torch.long, device=dev)  # first byte of the open patch
         self.ncomp = torch.zeros(B, dtype=torch.long, device=dev)  # finished patches (in the table)
@@ -348,7 +341,7 @@ class DecodeState:
 
     def close(self) -> None:
         """Force a patch start at t (a diffusion block starts a patch) and run the global model on
-        the patch that ends there, [cur, t), so that the block reads its output (SeqState.close_patch)."""
+        the patch that ends there, [cur, t), so that the block reads its output."""
         t, move = self.t, self.move
         self.forced[self.rows, t] |= move
         self._global(self.cur[:, None], t[:, None])
@@ -365,9 +358,9 @@ class DecodeState:
         self.nstep.zero_()
 
     def denoise(self, size: int, by_entropy: bool) -> None:
-        """One denoising pass over the block's first `size` slots (SeqState.block_logits: the clean
-        decoder cache before t in the window, the block both ways, the newest global output), then
-        `choose_unmask` on the device (one kernel: kernels.denoise_end): fills the chosen slots in
+        """One denoising pass over the block's first `size` slots (the clean decoder cache before t in
+        the window, the block both ways, the newest global output), then the unmasking rule on the
+        device (one kernel: kernels.denoise_end): fills the chosen slots in
         `noisy` and `ids`, logs them, and sets `left`. by_entropy: the γ rule, else α (α < 0 fills
         every slot: BLT-DV's one pass)."""
         m, b, t = self.m, self.rows, self.t

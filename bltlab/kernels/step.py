@@ -166,10 +166,11 @@ def step_end_triton(ids: torch.Tensor, t: torch.Tensor, signal: torch.Tensor | N
 # ---- the end of a denoising step ---------------------------------------------------------------
 def unmask_rule(logits: torch.Tensor, masked: torch.Tensor, knob: torch.Tensor,
                 by_entropy: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """`choose_unmask` (decode/diffusion.py) for a batch. logits: [B, L, V] (allowed, float32),
+    """BLT-D's unmasking rule (decode/diffusion.py) for a batch. logits: [B, L, V] (allowed, float32),
     masked: [B, L] bool, knob: [B] float64 (α, or γ with by_entropy). Returns the chosen slots
-    [B, L] bool, each slot's order [B, L] in the eager rule's list (by entropy for γ, else by
-    slot), and the entropy and confidence [B, L] of every slot."""
+    [B, L] bool, each slot's order [B, L] in the rule's list (by entropy for γ, else by slot), and
+    the entropy and confidence [B, L] of every slot (tests/test_state.py: `choose_unmask`, the
+    rule on one block's list of slots, is its oracle)."""
     ent, conf, _ = confidence_reference(logits)
     slot = torch.arange(masked.shape[1], device=masked.device).expand_as(masked)
     if by_entropy:  # the longest prefix by entropy whose sum less its largest term stays below γ
