@@ -3,9 +3,11 @@
 Two kinds of test per notebook:
 
 * static (fast, in-process): the stored outputs come from one clean top-to-bottom run (code cells numbered
-  1..n), carry no error, no stderr and no traceback, and the checkpoint stamp the first cell printed is the
-  sha256 of the shipped weight files as they are now (a retrained checkpoint makes every notebook stale);
-  plus the series' own rules (imports bltlab, an ipywidgets control, "Try this" exercises, no pip);
+  1..n), carry no error, no stderr and no traceback, and the checkpoint stamp in the notebook's metadata
+  (metadata["bltlab"]["weights_sha256"], written by notebooks/stamp.py right after `make notebooks`
+  re-executes the series) is the sha256 of the shipped weight files as they are now, so a retrained
+  checkpoint makes every notebook stale until it is re-executed; plus the series' own rules (imports bltlab,
+  an ipywidgets control, "Try this" exercises, no pip);
 * nbval (slow, one subprocess per notebook): strict `pytest --nbval` re-executes the notebook in the current
   environment and compares every output with the stored one, after notebooks/nbval_sanitize.cfg.
 
@@ -14,6 +16,7 @@ conftest stay as they are) and gives one test, with its own duration, per notebo
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -32,11 +35,16 @@ SERIES = ["00_bytes", "01_entropy_patching", "02_blt_model", "03_training", "04_
           "05_self_speculation", "06_dv_and_hybrid", "07_bandwidth", "08_triton_kernels", "09_decoding_state"]
 NOTEBOOKS = sorted(NB_DIR.glob("[0-9][0-9]_*.ipynb"))
 IDS = [p.stem for p in NOTEBOOKS]
-STAMP = re.compile(r"stamp (\S+\.safetensors) sha256=([0-9a-f]{64})")
+WEIGHTS = ("blt.safetensors", "entropy.safetensors")
 
 
 def _load(path: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
+
+
+@functools.lru_cache(maxsize=None)
+def _weights_sha256() -> dict[str, str]:
+    return {name: hashlib.sha256((SHIPPED / name).read_bytes()).hexdigest() for name in WEIGHTS}
 
 
 def _code_cells(nb: dict) -> list[dict]:
@@ -77,12 +85,14 @@ def test_stored_outputs_are_current_and_clean(path):
             assert not (out["output_type"] == "stream" and out["name"] == "stderr"), \
                 f"{path.name} cell {i}: stderr output: {_text(out)[:300]!r}"
             assert "Traceback (most recent call last)" not in _text(out), f"{path.name} cell {i}: traceback"
-    first = "".join(_text(o) for o in cells[0]["outputs"])
-    stamps = dict(STAMP.findall(first))
-    assert set(stamps) == {"blt.safetensors", "entropy.safetensors"}, f"{path.name}: first cell prints no stamp"
-    for name, digest in stamps.items():
-        now = hashlib.sha256((SHIPPED / name).read_bytes()).hexdigest()
-        assert digest == now, f"{path.name} was executed with another {name}: re-execute the notebook"
+    stamped = nb["metadata"].get("bltlab", {}).get("weights_sha256")
+    assert stamped, (f"{path.name} carries no checkpoint stamp (metadata bltlab.weights_sha256): "
+                     "re-execute and stamp the series with `make notebooks`")
+    now = _weights_sha256()
+    stale = sorted(n for n in set(stamped) | set(now) if stamped.get(n) != now.get(n))
+    assert not stale, (f"{path.name}: its stored outputs were made with other weights than the shipped checkpoint holds "
+                       f"now ({', '.join(stale)}: stamped {[stamped.get(n) for n in stale]}, current "
+                       f"{[now.get(n) for n in stale]}); re-execute and stamp the series with `make notebooks`")
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
