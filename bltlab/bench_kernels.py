@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from .kernels import interpreting
+from .kernels import interpreting, require_triton
 from .positions import AttnMask
 from .tokens import MASK
 
@@ -267,6 +267,7 @@ def _resolve(device: str) -> str:
 def run(device: str = "auto", shapes: tuple = ("small", "large"), dtype: str = "bf16", repeats: int = 20,
         kernels: tuple = tuple(KERNELS), progress=None) -> dict:
     """Time every kernel x shape set (forward, and forward + backward where trained). Returns the JSON dict."""
+    require_triton()  # one clear error where Triton is not installed (Linux wheels only)
     import triton
 
     device = _resolve(device)

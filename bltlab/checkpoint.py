@@ -3,6 +3,8 @@
 A model directory holds `config.json` (the BLTConfig plus a `meta` record of how it was
 made), `entropy.safetensors` (the entropy model) and `blt.safetensors` (everything else).
 Training state (optimizer moments) lives beside them in `optim.safetensors` + `state.json`.
+The shipped model is package data (`bltlab/checkpoints/small/`, listed in pyproject.toml), so
+it is found the same way in a checkout, an editable install and a plain `pip install`.
 """
 from __future__ import annotations
 
@@ -16,8 +18,7 @@ from safetensors.torch import load_file, save_file
 from .config import BLTConfig
 from .model import BLT
 
-ROOT = Path(__file__).resolve().parent.parent
-SHIPPED = ROOT / "checkpoints" / "small"  # the model the CLI and the app use by default
+SHIPPED = Path(__file__).resolve().parent / "checkpoints" / "small"  # the model the CLI and the app use by default
 
 
 class CheckpointError(RuntimeError):
@@ -56,14 +57,25 @@ def load_weights(path: str | Path, module: torch.nn.Module, exclude: str | None 
 
 
 def read_config(directory: str | Path) -> tuple[BLTConfig, dict]:
+    """(config, meta) from a model directory's config.json; anything wrong with the file (not JSON,
+    an unknown, missing or mistyped field, a value the config refuses) is one CheckpointError that
+    names the file and the field."""
     path = Path(directory) / "config.json"
     if not path.is_file():
         raise CheckpointError(f"no config.json in {directory} (is this a bltlab model directory?)")
     try:
-        raw = json.loads(path.read_text())
-        return BLTConfig.from_dict(raw["config"]), raw.get("meta", {})
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{path} is not a valid bltlab config ({e})") from None
+        raw = json.loads(path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path} is not valid JSON ({e})") from None
+    if not isinstance(raw, dict) or not isinstance(raw.get("config"), dict):
+        raise CheckpointError(f"{path} is not a bltlab config: it needs an object with a \"config\" object "
+                              "(and optionally \"meta\"), as bltlab.checkpoint.write_config writes it")
+    if not isinstance(raw.get("meta", {}), dict):
+        raise CheckpointError(f"{path}: field meta must be a JSON object")
+    try:
+        return BLTConfig.from_dict(raw["config"], complete=True), raw.get("meta", {})
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: {e}") from None
 
 
 def write_config(directory: str | Path, cfg: BLTConfig, meta: dict | None = None) -> None:

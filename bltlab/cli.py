@@ -300,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("export", help="copy a trained model directory without optimizer state")
     s.add_argument("src", help="trained model directory (e.g. runs/small)")
-    s.add_argument("dst", help="destination (e.g. checkpoints/small)")
+    s.add_argument("dst", help="destination (e.g. bltlab/checkpoints/small in a checkout: the shipped model)")
     s.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="stored weight dtype")
     s.set_defaults(fn=cmd_export)
 

@@ -6,7 +6,9 @@ paper's parameter counts and are only used to price pass counts (never instantia
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
+import typing
 from dataclasses import dataclass, field
 
 
@@ -81,12 +83,12 @@ class BLTConfig:
         if self.arch not in ARCHS:
             raise ValueError(f"unknown arch {self.arch!r}; choose one of {sorted(ARCHS)}")
         if self.arch == "bltlab" and self.hash_functions != 1:
-            raise ValueError("arch 'bltlab' has one hash function per n-gram length")
-        for what, dim, heads in (("local", self.d_local, self.local_heads),
-                                 ("global", self.d_global, self.global_heads),
-                                 ("entropy", self.entropy.dim, self.entropy.n_heads)):
-            if dim % heads or (dim // heads) % 2:
-                raise ValueError(f"{what} width {dim} must split into {heads} heads of even size")
+            raise ValueError("arch 'bltlab' has one hash function per n-gram length (hash_functions = 1)")
+        for width, dim, heads, n in (("d_local", self.d_local, "local_heads", self.local_heads),
+                                     ("d_global", self.d_global, "global_heads", self.global_heads),
+                                     ("entropy.dim", self.entropy.dim, "entropy.n_heads", self.entropy.n_heads)):
+            if n <= 0 or dim % n or (dim // n) % 2:
+                raise ValueError(f"{width} = {dim} must split into {heads} = {n} heads of even size")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -95,12 +97,52 @@ class BLTConfig:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "BLTConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown BLT config fields: {sorted(unknown)}")
+    def from_dict(cls, d: dict, complete: bool = False) -> "BLTConfig":
+        """The config a dict describes (to_dict's form). Unknown fields and values of the wrong type
+        raise a ValueError naming the field; with `complete`, so do missing ones (a stored config
+        records every field, so a missing one means another program or version wrote it)."""
+        check_fields(cls, d, complete)
         return cls(**d)
+
+
+# What a field of each annotated type must hold in config.json, said as its error message says it
+_KINDS = {int: "an integer", float: "a number", str: "a string", bool: "true or false", tuple: "a list of integers"}
+
+
+def _fits(value, kind) -> bool:
+    """Whether a JSON value can be a field of type `kind` (a bool is an int to Python, never here)."""
+    if kind is tuple:
+        return isinstance(value, (list, tuple)) and all(_fits(v, int) for v in value)
+    if kind is bool or isinstance(value, bool):
+        return kind is bool and isinstance(value, bool)
+    return isinstance(value, (int, float) if kind is float else kind)
+
+
+def check_fields(cls, d, complete: bool = False, prefix: str = "") -> None:
+    """Raise ValueError naming the first field of `d` (a dict for dataclass `cls`, nested configs
+    as dicts) that `cls` does not have, that holds another type than declared, or (complete) that
+    is missing. Without this, BLTConfig(**d) takes a string width and fails later on an unrelated
+    operation ("not all arguments converted during string formatting")."""
+    where = f"field {prefix.rstrip('.')}" if prefix else "the config"
+    if not isinstance(d, dict):
+        raise ValueError(f"{where} must be a JSON object, got {json.dumps(d, default=repr)}")
+    hints, names = typing.get_type_hints(cls), [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in d if k not in names]
+    if unknown:
+        near = difflib.get_close_matches(str(unknown[0]), names, 1)  # a typo's likely intent
+        hint = f" (did you mean {prefix}{near[0]}?)" if near else ""
+        raise ValueError(f"unknown field {prefix}{unknown[0]}{hint}")
+    missing = [k for k in names if k not in d]
+    if complete and missing:
+        raise ValueError(f"missing field {prefix}{missing[0]}")
+    for name, value in d.items():
+        kind = hints[name]
+        if dataclasses.is_dataclass(kind):
+            if not isinstance(value, kind):  # a nested dict, as to_dict writes it
+                check_fields(kind, value, complete, f"{prefix}{name}.")
+        elif not _fits(value, kind):
+            raise ValueError(f"field {prefix}{name} must be {_KINDS.get(kind, kind.__name__)}, "
+                             f"got {json.dumps(value, default=repr)}")
 
 
 PRESETS: dict[str, BLTConfig] = {

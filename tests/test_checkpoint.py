@@ -79,3 +79,69 @@ def test_no_pickle_anywhere():
 
     src = "".join(p.read_text() for p in (Path(__file__).parent.parent / "bltlab").rglob("*.py"))
     assert "torch.load(" not in src and "import pickle" not in src
+
+
+def _config_error(tiny_dir, tmp_path, edit=None, text=None) -> str:
+    """The CheckpointError of load_model on tiny_dir's weights with config.json edited (edit(raw)) or replaced."""
+    d = tmp_path / "cfg"
+    d.mkdir(exist_ok=True)
+    for f in ("entropy.safetensors", "blt.safetensors"):
+        (d / f).write_bytes((tiny_dir / f).read_bytes())
+    if text is None:
+        raw = json.loads((tiny_dir / "config.json").read_text())
+        edit(raw)
+        text = json.dumps(raw)
+    (d / "config.json").write_text(text)
+    with pytest.raises(CheckpointError) as e:
+        load_model(d)
+    assert str(d / "config.json") in str(e.value)  # every message names the file
+    return str(e.value)
+
+
+def test_malformed_json_is_reported(tiny_dir, tmp_path):
+    text = (tiny_dir / "config.json").read_text()
+    msg = _config_error(tiny_dir, tmp_path, text=text.replace('"vocab": 260', '"vocab": 260,,'))
+    assert "not valid JSON" in msg and "line" in msg
+    assert "not a bltlab config" in _config_error(tiny_dir, tmp_path, text="[1, 2]")
+    assert "not a bltlab config" in _config_error(tiny_dir, tmp_path, text='{"meta": {}}')
+
+
+@pytest.mark.parametrize("edit, field, says", [
+    (lambda c: c.update(d_local="32"), "d_local", 'must be an integer, got "32"'),  # was: "not all arguments converted"
+    (lambda c: c.update(n_global_layers=2.5), "n_global_layers", "must be an integer, got 2.5"),
+    (lambda c: c.update(dec_cross_all=1), "dec_cross_all", "must be true or false, got 1"),
+    (lambda c: c.update(vocab=True), "vocab", "must be an integer, got true"),
+    (lambda c: c.update(hash_sizes=[3, "4"]), "hash_sizes", "must be a list of integers"),
+    (lambda c: c["entropy"].update(dim=None), "entropy.dim", "must be an integer, got null"),
+    (lambda c: c["patch"].update(threshold="1.3"), "patch.threshold", "must be a number"),
+    (lambda c: c.update(patch=4), "patch", "must be a JSON object"),
+])
+def test_wrong_types_name_the_field(tiny_dir, tmp_path, edit, field, says):
+    msg = _config_error(tiny_dir, tmp_path, lambda raw: edit(raw["config"]))
+    assert f"field {field} {says}" in msg, msg
+
+
+def test_unknown_and_missing_fields_name_the_field(tiny_dir, tmp_path):
+    msg = _config_error(tiny_dir, tmp_path, lambda raw: raw["config"]["patch"].update(treshold=1.0))
+    assert "unknown field patch.treshold (did you mean patch.threshold?)" in msg, msg
+    assert "unknown field bogus" in _config_error(tiny_dir, tmp_path, lambda raw: raw["config"].update(bogus=1))
+    assert "missing field hash_vocab" in _config_error(tiny_dir, tmp_path, lambda raw: raw["config"].pop("hash_vocab"))
+    msg = _config_error(tiny_dir, tmp_path, lambda raw: raw["config"]["entropy"].pop("n_heads"))
+    assert "missing field entropy.n_heads" in msg, msg
+    assert "field meta must be a JSON object" in _config_error(tiny_dir, tmp_path, lambda raw: raw.update(meta=[]))
+
+
+def test_values_the_config_refuses_name_the_field(tiny_dir, tmp_path):
+    msg = _config_error(tiny_dir, tmp_path, lambda raw: raw["config"].update(local_heads=0))
+    assert "local_heads = 0" in msg and "d_local = 32" in msg, msg
+    assert "unknown arch" in _config_error(tiny_dir, tmp_path, lambda raw: raw["config"].update(arch="gpt"))
+
+
+def test_partial_dicts_still_make_configs():
+    """from_dict without `complete` fills missing fields from the defaults (presets, notebooks),
+    and still refuses a mistyped one."""
+    from bltlab.config import BLTConfig
+
+    assert BLTConfig.from_dict({"d_local": 64, "patch": {"rule": "space"}}).patch.rule == "space"
+    with pytest.raises(ValueError, match="field d_local must be an integer"):
+        BLTConfig.from_dict({"d_local": "64"})

@@ -27,10 +27,11 @@ from pathlib import Path
 
 import pytest
 
+from bltlab.checkpoint import SHIPPED
+
 ROOT = Path(__file__).resolve().parent.parent
 NB_DIR = ROOT / "notebooks"
 SANITIZE = NB_DIR / "nbval_sanitize.cfg"
-SHIPPED = ROOT / "checkpoints" / "small"
 SERIES = ["00_bytes", "01_entropy_patching", "02_blt_model", "03_training", "04_block_diffusion",
           "05_self_speculation", "06_dv_and_hybrid", "07_bandwidth", "08_triton_kernels", "09_decoding_state"]
 NOTEBOOKS = sorted(NB_DIR.glob("[0-9][0-9]_*.ipynb"))

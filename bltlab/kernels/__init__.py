@@ -7,16 +7,20 @@ PyTorch code the model always ran) or to a Triton kernel. The backend:
 
 - `auto` (default): Triton for CUDA tensors, the reference otherwise, so a CPU run computes
   bit for bit what it computed before the kernels existed; except the ops in `AUTO_REFERENCE`,
-  whose kernel measured slower than the reference on the GPU (benchmarks/gpu/kernels.md);
+  whose kernel measured slower than the reference on the GPU (benchmarks/gpu/kernels.md), and
+  everything where Triton is not installed (it has Linux wheels only: `has_triton()`);
 - `triton`: always Triton; on CPU tensors this needs Triton's interpreter
   (`TRITON_INTERPRET=1`, set before the first kernel module is imported: it decides at
-  definition time whether a kernel is compiled or interpreted), else a clear error;
+  definition time whether a kernel is compiled or interpreted), else a clear error, as
+  without Triton;
 - `reference`: always PyTorch.
 
 Pick it with `set_backend(name)`, the context manager `backend(name)`, or the environment
 variable `BLTLAB_KERNELS` (read once at import). One module per kernel: entropy.py,
 hash_embed.py, pooling.py, norm_ffn.py, norm_proj.py, attention.py, step.py; bltlab/bench_kernels.py times
-them, compile_check.py compiles them for a GPU without one (docs/kernels.md).
+them, compile_check.py compiles them for a GPU without one (docs/kernels.md). They take Triton
+from _triton.py, which stands in for it where it is not installed, so that the references, which
+live beside the kernels, import everywhere; Triton itself is imported only with them.
 """
 from __future__ import annotations
 
@@ -67,13 +71,26 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+def has_triton() -> bool:
+    """Whether Triton could be imported. Asking imports it (through _triton.py), as the first
+    kernel module does anyway, and is answered from _LOADED afterwards."""
+    return _module("_triton", False).HAS_TRITON
+
+
+def require_triton() -> None:
+    """Raise the one clear error (Triton is Linux-only) where Triton is not installed."""
+    if not has_triton():
+        raise RuntimeError(_module("_triton", False).MISSING)
+
+
 def use_triton(*tensors: torch.Tensor) -> bool:
     """Whether an op on these tensors goes to its Triton kernel under the current backend."""
     if _backend == "reference":
         return False
     on_gpu = all(t.is_cuda for t in tensors)
     if _backend == "auto":
-        return on_gpu
+        return on_gpu and has_triton()  # a GPU without Triton (e.g. Windows + CUDA) runs the references
+    require_triton()
     if not on_gpu and not interpreting():
         raise RuntimeError("kernel backend 'triton' was asked for on CPU tensors, but Triton can only run them "
                            "in its interpreter: set TRITON_INTERPRET=1 in the environment before bltlab is "
@@ -85,7 +102,7 @@ _LOADED: dict = {}  # kernel modules imported so far (a dict lookup, which torch
 
 
 def _module(name: str, on_cpu: bool):
-    """Import a kernel module on first use (it imports triton and defines its kernels)."""
+    """Import a kernel module on first use (it imports triton, or its stand-in, and defines its kernels)."""
     mod = _LOADED.get(name)
     if mod is None:
         mod = _LOADED[name] = importlib.import_module(f"{__name__}.{name}")

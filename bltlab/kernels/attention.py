@@ -6,7 +6,7 @@ The mask is a layers.AttnMask: query i may read key j when
 That one rule covers every pattern the BLT uses: causal and sliding-window byte streams
 (q_lim = q_pos), the block-diffusion training mask of model.forward_hybrid (a noisy block
 reads the clean prefix before its start, q_lim = start - 1, and its own block both ways),
-and decoding with a KV prefix (keys = cached prefix + new keys, as in decode.hf_layout).
+and attention over a KV prefix (keys = cached prefix + new keys).
 Keys with k_blk < -1 are padding and never read.
 
 Forward (Triton): one program per (block of BLOCK_M queries, batch x head) streams over key
@@ -33,10 +33,9 @@ import os
 
 import torch
 import torch.nn.functional as F
-import triton
-import triton.language as tl
 
 from ..positions import AttnMask
+from ._triton import tl, triton
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
 

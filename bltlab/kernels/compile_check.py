@@ -83,6 +83,10 @@ def check(arch: int = 90, dtypes=("fp32", "bf16"), head_dims=(32, 64, 128)) -> l
     """Compile every spec; returns one row per kernel (ok, seconds, shared bytes or the error)."""
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
         raise RuntimeError("unset TRITON_INTERPRET: interpreted kernels cannot be compiled")
+    from ._triton import HAS_TRITON, MISSING  # not from the package, which imports this module (a cycle)
+
+    if not HAS_TRITON:
+        raise RuntimeError(MISSING)
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource, compile as tcompile
 
@@ -105,7 +109,10 @@ def main(argv=None) -> None:
     p.add_argument("--arch", type=int, default=90, help="CUDA compute capability x 10 (default: 90, H100)")
     p.add_argument("--quick", action="store_true", help="bf16 and head dim 32 only (seconds instead of minutes)")
     args = p.parse_args(argv)
-    rows = check(args.arch, ("bf16",) if args.quick else ("fp32", "bf16"), (32,) if args.quick else (32, 64, 128))
+    try:
+        rows = check(args.arch, ("bf16",) if args.quick else ("fp32", "bf16"), (32,) if args.quick else (32, 64, 128))
+    except RuntimeError as e:  # TRITON_INTERPRET set, or no Triton
+        sys.exit(f"error: {e}")
     for r in rows:
         print(f"{'OK  ' if r['ok'] else 'FAIL'} {r['kernel']:<44} {r['dtype']:<5} "
               + (f"{r['seconds']:>5.1f}s shared {r['shared_bytes']} B" if r["ok"] else r["error"]))

@@ -13,8 +13,8 @@ from __future__ import annotations
 import os
 
 import torch
-import triton
-import triton.language as tl
+
+from ._triton import tl, triton
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
 

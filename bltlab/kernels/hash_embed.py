@@ -15,10 +15,9 @@ import os
 
 import torch
 import torch.nn.functional as F
-import triton
-import triton.language as tl
 
 from ..hashing import HASH_BASE, HASH_MOD, ngram_hashes
+from ._triton import tl, triton
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
 MAX_TABLES = 8

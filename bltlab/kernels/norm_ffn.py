@@ -13,8 +13,8 @@ import os
 
 import torch
 import torch.nn.functional as F
-import triton
-import triton.language as tl
+
+from ._triton import tl, triton
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"  # how the kernels below were defined
 

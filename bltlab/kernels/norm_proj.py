@@ -28,10 +28,9 @@ import os
 
 import torch
 import torch.nn.functional as F
-import triton
-import triton.language as tl
 
 from ..positions import rotate
+from ._triton import tl, triton
 from .attention import _dot
 from .norm_ffn import rms_norm_reference, swiglu_reference
 

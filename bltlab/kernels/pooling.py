@@ -11,10 +11,9 @@ from __future__ import annotations
 import os
 
 import torch
-import triton
-import triton.language as tl
 
 from ..patching import patch_bounds, patch_layout
+from ._triton import tl, triton
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
 

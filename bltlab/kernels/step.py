@@ -19,10 +19,9 @@ from __future__ import annotations
 import os
 
 import torch
-import triton
-import triton.language as tl
 
 from ..tokens import MASK
+from ._triton import tl, triton
 from .entropy import confidence_reference
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
