@@ -25,9 +25,11 @@ app: install
 lab: install
 	$(BIN)/jupyter lab notebooks/
 
-# Re-execute the notebook series in place (stored outputs are what tests/test_notebooks.py checks).
+# Re-execute the notebook series in place (stored outputs are what tests/test_notebooks.py checks), then
+# stamp each one's metadata with the sha256 of the shipped weights the outputs were made with.
 notebooks: install
 	$(BIN)/jupyter nbconvert --to notebook --execute --inplace notebooks/0*.ipynb
+	$(BIN)/python notebooks/stamp.py notebooks/0*.ipynb
 
 # The results page (docs/results.md): held-out prompts, every mode, the paper's table on our model.
 BENCH_ARGS ?= --max-bytes 48
