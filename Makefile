@@ -19,8 +19,9 @@ $(VENV)/.installed: pyproject.toml
 test: install
 	$(BIN)/python -m pytest -q
 
+# The workbench on http://127.0.0.1:7860 (GRADIO_SERVER_NAME / GRADIO_SERVER_PORT move it; see --help).
 app: install
-	$(BIN)/python apps/workbench.py
+	$(BIN)/python -m bltlab app
 
 lab: install
 	$(BIN)/jupyter lab notebooks/

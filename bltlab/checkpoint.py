@@ -21,6 +21,30 @@ from .model import BLT
 SHIPPED = Path(__file__).resolve().parent / "checkpoints" / "small"  # the model the CLI and the app use by default
 
 
+DEVICES = "auto (CUDA when present, else CPU), cpu, cuda or cuda:N"  # what resolve_device accepts
+
+
+def resolve_device(name: str | None = "auto") -> str:
+    """A --device value -> a torch device string: 'auto' (or empty) is 'cuda' when a CUDA GPU is
+    present, else 'cpu'; 'cpu', 'cuda' and 'cuda:N' are taken as they are. ValueError (one
+    sentence saying what to use instead) for a GPU that is not there or an unknown name."""
+    name = (name or "auto").strip().lower()
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cpu":
+        return name
+    index = name.partition(":")[2]
+    if name == "cuda" or (name.startswith("cuda:") and index.isdigit()):
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r} was asked for but no CUDA GPU is available "
+                             "(use --device cpu, or --device auto: CUDA when present, else CPU)")
+        if index and int(index) >= torch.cuda.device_count():
+            raise ValueError(f"device {name!r} was asked for but this machine has "
+                             f"{torch.cuda.device_count()} CUDA GPU(s), numbered from 0")
+        return name
+    raise ValueError(f"unknown device {name!r}: choose {DEVICES} (Apple GPUs, MPS, are not used)")
+
+
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, corrupt, or does not match its config."""
 

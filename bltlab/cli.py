@@ -1,22 +1,54 @@
-"""`python -m bltlab ...`: data statistics, training, evaluation, generation, export."""
+"""`python -m bltlab ...`: data statistics, training, evaluation, generation, export, and the
+workbench app (`python -m bltlab app`, also the console script `bltlab-app`)."""
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
 from .config import PRESETS
 
+APP_HOST, APP_PORT = "127.0.0.1", 7860  # the workbench's address when neither a flag nor the environment names one
+HOST_ENV, PORT_ENV = "GRADIO_SERVER_NAME", "GRADIO_SERVER_PORT"  # what Gradio users set by habit
+
 
 def _device(name: str) -> str:
-    import torch
+    """--device -> a torch device string (auto: CUDA when present, else CPU); one clear error otherwise."""
+    from .checkpoint import resolve_device
 
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise SystemExit(f"error: --device {name} was asked for but no CUDA GPU is available")
-    return name
+    try:
+        return resolve_device(name)
+    except ValueError as e:
+        raise SystemExit(f"error: --device: {e}") from None
+
+
+def port_number(value: str | int, what: str = "--port") -> int:
+    """A TCP port from a flag or an environment variable; ValueError naming `what` otherwise."""
+    text = str(value).strip()
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise ValueError(f"{what}={value!r} is not a port number: give an integer from 1 to 65535")
+    return int(text)
+
+
+def _port_arg(value: str) -> int:
+    try:
+        return port_number(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def server_address(host: str | None = None, port: int | None = None,
+                   environ: dict | None = None) -> tuple[str, int]:
+    """Where the workbench listens: the flags when given, else GRADIO_SERVER_NAME and
+    GRADIO_SERVER_PORT (empty counts as unset), else 127.0.0.1:7860 (this machine only).
+    ValueError for a GRADIO_SERVER_PORT that is not a port number."""
+    env = os.environ if environ is None else environ
+    host = host or env.get(HOST_ENV, "").strip() or APP_HOST
+    if port is None:
+        port = port_number(env[PORT_ENV], PORT_ENV) if env.get(PORT_ENV, "").strip() else APP_PORT
+    return host, port
 
 
 def _load(args):
@@ -50,6 +82,8 @@ def cmd_data(args) -> None:
 
 def cmd_train(args) -> None:
     from .train import TrainConfig, train
+
+    args.device = _device(args.device)  # a missing GPU is refused before any data is read
 
     tc = TrainConfig(what=args.what, preset=args.preset, objective=args.objective, steps=args.steps,
                      minutes=args.minutes, batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr,
@@ -165,6 +199,8 @@ def cmd_bench_kernels(args) -> None:
 
     from .bench_kernels import main_args
 
+    args.device = _device(args.device)
+
     try:
         main_args(args, progress=lambda jobs: tqdm(jobs, desc="kernels", file=sys.stderr))
     except (RuntimeError, ValueError) as e:
@@ -181,8 +217,28 @@ def cmd_export(args) -> None:
     print(f"exported {args.src} -> {args.dst} ({args.dtype}); config {read_config(args.dst)[0].name}")
 
 
+def cmd_app(args) -> None:
+    """Build the workbench and serve it until interrupted (never shared publicly)."""
+    try:
+        host, port = server_address(args.host, args.port)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
+    device = _device(args.device)
+    # Gradio reads both variables when it is imported (int(GRADIO_SERVER_PORT) at module level): give it
+    # the address resolved above, so that a malformed variable that a flag overrides cannot stop the import.
+    os.environ[HOST_ENV], os.environ[PORT_ENV] = host, str(port)
+    from .app import build_demo, launch
+    from .checkpoint import CheckpointError
+
+    try:
+        demo = build_demo(args.model, device)
+    except (CheckpointError, ValueError) as e:
+        raise SystemExit(f"error: {e}") from None
+    launch(demo, host, port)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from .checkpoint import SHIPPED
+    from .checkpoint import DEVICES, SHIPPED
     from .decode import MODES
 
     p = argparse.ArgumentParser(prog="python -m bltlab", description="bltlab: a workbench for byte-level "
@@ -193,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--model", default=str(SHIPPED), help="model directory (default: the shipped small model)")
         s.add_argument("--hf-dir", default=None, help="instead of --model: a local transformers BltForCausalLM "
                        "directory (config.json + safetensors); only blt and blt-s* apply to such weights")
-        s.add_argument("--device", default="cpu", help="cpu, cuda or auto (default: cpu)")
+        s.add_argument("--device", default="auto", help=f"{DEVICES} (default: auto)")
 
     s = sub.add_parser("data", help="print statistics of the offline corpora")
     s.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -218,7 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default="runs/small", help="model directory to write (default: runs/small)")
     s.add_argument("--entropy-dir", default="", help="blt only: directory with the trained entropy model")
     s.add_argument("--resume", action="store_true", help="continue training from --out")
-    s.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    s.add_argument("--device", default="auto", help=f"{DEVICES} (default: auto)")
     s.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0 = default)")
     s.set_defaults(fn=cmd_train)
 
@@ -304,6 +360,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="stored weight dtype")
     s.set_defaults(fn=cmd_export)
 
+    s = sub.add_parser("app", help="serve the workbench, a Gradio app (Patching, Generate, Compare, Model card), "
+                       f"on http://{APP_HOST}:{APP_PORT} for your browser; also the console script bltlab-app",
+                       description="The bltlab workbench: a Gradio app to look inside a byte-level language model. "
+                       f"It listens on this machine only ({APP_HOST}:{APP_PORT}) unless told otherwise, and is "
+                       "never shared publicly. Stop it with Ctrl+C.")
+    s.add_argument("--model", default=str(SHIPPED), help="model directory, bltlab's or a local transformers "
+                   "BltForCausalLM one (blt and blt-s* only) (default: the shipped small model)")
+    s.add_argument("--host", default=None, help=f"address to bind (default: ${HOST_ENV} if set, else {APP_HOST}, "
+                   "this machine only; 0.0.0.0 exposes the app to your network)")
+    s.add_argument("--port", type=_port_arg, default=None,
+                   help=f"port (default: ${PORT_ENV} if set, else {APP_PORT})")
+    s.add_argument("--device", default="auto", help=f"{DEVICES} (default: auto)")
+    s.set_defaults(fn=cmd_app)
+
     from .bench_kernels import add_arguments
 
     s = sub.add_parser("bench-kernels", help="time the Triton kernels against their PyTorch references "
@@ -314,5 +384,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """`python -m bltlab` and the console script `bltlab`."""
     args = build_parser().parse_args(argv)
     args.fn(args)
+
+
+def main_app(argv: list[str] | None = None) -> None:
+    """The console script `bltlab-app`: `python -m bltlab app` with the same flags."""
+    main(["app", *(sys.argv[1:] if argv is None else argv)])

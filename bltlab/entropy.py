@@ -28,29 +28,16 @@ class EntropyModel(nn.Module):
         self.norm = RMSNorm(cfg.dim, eps)
         self.head = nn.Linear(cfg.dim, N_IDS, bias=False)
 
-    def forward(self, ids: torch.Tensor, pos: torch.Tensor | None = None, cache: list | None = None):
-        """ids: [B, L] -> logits [B, L, 260] for the byte after each position.
-
-        With `cache` (a list, one (k, v) per layer, possibly empty) the new positions attend
-        to the cached ones too and the cache is extended in place."""
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids: [B, L] -> logits [B, L, 260] for the byte after each position. (Decoding runs the
+        same layers over a KV cache: decode/state.py.)"""
         B, L = ids.shape
-        start = 0 if not cache else cache[0][0].shape[2]
-        if pos is None:
-            pos = torch.arange(start, start + L, device=ids.device).expand(B, L)
+        pos = torch.arange(L, device=ids.device).expand(B, L)
         x = self.emb(ids)
-        causal = start == 0 and not 0 < self.cfg.window < L
-        mask = None
-        if not causal:  # cached prefix and/or sliding window
-            kpos = torch.arange(start + L, device=ids.device).expand(B, -1)
-            mask = AttnMask.causal(pos, kpos, self.cfg.window)
-        for i, layer in enumerate(self.layers):
-            prefix = cache[i] if start else None
-            x, kv = layer(x, pos, mask, prefix=prefix, is_causal=causal)
-            if cache is not None:
-                if len(cache) > i:
-                    cache[i] = kv
-                else:
-                    cache.append(kv)
+        causal = not 0 < self.cfg.window < L
+        mask = None if causal else AttnMask.causal(pos, pos, self.cfg.window)  # the sliding window
+        for layer in self.layers:
+            x, _ = layer(x, pos, mask, is_causal=causal)
         return self.head(self.norm(x))
 
     @torch.no_grad()

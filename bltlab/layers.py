@@ -84,11 +84,7 @@ class SwiGLU(nn.Module):
 
 
 class SelfAttention(nn.Module):
-    """Multi-head self-attention with RoPE.
-
-    `prefix` optionally holds already computed (k, v) [B, H, S, hd] (a KV cache) that the
-    queries may also attend to; the mask then covers [prefix keys | new keys].
-    """
+    """Multi-head self-attention with RoPE (decoding: `Block.decode` over a KVCache)."""
 
     def __init__(self, dim: int, heads: int, theta: float):
         super().__init__()
@@ -105,15 +101,13 @@ class SelfAttention(nn.Module):
         return rope(q, pos, self.theta), rope(k, pos, self.theta), v
 
     def forward(self, x: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor | None,
-                prefix: tuple[torch.Tensor, torch.Tensor] | None = None, is_causal: bool = False):
-        """x: [B, L, D]; mask: AttnMask, or bool [B or 1, 1, L, S+L] (True = may attend), or None
-        (all keys, or causal with is_causal). Returns (out, (k, v))."""
+                is_causal: bool = False) -> torch.Tensor:
+        """x: [B, L, D]; mask: AttnMask, or bool [B or 1, 1, L, L] (True = may attend), or None
+        (all keys, or causal with is_causal)."""
         B, L, D = x.shape
         q, k, v = self.qkv(x, pos)
-        if prefix is not None:
-            k, v = torch.cat((prefix[0], k), 2), torch.cat((prefix[1], v), 2)
         o = kernels.attend(q, k, v, mask, is_causal)
-        return self.wo(o.transpose(1, 2).reshape(B, L, D)), (k, v)
+        return self.wo(o.transpose(1, 2).reshape(B, L, D))
 
 
 class SlotCrossAttention(nn.Module):
@@ -171,16 +165,16 @@ class Block(nn.Module):
         self.ffn_norm = RMSNorm(dim, eps)
         self.ffn = SwiGLU(dim, mult, ffn)
 
-    def forward(self, x, pos, mask, slots=None, prefix=None, is_causal=False, cache: KVCache | None = None, r=None):
-        """Returns (x, (k, v)) so callers can keep a KV cache. With `cache`, the decoding form."""
+    def forward(self, x, pos, mask, slots=None, is_causal=False, cache: KVCache | None = None, r=None):
+        """Returns (x, None); with `cache`, the decoding form's (x, r)."""
         if cache is not None:
             return self.decode(x, r, pos, mask, cache, slots)
         if self.cross is not None:
             c = self.cross(self.cross_norm(x), slots)
             x = x + (c + x if self.hf else c)
-        a, kv = self.attn(self.attn_norm(x), pos, mask, prefix, is_causal)
+        a = self.attn(self.attn_norm(x), pos, mask, is_causal)
         x, hn = self.ffn_norm(x, a)  # x + a, then its norm (one fused kernel on the Triton path)
-        return x + self.ffn(hn), kv
+        return x + self.ffn(hn), None
 
     def decode(self, x, r, pos, mask, cache: KVCache, slots=None):
         """The same layer over L new positions per row on the residual stream x + r, with its keys
@@ -191,11 +185,13 @@ class Block(nn.Module):
         it are one kernel on the Triton path (q|k|v with RoPE and the cache write too), and a small
         output projection is left to the next norm's kernel: a decoding step is launch-bound.
         slots: the slots' cross-attention keys and values, projected once per patch
-        (`SlotCrossAttention.attend`). Not for the "hf" layout (its cross-attention differs)."""
+        (`SlotCrossAttention.attend`; for the "hf" layout, of the normed slots)."""
         B, L, D = x.shape
         if self.cross is not None:
             x, q = self.cross_norm.linear(x, self.cross.wq.weight, r)
             r = self.cross.attend(q, *slots)
+            if self.hf:  # x + (c + x), summed in forward's order
+                r = (F.linear(*r) if isinstance(r, tuple) else r) + x
         norm = self.attn_norm
         x, q = kernels.norm_qkv(x, norm.weight, norm.eps, cache.qkv, r, cache.rot, pos, cache.kv, cache.rows)
         o = F.scaled_dot_product_attention(q, cache.kv[0], cache.kv[1], attn_mask=mask)  # q: [B, H, L, hd]
@@ -226,11 +222,15 @@ class HashEmbedding(nn.Module):
     def forward(self, ids: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         """ids: [B, L] -> [B, L, dim]. `context` ([B, C] ids before `ids`) feeds the n-grams
         that reach back past the first position (used by cached decoding)."""
-        full = ids if context is None else torch.cat((context, ids), 1)
+        return self.last(ids if context is None else torch.cat((context, ids), 1), ids.shape[1])
+
+    def last(self, full: torch.Tensor, n_new: int) -> torch.Tensor:
+        """The embeddings [B, n_new, dim] of the last n_new ids of `full` [B, C + n_new], whose
+        n-grams reach back into the C ids before them (PAD there counts as the sequence start)."""
         if self.scheme == "bltlab":  # PyTorch or one Triton kernel: kernels/hash_embed.py
-            return kernels.hash_embedding(full, ids.shape[1], [n for _, n in self.keys], self.vocab,
-                                          self.byte.weight, [t.weight for t in self.tables])
-        x = self.byte(ids)
+            return kernels.hash_embedding(full, n_new, [n for _, n in self.keys], self.vocab, self.byte.weight,
+                                          [t.weight for t in self.tables])
+        x = self.byte(full[:, full.shape[1] - n_new:])
         for (f, n), table in zip(self.keys, self.tables):
-            x = x + table(self.hashes(full, f, n)[:, full.shape[1] - ids.shape[1]:])
+            x = x + table(self.hashes(full, f, n)[:, full.shape[1] - n_new:])
         return x

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from .config import BLTConfig
 from .entropy import EntropyModel, entropy_of_logits
@@ -45,23 +46,32 @@ class PatchPooling(nn.Module):
         """h: [B, T, d]; pids: [B, T] (-1 = ignore) -> [B, P, d_global]."""
         bytes_, valid = patch_layout(h, pids, n_patches)  # [B, P, L, d], [B, P, L]
         pooled = kernels.patch_max(h, pids, n_patches, (bytes_, valid))  # [B, P, d]; empty patches 0
-        return self.attend(pooled, bytes_, valid)
+        return self.attend(pooled, bytes_, self.bias(valid))
 
-    def attend(self, pooled: torch.Tensor, bytes_: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """Slots seeded by `pooled` [B, P, d] attend to their patch's bytes -> [B, P, d_global]."""
-        B, n_patches, L, d = bytes_.shape
-        q0 = self.q_proj(pooled).view(B, n_patches, self.k, d)  # [B, P, k, d]
-        kv = self.kv_norm(bytes_)
-        hd = d // self.heads
-        q = self.wq(self.q_norm(q0)).view(B, n_patches, self.k, self.heads, hd)
-        k = self.wk(kv).view(B, n_patches, L, self.heads, hd)
-        v = self.wv(kv).view(B, n_patches, L, self.heads, hd)
-        att = torch.einsum("bpkhd,bplhd->bpkhl", q, k) / hd ** 0.5
-        att = att.masked_fill(~valid[:, :, None, None, :], float("-inf"))
-        o = torch.einsum("bpkhl,bplhd->bpkhd", att.softmax(-1).nan_to_num(0.0), v)
-        o = self.wo(o.reshape(B, n_patches, self.k, d))
+    @staticmethod
+    def bias(valid: torch.Tensor) -> torch.Tensor:
+        """[B, P, L] valid bytes -> the attention's additive mask: 0 where a slot reads the byte, else
+        -inf. A patch with no byte (batch padding; in decoding, written past the patches really
+        closed) reads its first position, so that every output stays finite: nothing reads them."""
+        allow = valid.clone()
+        allow[..., 0] = True
+        return torch.zeros_like(valid, dtype=torch.float).masked_fill(~allow, float("-inf"))
+
+    def attend(self, pooled: torch.Tensor, bytes_: torch.Tensor, bias: torch.Tensor,
+               kv_weight: torch.Tensor | None = None) -> torch.Tensor:
+        """Slots seeded by `pooled` [B, P, d] attend to their patch's bytes [B, P, L, d] under `bias`
+        [B, P, L] (`PatchPooling.bias`) -> [B, P, d_global]. Keys and values come from one projection,
+        kv_weight = wk|wv (decoding keeps it fused; by default it is concatenated here)."""
+        B, P, L, d = bytes_.shape
+        H, hd = self.heads, d // self.heads
+        kv_weight = torch.cat((self.wk.weight, self.wv.weight)) if kv_weight is None else kv_weight
+        q0 = self.q_proj(pooled).view(B, P, self.k, d)  # [B, P, k, d]
+        q = self.q_norm.linear(q0, self.wq.weight)[1].view(B * P, self.k, H, hd).transpose(1, 2)  # [B P, H, k, hd]
+        kv = self.kv_norm.linear(bytes_, kv_weight)[1].view(B * P, L, 2, H, hd).permute(2, 0, 3, 1, 4)
+        o = F.scaled_dot_product_attention(q, kv[0], kv[1], attn_mask=bias.to(q.dtype).view(B * P, 1, 1, L))
+        o = self.wo(o.transpose(1, 2).reshape(B, P, self.k, d))
         q = q0 + (o + q0 if self.hf else o)
-        return self.out(q.reshape(B, n_patches, self.k * d))
+        return self.out(q.reshape(B, P, self.k * d))
 
 
 class BLT(nn.Module):

@@ -45,6 +45,24 @@ def _check(cfg: PatchConfig) -> None:
         raise ValueError(f"stride must be >= 1, got {cfg.stride}")
 
 
+def natural_starts(cfg: PatchConfig, pos: torch.Tensor, entropy_at, space_at) -> torch.Tensor:
+    """The rule's own starts (before the max length): whether the byte at each of `pos` opens a
+    patch. `entropy_at(p)` gives H_p and `space_at(p)` whether byte p is ASCII whitespace, at
+    positions p >= 0 shaped like pos; a rule asks only for what it reads. One statement of the
+    rules for every caller: whole sequences (`patch_starts`), a decoding pass over new bytes
+    (decode/state.py) and a decoding step's last byte (kernels/step.py)."""
+    prev = lambda: (pos - 1).clamp(min=0)  # noqa: E731 (byte 0 reads itself: it opens patch 0 anyway)
+    if cfg.rule == "global":
+        s = entropy_at(pos) > cfg.threshold
+    elif cfg.rule == "relative":
+        s = (entropy_at(pos) - entropy_at(prev())) > cfg.threshold
+    elif cfg.rule == "fixed":
+        s = (pos - 1) % cfg.stride == 0
+    else:
+        s = space_at(prev()) & ~space_at(pos)
+    return s | (pos <= 1)  # BOS opens patch 0 and stands alone
+
+
 def enforce_max_patch(starts: torch.Tensor, max_patch: int, lengths: torch.Tensor | None = None) -> torch.Tensor:
     """Force a start wherever the current patch already holds max_patch bytes (0 = no limit).
 
@@ -83,18 +101,8 @@ def patch_starts(entropy: torch.Tensor | None, ids: torch.Tensor, cfg: PatchConf
         lengths = (ids != PAD).sum(-1)
     B, T = ids.shape
     pos = torch.arange(T, device=ids.device).expand(B, T)
-    if cfg.rule == "global":
-        s = entropy > cfg.threshold
-    elif cfg.rule == "relative":
-        s = torch.zeros_like(ids, dtype=torch.bool)
-        s[:, 1:] = (entropy[:, 1:] - entropy[:, :-1]) > cfg.threshold
-    elif cfg.rule == "fixed":
-        s = (pos - 1) % cfg.stride == 0
-    else:
-        ws = torch.isin(ids, torch.tensor(list(WHITESPACE), device=ids.device) + OFFSET)
-        s = torch.zeros_like(ids, dtype=torch.bool)
-        s[:, 1:] = ws[:, :-1] & ~ws[:, 1:]
-    s = s | (pos <= 1)  # BOS opens patch 0 and stands alone
+    ws = torch.isin(ids, torch.tensor(list(WHITESPACE), device=ids.device) + OFFSET) if cfg.rule == "space" else None
+    s = natural_starts(cfg, pos, lambda p: entropy.gather(1, p), lambda p: ws.gather(1, p))
     if forced is not None:
         s = s | forced
     return enforce_max_patch(s, cfg.max_patch, lengths)

@@ -51,16 +51,14 @@ class TrainConfig:
     out: str = "runs/small"  # model directory written (config.json + safetensors)
     entropy_dir: str = ""  # directory holding the trained entropy model (for what="blt")
     resume: bool = False  # continue from `out` (weights + optimizer + step)
-    device: str = "auto"  # "auto", "cpu", "cuda"
+    device: str = "auto"  # "auto" (CUDA when present, else CPU), "cpu", "cuda", "cuda:N"
     threads: int = 0  # torch CPU threads (0 = torch default)
 
 
 def _device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was asked for but no CUDA GPU is available")
-    return torch.device(name)
+    """TrainConfig.device -> torch.device (bltlab.checkpoint.resolve_device: ValueError for a GPU
+    that is not there)."""
+    return torch.device(ckpt.resolve_device(name))
 
 
 def lr_at(step: int, tc: TrainConfig, elapsed: float = 0.0) -> float:

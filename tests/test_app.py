@@ -1,10 +1,13 @@
-"""The workbench app: its pure functions, then the running server through gradio_client."""
+"""The workbench app (bltlab.app): its pure functions, its command line (`python -m bltlab app`), then the
+running server through gradio_client."""
 import json
 import os
 import re
 import socket
+import subprocess
 import sys
 import time
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -12,14 +15,13 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # `apps` is a folder of the checkout, not an installed package
-    sys.path.insert(0, str(ROOT))
 
 gr = pytest.importorskip("gradio")
 gradio_client = pytest.importorskip("gradio_client")
 go = pytest.importorskip("plotly.graph_objects")
 
-from apps import workbench as wbm  # noqa: E402
+from bltlab import app as wbm  # noqa: E402
+from bltlab import cli  # noqa: E402
 from bltlab.decode import MODES  # noqa: E402
 from bltlab.patching import RULES, mean_patch_length  # noqa: E402
 
@@ -354,18 +356,88 @@ def test_model_card(wb):
     assert f"{wb.cfg.patch.threshold:.4f}" in card and "random tiny model for tests" in card
 
 
-def test_command_line_defaults_and_clear_failures(tmp_path, capsys):
-    args = wbm.parse_args([])
-    assert args.host == "127.0.0.1" and args.port == 7860 and args.device == "cpu"
-    assert Path(args.model) == wbm.SHIPPED
+def test_command_line_defaults_and_clear_failures(tmp_path, monkeypatch):
+    for name in ("GRADIO_SERVER_NAME", "GRADIO_SERVER_PORT"):  # cmd_app hands the address to Gradio in os.environ:
+        monkeypatch.setenv(name, "")  # restored after the test
+    args = cli.build_parser().parse_args(["app"])
+    assert args.host is None and args.port is None and args.device == "auto"  # resolved by server_address
+    assert Path(args.model) == wbm.SHIPPED and args.fn is cli.cmd_app
     with pytest.raises(SystemExit) as e:
-        wbm.main(["--model", str(tmp_path / "nope")])
+        cli.main(["app", "--model", str(tmp_path / "nope"), "--device", "cpu"])
     assert "model directory not found" in str(e.value.code)
-    src = Path(wbm.__file__).read_text()
-    assert "share=True" not in src
+    assert (os.environ["GRADIO_SERVER_NAME"], os.environ["GRADIO_SERVER_PORT"]) == ("127.0.0.1", "7860")
+    src = Path(wbm.__file__).read_text() + Path(cli.__file__).read_text()
+    assert "share=True" not in src and src.count(".launch(") == 1 and "share=False" in src
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="no CUDA GPU"):
             wbm.resolve_device("cuda")
+        with pytest.raises(SystemExit, match="no CUDA GPU"):
+            cli.main(["app", "--device", "cuda"])
+
+
+def test_address_flags_then_environment_then_default():
+    """--host/--port win; else GRADIO_SERVER_NAME/GRADIO_SERVER_PORT (empty = unset); else 127.0.0.1:7860."""
+    env = {"GRADIO_SERVER_NAME": "0.0.0.0", "GRADIO_SERVER_PORT": "8123"}
+    assert cli.server_address(None, None, {}) == ("127.0.0.1", 7860)
+    assert cli.server_address(None, None, env) == ("0.0.0.0", 8123)
+    assert cli.server_address("127.0.0.1", 9000, env) == ("127.0.0.1", 9000)
+    assert cli.server_address("10.0.0.5", None, env) == ("10.0.0.5", 8123)
+    assert cli.server_address(None, 9000, {"GRADIO_SERVER_PORT": "oops"}) == ("127.0.0.1", 9000)  # the flag wins
+    assert cli.server_address(None, None, {"GRADIO_SERVER_NAME": " ", "GRADIO_SERVER_PORT": ""}) == ("127.0.0.1", 7860)
+    for bad in ("abc", "0", "65536", "-1", "80.5"):
+        with pytest.raises(ValueError, match=f"GRADIO_SERVER_PORT='{re.escape(bad)}' is not a port number"):
+            cli.server_address(None, None, {"GRADIO_SERVER_PORT": bad})
+    args = cli.build_parser().parse_args(["app", "--host", "0.0.0.0", "--port", "8001"])
+    assert (args.host, args.port) == ("0.0.0.0", 8001)
+
+
+def _bltlab(*args, env=None, timeout=120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "bltlab", *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+def test_app_command_help_and_bad_ports():
+    out = _bltlab("app", "--help").stdout
+    for flag in ("--model", "--host", "--port", "--device", "GRADIO_SERVER_NAME", "GRADIO_SERVER_PORT", "auto",
+                 "127.0.0.1", "7860"):
+        assert flag in out, flag
+    assert "app" in _bltlab("--help").stdout
+    r = _bltlab("app", env={"GRADIO_SERVER_PORT": "abc"})  # refused before Gradio (which would crash on it)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.stderr.strip() == "error: GRADIO_SERVER_PORT='abc' is not a port number: give an integer from 1 to 65535"
+    r = _bltlab("app", "--port", "http")
+    assert r.returncode == 2 and "argument --port: --port='http' is not a port number" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_app_command_serves_on_the_environments_port(tiny_dir, tmp_path):
+    """`python -m bltlab app` serves on GRADIO_SERVER_PORT, on 127.0.0.1 (GRADIO_SERVER_NAME unset),
+    and is not shared even with GRADIO_SHARE=True."""
+    port = _free_port()
+    env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "GRADIO_SHARE": "True", "PYTHONUNBUFFERED": "1"}
+    env.pop("GRADIO_SERVER_NAME", None)
+    log = tmp_path / "app.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "bltlab", "app", "--model", str(tiny_dir), "--device", "cpu"],
+                                stdout=out, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
+    try:
+        deadline, page = time.time() + 120, None
+        # Gradio prints whether it shares after the local URL: wait for that line as well as for the page
+        while page is None or not re.search("public link|share link", log.read_text()):
+            assert proc.poll() is None, log.read_text()[-3000:]
+            assert time.time() < deadline, log.read_text()[-3000:]
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/config", timeout=5) as r:
+                    page = json.loads(r.read())
+            except OSError:
+                time.sleep(0.5)
+        assert page["title"] == "bltlab workbench"
+        text = log.read_text()
+        assert f"Running on local URL:  http://127.0.0.1:{port}" in text
+        assert "To create a public link, set `share=True`" in text and "share link" not in text, text
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 # ---- the running app ------------------------------------------------------------------
@@ -378,7 +450,7 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def app(tiny_dir):
     demo = wbm.build_demo(tiny_dir, "cpu")
-    demo.launch(server_name="127.0.0.1", server_port=_free_port(), prevent_thread_lock=True, quiet=True)
+    wbm.launch(demo, "127.0.0.1", _free_port(), prevent_thread_lock=True, quiet=True)
     try:
         client = gradio_client.Client(demo.local_url, verbose=False)
         yield demo, client
@@ -526,11 +598,29 @@ def test_browser_generates_in_blt_and_diffusion(app, tmp_path):
             browser.close()
 
 
-def test_model_card_quotes_the_report_only_for_the_files_it_measured(tiny_dir):
+def test_model_card_quotes_the_report_only_for_the_files_it_measured(tiny_dir, tmp_path):
+    """The shipped model's report is package data beside its weights (the README's figures come
+    from it); the card quotes a model directory's report.json only when its
+    digests are those of the directory's weight files."""
+    import shutil
+
     from bltlab.checkpoint import SHIPPED
 
-    assert any("chrF" in line for line in wbm.measured_quality(SHIPPED))
-    assert wbm.measured_quality(tiny_dir) == []  # other weights: no borrowed figures
+    report = json.loads((SHIPPED / wbm.REPORT).read_text())
+    quality = "\n".join(wbm.measured_quality(SHIPPED))
+    tr = report["translation_fr"]
+    assert f"| chrF / BLEU, greedy EN→FR ({tr['pairs']} pairs) | {tr['chrf']:.1f} / {tr['bleu']:.1f} |" in quality
+    assert f"| bits/byte, code | {report['val_bpb']['code']:.3f} |" in quality
+    assert wbm.measured_quality(tiny_dir) == []  # no report.json
+    other = shutil.copytree(tiny_dir, tmp_path / "other")
+    shutil.copy(SHIPPED / wbm.REPORT, other / wbm.REPORT)
+    assert wbm.measured_quality(other) == []  # other weights: no borrowed figures
+    (other / wbm.REPORT).write_text("[1, 2]")
+    assert wbm.measured_quality(other) == []  # not a report: no card failure either
+    shipped = shutil.copytree(SHIPPED, tmp_path / "shipped")
+    assert "\n".join(wbm.measured_quality(shipped)) == quality  # any directory: the rule is the digests
+    card = wbm.model_card(wbm.load_workbench(SHIPPED, "cpu"))
+    assert "### Measured quality" in card and quality in card
 
 
 def test_serves_transformers_layout_weights(tmp_path):

@@ -81,3 +81,82 @@ def test_bench_bad_prompt_file(tiny_dir, tmp_path):
     bad.write_text("not json\n")
     r = run("bench", "--prompts", str(bad), "--model", str(tiny_dir), ok=False)
     assert "not JSON" in r.stderr and "Traceback" not in r.stderr
+
+
+# ---- --device: auto (CUDA when present, else CPU) is every command's default ------------------
+def _subcommands() -> dict:
+    import argparse
+
+    from bltlab.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices
+
+
+def test_every_device_flag_defaults_to_auto():
+    with_device = {name: p for name, p in _subcommands().items()
+                   if any("--device" in a.option_strings for a in p._actions)}
+    assert {"app", "generate", "eval", "bench", "speed", "report", "train", "bench-kernels"} <= set(with_device)
+    for name, p in with_device.items():
+        action = next(a for a in p._actions if "--device" in a.option_strings)
+        assert action.default == "auto" and "auto" in action.help, name
+
+
+def test_auto_resolves_to_cuda_when_present_else_cpu(monkeypatch):
+    import torch
+
+    from bltlab.checkpoint import resolve_device
+
+    assert resolve_device("auto") == resolve_device(None) == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_device("CPU") == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("auto") == "cuda" and resolve_device("cuda:1") == "cuda:1"
+    with pytest.raises(ValueError, match="has 2 CUDA GPU"):
+        resolve_device("cuda:2")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == "cpu"
+    for name in ("cuda", "cuda:0"):
+        with pytest.raises(ValueError, match="no CUDA GPU is available .use --device cpu, or --device auto"):
+            resolve_device(name)
+    for name in ("mps", "gpu", "cuda:x", "tpu"):
+        with pytest.raises(ValueError, match="unknown device"):
+            resolve_device(name)
+
+
+def _device_commands(tiny_dir, tmp_path) -> dict[str, list[str]]:
+    """One call of each command that takes --device, arguments apart from --device."""
+    prompts, text = tmp_path / "p.jsonl", tmp_path / "t.txt"
+    prompts.write_text('{"prompt": "def f("}\n')
+    text.write_text("x")
+    model = ["--model", str(tiny_dir)]
+    return {"generate": ["generate", "--prompt", "x", *model], "eval": ["eval", "--text", str(text), *model],
+            "bench": ["bench", "--prompts", str(prompts), *model],
+            "speed": ["speed", "--prompts", str(prompts), *model],
+            "report": ["report", *model], "train": ["train", "entropy", "--out", str(tmp_path / "run")],
+            "bench-kernels": ["bench-kernels", "--tiny"], "app": ["app", *model]}
+
+
+def test_unknown_or_missing_devices_get_one_clear_error(tiny_dir, tmp_path, monkeypatch):
+    """Every command: an unknown device, and a GPU where none is (simulated), stop before any work."""
+    import torch
+
+    from bltlab import cli
+
+    commands = _device_commands(tiny_dir, tmp_path)
+    assert set(commands) >= {n for n, p in _subcommands().items() if any("--device" in a.option_strings
+                                                                         for a in p._actions)}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for name, args in commands.items():
+        for device, msg in (("mps", "unknown device 'mps'"), ("cuda", "no CUDA GPU is available")):
+            with pytest.raises(SystemExit) as e:
+                cli.main([*args, "--device", device])
+            assert str(e.value.code).startswith("error: --device: ") and msg in str(e.value.code), (name, device)
+    assert not (tmp_path / "run").exists()  # train stopped before writing anything
+
+
+def test_a_missing_gpu_is_one_line_not_a_traceback(tiny_dir, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # no GPU for the subprocess, whatever this machine has
+    r = run("generate", "--prompt", "x", "--model", str(tiny_dir), "--device", "cuda", ok=False)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.stderr.startswith("error: --device: device 'cuda' was asked for but no CUDA GPU is available"), r.stderr

@@ -112,6 +112,20 @@ def test_self_speculation_equals_blt_on_foreign_weights(pair):
             assert generate(ours, prompt, mode, max_bytes=40).output == want, (mode, prompt)
 
 
+def test_a_batch_equals_one_prompt_at_a_time(pair):
+    """Weights in transformers' layout decode on the same batched state: each row of a batch gets
+    the bytes, counters and trace its prompt gets alone."""
+    from test_state import same_generation  # entropies equal to 4 places, less one unit of rounding
+
+    _, ours, _ = pair
+    prompts = PROMPTS + [b"a"]
+    for mode in ("blt", "blt-s8"):
+        batch = generate_batch(ours, prompts, mode, max_bytes=24)
+        for p, g in zip(prompts, batch):
+            g.counters.pop("batch"), g.counters.pop("batch_passes")
+            same_generation(g, generate(ours, p, mode, max_bytes=24))
+
+
 def test_sampling_runs_and_is_seeded(pair):
     _, ours, _ = pair
     for mode in ("blt", "blt-s8"):
@@ -140,8 +154,8 @@ def test_only_training_free_modes(pair):
     for mode in ("blt-d4", "blt-dv8", "blt-h"):
         with pytest.raises(ValueError, match="masked blocks"):
             generate(ours, b"hi", mode, max_bytes=4)
-    with pytest.raises(ValueError, match="bltlab-layout"):
-        generate_batch(ours, [b"hi", b"yo"], max_bytes=4)
+        with pytest.raises(ValueError, match="masked blocks"):
+            generate_batch(ours, [b"hi", b"yo"], mode, max_bytes=4)
 
 
 # ---- refusals: nothing is loaded partially ---------------------------------------------------

@@ -18,7 +18,8 @@ LAYERS = [
     ["checkpoint", "cost", "interop"],
     ["decode"],
     ["bench", "bench_kernels", "speed", "evaluate", "train", "results"],
-    ["cli", "__main__"],
+    ["app"],  # the Gradio workbench (no command line of its own)
+    ["cli", "__main__"],  # the command line, whose `app` command starts the workbench
 ]
 
 
@@ -96,3 +97,4 @@ def test_the_graph_sees_every_kind_of_import():
     assert "bltlab.kernels.step" in g["bltlab.kernels"]  # importlib, on first use
     assert "bltlab.decode" in g["bltlab.cli"]  # inside cmd_generate
     assert "bltlab.model" not in g["bltlab.decode.common"]  # under TYPE_CHECKING
+    assert "bltlab.app" in g["bltlab.cli"]  # inside cmd_app, so that other commands never import gradio

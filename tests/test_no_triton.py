@@ -72,12 +72,11 @@ def drive(tmp: str) -> None:
     assert metrics["step"] == 1 and "train_diff" in metrics, metrics
     done("train step entropy + hybrid blt")
 
-    sys.path.insert(0, str(ROOT))  # `apps` is a folder of the checkout, not a package of the install
     import gradio as gr
 
-    from apps.workbench import build_demo
+    from bltlab.app import build_demo
 
-    assert isinstance(build_demo(), gr.Blocks)
+    assert isinstance(build_demo(), gr.Blocks)  # the shipped model, --device auto
     done("app build")
 
     nb = nbformat.read(ROOT / "notebooks" / "00_bytes.ipynb", as_version=4)

@@ -1,8 +1,9 @@
 """The batched decoding state (decode/state.py) and the mode loops over it, against slower oracles:
-the single-sequence decoder with growing caches (decode/hf_layout.py: `blt`, `blt-s*`: same bytes,
-counters and trace; same logits, entropies and patches per step), the no-cache block-diffusion
-reference (`blt-d*`: same bytes), and one prompt at a time (every mode batched: same bytes,
-counters and trace per row)."""
+the model's training forward without caches (`blt`, `blt-s*`: same bytes as the no-cache reference,
+and each event's bytes, entropies and patch starts, and the pass counts, as the entropy model and
+the patch rule give them on the whole sequence; same logits, entropies and patches per step), the
+no-cache block-diffusion reference (`blt-d*`: same bytes), and one prompt at a time (every mode
+batched: same bytes, counters and trace per row)."""
 import dataclasses
 
 import pytest
@@ -10,15 +11,14 @@ import torch
 
 from bltlab import kernels
 from bltlab.config import PatchConfig, get_config
-from bltlab.decode import Sampler, generate, generate_batch, state
+from bltlab.decode import generate, generate_batch, state
 from bltlab.decode.common import allowed
-from bltlab.decode.hf_layout import SeqState, stream_hf
-from bltlab.decode.reference import generate_reference_diffusion
+from bltlab.decode.reference import generate_reference, generate_reference_diffusion
 from bltlab.decode.state import DecodeState, decode_state
 from bltlab.kernels.step import sum_before, unmask_rule
 from bltlab.entropy import entropy_of_logits
 from bltlab.model import BLT
-from bltlab.tokens import OFFSET, encode
+from bltlab.tokens import OFFSET, encode, to_bytes
 from test_decode import PROMPTS
 
 
@@ -97,10 +97,44 @@ def same_generation(a, b, ties: list | None = None):
     same_event(a.trace, b.trace)
 
 
-def eager(m: BLT, prompt, mode: str = "blt", max_bytes: int = 64, stop=None):
-    """`blt` or `blt-s*` on the single-sequence decoder with growing caches (hf_layout.py)."""
-    *_, done = stream_hf(m, prompt, mode, max_bytes, stop, Sampler())
-    return done.generation
+def as_reference(m: BLT, prompt, mode: str = "blt", max_bytes: int = 64, stop=None):
+    """`mode` (`blt` or `blt-s*`, greedy) against the no-cache oracles: its bytes and stop reason are
+    generate_reference's; every byte its events report, with its entropy H_t and whether it opened
+    a patch, is what the entropy model and the patch rule give on the whole sequence (the bytes a
+    generation pushed: all but a last one that a stop string or the budget ended on, which a
+    verification may have pushed); and for `blt`,
+    one decoder and one entropy-model pass per pushed byte after the prefill's, one encoder + global
+    pass per pushed byte that closes a patch (the prefill's if its bytes close one). Returns the
+    generation."""
+    g = generate(m, prompt, mode, max_bytes=max_bytes, stop=stop)
+    ref = generate_reference(m, prompt, max_bytes=max_bytes, stop=stop)
+    assert (g.output, g.stop_reason) == (ref.output, ref.stop_reason)
+    ids = encode(prompt)
+    n = len(ids)
+    made = g.output + (to_bytes(stop) if g.stop_reason == "stop" else b"")  # a stop string was made too
+    seq = torch.tensor([ids + [b + OFFSET for b in made]])
+    ent = m.entropy.entropies(seq)[0].tolist()
+    starts = m.patch(seq)[0].tolist()
+    prefill, *events = g.trace
+    assert prefill["patch_starts"] == [u for u in range(n) if starts[u]]
+    assert torch.allclose(torch.tensor(prefill["entropy"]), torch.tensor(ent[:n]), atol=2e-4)
+    seen = []
+    for e in events:
+        if e["type"] == "byte":
+            assert e["byte"] == int(seq[0, e["pos"]]) - OFFSET and abs(e["entropy"] - ent[e["pos"]]) <= 2e-4
+            assert e["patch_start"] in (starts[e["pos"]], None)
+            seen += [e["pos"]] if e["patch_start"] else []
+        elif e["type"] == "verify":
+            seen += e["patch_starts"]
+    pushed = len(made) + n - (g.stop_reason != "eos")  # the positions the generation pushed
+    want = [u for u in range(n, pushed) if starts[u]]
+    # a verification may have pushed the last byte too (a draft went on after it)
+    assert seen == want or (mode != "blt" and seen == want + [pushed] and starts[pushed])
+    if mode == "blt":
+        c = g.counters
+        assert c["n_dec"] == c["n_ent"] == 1 + pushed - n
+        assert c["n_enc"] == int(any(starts[1:n])) + len(seen)
+    return g
 
 
 def alone_and_batched(m: BLT, prompts: list, mode: str, **kw) -> tuple[list, list, dict]:
@@ -129,59 +163,55 @@ def choose_unmask(logits: torch.Tensor, masked: list[int], alpha: float | None, 
     return chosen or [masked[int(conf.argmax())]]
 
 
-def test_equals_eager_on_every_prompt(model):
+def test_equals_the_reference_on_every_prompt(model):
     for i, p in enumerate(PROMPTS[:32]):
-        n = 100 if i % 8 == 0 else 20  # long ones cross the local window (64) and many patches
-        same_generation(eager(model, p, "blt", max_bytes=n),
-                        generate(model, p, "blt", max_bytes=n))
+        as_reference(model, p, "blt", max_bytes=100 if i % 8 == 0 else 20)  # long: past the window (64)
 
 
 @pytest.mark.parametrize("patch", [PatchConfig(rule="relative", threshold=0.01, max_patch=5),
                                    PatchConfig(rule="space", max_patch=0),
                                    PatchConfig(rule="fixed", stride=3, max_patch=0),
                                    PatchConfig(rule="global", threshold=0.0, max_patch=3)])
-def test_equals_eager_under_every_rule(patch):
+def test_equals_the_reference_under_every_rule(patch):
     m = tiny(patch)
     for p in PROMPTS[:10]:
-        same_generation(eager(m, p, "blt", max_bytes=30),
-                        generate(m, p, "blt", max_bytes=30))
+        as_reference(m, p, "blt", max_bytes=30)
 
 
 def test_entropy_window_and_stop_strings():
     m = tiny(entropy=dataclasses.replace(get_config("tiny").entropy, window=5))
     for p in PROMPTS[:8]:
-        first = eager(m, p, "blt", max_bytes=40)
-        stop = first.output[5:7] or None  # a stop string that really occurs
-        same_generation(eager(m, p, "blt", max_bytes=40, stop=stop),
-                        generate(m, p, "blt", max_bytes=40, stop=stop))
+        first = as_reference(m, p, "blt", max_bytes=40)
+        as_reference(m, p, "blt", max_bytes=40, stop=first.output[5:7] or None)  # a stop string that occurs
 
 
-def test_logits_entropies_and_patches_step_by_step(model):
+@pytest.mark.parametrize("patch", [None, PatchConfig(threshold=0.0, max_patch=3)])
+def test_logits_entropies_and_patches_step_by_step(patch):
+    """After each step, the state's prediction is the training forward's on the whole sequence, and
+    its entropies, patch starts, finished patches and open patch are the entropy model's and the
+    patch rule's."""
+    m = tiny(patch)
     ids = encode("def add(a, b):\n    return a + b\n")
-    st = SeqState(model)
-    st.push(ids)
-    s = DecodeState(model, 1)
+    s = DecodeState(m, 1)
     s.prefill([ids])
     for _ in range(40):
-        assert torch.allclose(s.logits[0], st.last_logits, atol=1e-5, rtol=1e-5)
-        tok = int(s.ids[0, len(st)])
+        n = len(ids)
+        x = torch.tensor([ids])
+        starts = m.patch(x)
+        assert torch.allclose(s.logits[0], m(x, starts)[0, -1], atol=1e-5, rtol=1e-5)
+        starts = starts[0]
+        assert torch.allclose(s.ent[0, :n], m.entropy.entropies(x)[0], atol=1e-5)
+        assert s.olog[0, :n].tolist() == starts.tolist()
+        assert int(s.ncomp[0]) == int(starts.sum()) - 1  # the last start's patch is open
+        assert int(s.cur[0]) == int(starts.nonzero()[-1, 0])
+        ids.append(int(s.ids[0, n]))
         s.run()
-        st.push([tok])
-        n = len(st)
-        assert torch.allclose(s.ent[0, :n + 1], torch.tensor(st.ent), atol=1e-5)
-        assert s.olog[0, :n].tolist() == st.starts.tolist()
-        assert int(s.ncomp[0]) == st.complete
-        assert int(s.cur[0]) == int(st.starts.nonzero()[-1, 0])
 
 
 @pytest.mark.parametrize("mode", ["blt-s8", "blt-s16"])
-def test_self_speculation_equals_eager(model, mode):
+def test_self_speculation_equals_the_reference(model, mode):
     for i, p in enumerate(PROMPTS[:24]):
-        n = 90 if i % 6 == 0 else 30
-        eager_ = eager(model, p, mode, max_bytes=n)
-        static = generate(model, p, mode, max_bytes=n)
-        assert static.output == generate(model, p, "blt", max_bytes=n).output
-        same_generation(eager_, static)
+        as_reference(model, p, mode, max_bytes=90 if i % 6 == 0 else 30)
 
 
 @pytest.mark.parametrize("patch", [PatchConfig(rule="relative", threshold=0.01, max_patch=5),
@@ -190,8 +220,7 @@ def test_self_speculation_under_other_rules(patch):
     m = tiny(patch)
     for p in PROMPTS[:8]:
         for stop in (None, "e"):
-            same_generation(eager(m, p, "blt-s8", max_bytes=40, stop=stop),
-                            generate(m, p, "blt-s8", max_bytes=40, stop=stop))
+            as_reference(m, p, "blt-s8", max_bytes=40, stop=stop)
 
 
 @pytest.mark.parametrize("patch", [PatchConfig(threshold=0.0, max_patch=3), PatchConfig(rule="space", max_patch=0),
@@ -423,9 +452,9 @@ def test_weights_written_in_place_reach_the_state():
     for w in (layer.attn.wq.weight, layer.ffn.w3.weight, layer.cross.wv.weight, m.pool.wk.weight, m.start_slots):
         with torch.no_grad():
             w.mul_(1.5)
-        same_generation(eager(m, PROMPTS[0], "blt", max_bytes=20), generate(m, PROMPTS[0], "blt", max_bytes=20))
+        as_reference(m, PROMPTS[0], "blt", max_bytes=20)
     m.load_state_dict(other.state_dict())
-    same_generation(eager(m, PROMPTS[0], "blt", max_bytes=20), generate(m, PROMPTS[0], "blt", max_bytes=20))
+    as_reference(m, PROMPTS[0], "blt", max_bytes=20)
     assert decode_state(m, 1) is s
 
 
@@ -476,7 +505,7 @@ def test_cuda_graphs_equal_eager(model):
     m.cuda()
     for p in PROMPTS[:12]:
         for mode in ("blt", "blt-s16"):
-            same_generation(eager(m, p, mode, max_bytes=60), generate(m, p, mode, max_bytes=60))
+            as_reference(m, p, mode, max_bytes=60)
         for mode in ("blt-d8", "blt-dv16", "blt-h"):
             assert generate(m, p, mode, max_bytes=60).output == generate(m.cpu(), p, mode, max_bytes=60).output
             m.cuda()

@@ -9,7 +9,8 @@ hybrid.py) over one batched decoding state (state.py, with request.py's host boo
 `generate_batch` runs any mode on several ragged prompts at once, and `generate` is a batch of
 one. On a GPU the state's steps are CUDA-graph replays; `compiled=True` passes them through
 torch.compile first (minutes of compiling on first use). `generate_reference` is the no-cache
-oracle the tests compare against. Weights in transformers' layout decode in hf_layout.py.
+oracle the tests compare against. Weights in transformers' layout (arch "hf") decode on the same
+state, in the training-free modes.
 
 `stream(model, prompt, mode, **knobs)` yields the generation's events (events.py) as they happen,
 ending with `Done`, which holds the Generation; `generate` collects a stream. To cancel, stop
@@ -25,7 +26,6 @@ from .blt import run_blt
 from .common import MODES, Generation, Sampler, mode_size
 from .diffusion import check_knobs, run_diffusion
 from .events import Block, Byte, Done, Event, Prefill, Step, Switch, Verify
-from .hf_layout import stream_hf
 from .hybrid import check_hybrid, run_hybrid
 from .reference import generate_reference
 from .request import Request
@@ -47,24 +47,16 @@ def stream(model: BLT, prompt: str | bytes, mode: str = "blt", max_bytes: int = 
     first event."""
     t0 = time.perf_counter()
     sampler, knobs = _check(model, mode, temperature, top_p, seed, alpha, gamma, eta, block)
-    if model.cfg.arch == "hf":
-        for event in stream_hf(model, prompt, mode, max_bytes, stop, sampler):
-            if isinstance(event, Done):
-                done = event  # the last one
-            else:
-                yield event
-    else:
-        req = Request(model, [prompt], max_bytes, stop, sampler, compiled)
-        try:
-            for _ in _run(req, mode, *knobs):
-                yield from req.drain()
+    req = Request(model, [prompt], max_bytes, stop, sampler, compiled)
+    try:
+        for _ in _run(req, mode, *knobs):
             yield from req.drain()
-        finally:
-            req.release()
-        g = req.finish(mode)[0]
-        done = Done(req.rows[0].n, g.counters, g)
-    done.generation.counters["seconds"] = time.perf_counter() - t0
-    yield done
+        yield from req.drain()
+    finally:
+        req.release()
+    g = req.finish(mode)[0]
+    g.counters["seconds"] = time.perf_counter() - t0
+    yield Done(req.rows[0].n, g.counters, g)
 
 
 def generate(model: BLT, prompt: str | bytes, mode: str = "blt", max_bytes: int = 64,
@@ -86,8 +78,6 @@ def generate_batch(model: BLT, prompts: list[str | bytes], mode: str = "blt", ma
     with the counters and trace that prompt alone gets (greedy: the same bytes too) and the
     batch's shared passes in counters["batch_passes"]."""
     sampler, knobs = _check(model, mode, temperature, top_p, seed, alpha, gamma, eta, block)
-    if model.cfg.arch == "hf":
-        raise ValueError("batched generation supports bltlab-layout models only; generate one prompt at a time")
     req = Request(model, prompts, max_bytes, stop, sampler, compiled)
     try:
         for _ in _run(req, mode, *knobs):

@@ -108,13 +108,15 @@ class Request:
         self.sampler = sampler or Sampler()
         ids = [check_request(p, max_bytes, model.cfg.max_bytes) for p in prompts]
         self.s = s = decode_state(model, len(ids), compiled, claim=True)
+        self.look = s.look  # 1: patches are decided one byte ahead (the "hf" layout)
         s.prefill(ids)
         olog, ent = s.olog.tolist(), s.ent.tolist()
         self.rows: list[Row] = []
         self.new: list[Event] = []  # events not yet streamed (one prompt's: `stream`)
         for b, p in enumerate(ids):
             starts = [u for u in range(len(p)) if olog[b][u]]
-            row = Row(model, p, len(starts) - 1, max_bytes, stop, self.new if b == 0 else None)
+            ncomp = len(starts) + (self.look and olog[b][len(p)]) - 1
+            row = Row(model, p, ncomp, max_bytes, stop, self.new if b == 0 else None)
             row.add(Prefill(0, row.snapshot(), len(p) - 1, starts, [round(h, 4) for h in ent[b][:len(p)]]))
             self.rows.append(row)
         self.passes = {"n_dec": 1, "n_ent": 1, "n_enc": 1, "n_loc": 1}  # the batch's: the prefill is one pass
@@ -154,7 +156,10 @@ class Request:
     def step(self, opens: dict[int, int]) -> None:
         """The byte t of every active row through every part; the global step only where a row's
         byte opens a patch (`opens`: from next_bytes)."""
-        self.s.run(1, with_global=any(opens[b] for b in self.active))
+        s = self.s
+        s.run(1, with_global=self.look or any(opens[b] for b in self.active))
+        if self.look:  # the patch that the next byte opens closed in this pass
+            opens = s.olog.gather(1, s.t[:, None])[:, 0].tolist()
         closed = [self.rows[b].pushed(1, self.rows[b].ncomp + opens[b]) for b in self.active]
         self._count_push(any(closed))
 
@@ -164,15 +169,15 @@ class Request:
         one pass (close: its global step also closes the patch after them, which `close(run=False)`
         counts; with_global=False: no byte opens a patch). `lengths`: the bytes each row really
         pushes, counted as its own (the rest it drops). Returns per row (the greedy byte after each
-        of the L bytes, the patches started up to byte n - 1, n, ..., n + L - 1)."""
+        of the L bytes, the patches started up to byte n - 1, n, ..., n + L - 1 + look)."""
         s = self.s
         self.only(rows)
-        s.run(L, with_global, close)
-        at = torch.tensor([r.n for r in self.rows], device=s.dev)[:, None] + s.kpos[:L + 1] - 1
-        both = torch.cat((s.pred.gather(1, at[:, 1:]), s.olog.long().cumsum(1).gather(1, at)), 1).tolist()
+        s.run(L, with_global or bool(self.look), close)
+        at = torch.tensor([r.n for r in self.rows], device=s.dev)[:, None] + s.kpos[:L + 1 + self.look] - 1
+        both = torch.cat((s.pred.gather(1, at[:, 1:L + 1]), s.olog.long().cumsum(1).gather(1, at)), 1).tolist()
         out = {b: (both[b][:L], both[b][L:]) for b in rows}
         lengths = lengths or dict.fromkeys(rows, L)
-        closed = [self.rows[b].pushed(lengths[b], out[b][1][lengths[b]] - 1) for b in rows if lengths[b]]
+        closed = [self.rows[b].pushed(lengths[b], out[b][1][lengths[b] + self.look] - 1) for b in rows if lengths[b]]
         self._count_push(any(closed))
         return out
 

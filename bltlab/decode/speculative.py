@@ -71,7 +71,7 @@ def run_speculative(req: Request, k: int, self_draft: bool) -> Iterator[None]:
                 fix = _judge(d[i], preds[i - 1], None if p is None else p[b, i - 1], None if q is None else q[b, i],
                              sampler)
                 if fix is not None:
-                    rejected[b] = (start[b] + i, fix, cum[i] - 1)
+                    rejected[b] = (start[b] + i, fix, cum[i + req.look] - 1)
                     break
                 accepted[b] += 1
         req.rollback(rejected)

@@ -24,8 +24,8 @@ starts a patch: the global model on the one it ends) and `denoise` (one pass ove
 on the device). Rows outside `move` wait: a pass computes them at their own t but leaves t,
 their patches and their chosen slots alone, which is how a batch's rows part (ragged prompts,
 stopped rows, per-row accepted drafts, blocks of other sizes). Tests (tests/test_state.py)
-check the bytes, the logits and the trace against a single-sequence decoder with growing caches
-(hf_layout.py) and the no-cache references, and one pass against the same bytes in pieces.
+check the bytes, the logits and the trace against the no-cache references (the model's training
+forward), and one pass against the same bytes in pieces.
 """
 from __future__ import annotations
 
@@ -33,13 +33,14 @@ import threading
 import weakref
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import kernels
 from ..entropy import entropy_of_logits
 from ..layers import KVCache
 from ..model import BLT
-from ..patching import WHITESPACE
+from ..patching import WHITESPACE, natural_starts
 from ..tokens import MASK, OFFSET, PAD
 from .common import HASH_CONTEXT, allowed
 
@@ -57,7 +58,11 @@ def _fused(model: BLT) -> dict:
         return torch.cat([w.weight for w in linears]).detach()
     blocks = [*model.entropy.layers, *model.enc_layers, *model.global_layers, *model.dec_layers]
     out = {id(b): (cat(b.attn.wq, b.attn.wk, b.attn.wv), cat(b.ffn.w1, b.ffn.w3)) for b in blocks}
-    out["slots"] = (cat(*[w for b in model.dec_layers for w in (b.cross.wk, b.cross.wv)]),)
+    crosses = [b.cross for b in model.dec_layers if b.cross is not None]
+    if model.cfg.arch == "hf":  # each layer norms the slots first: one matrix per layer
+        out["slots"] = tuple(cat(c.wk, c.wv) for c in crosses)
+    else:
+        out["slots"] = (cat(*[w for c in crosses for w in (c.wk, c.wv)]),)
     out["pool"] = (cat(model.pool.wk, model.pool.wv),)
     return out
 
@@ -70,6 +75,8 @@ def _weights_version(model: BLT) -> tuple:
 
 def _norm_proj(norm, x: torch.Tensor, r, weight: torch.Tensor) -> torch.Tensor:
     """The projection `weight` of norm(x + r) (RMSNorm.linear): a head or a table row after a stack."""
+    if isinstance(norm, nn.Identity):  # the "hf" layout's global model ends without a norm
+        return F.linear(x if r is None else x + (F.linear(*r) if isinstance(r, tuple) else r), weight)
     return norm.linear(x, weight, r)[1]
 
 
@@ -109,16 +116,27 @@ class DecodeState:
         self.knob = torch.zeros(B, dtype=torch.float64, device=dev)  # α or γ (a tensor: one graph for all)
         self.knob_now = 0.0  # what `knob` holds
         self.move = torch.ones(B, dtype=torch.bool, device=dev)  # rows a step moves (the rest keep t, patches)
+        self.moving = list(range(B))  # the rows in `move` (None: others)
         self.logits = torch.zeros(B, 260, dtype=p.dtype, device=dev)  # prediction of byte t
         self.pass_logits = self.logits[:, None]  # the last decoder pass's [B, L, 260] (sampling reads it)
         self.h = p.new_zeros(B, T, self.cfg.d_local)
         # row r: patch r - 1's decoder slots as every decoder layer's cross-attention keys and values,
         # projected once per patch instead of once per byte: [B, T + 1, layers, 2, H, k, hd]
         dl, H = self.cfg.d_local, self.cfg.local_heads
-        self.table = p.new_zeros(B, T + 1, len(model.dec_layers), 2, H, self.cfg.cross_k, dl // H)
+        crosses = sum(b.cross is not None for b in model.dec_layers)
+        self.table = p.new_zeros(B, T + 1, crosses, 2, H, self.cfg.cross_k, dl // H)
+        # The "hf" layout (transformers' BLT) decides a byte's patch one byte ahead: its decoder at u
+        # reads the patch before u + 1's, so the global step on a patch that byte u + 1 opens runs in
+        # u's pass (`look`). With a max patch length it also gives the newest byte another row than
+        # that byte has once the next one exists (docs/model.md, "Weights from transformers"): a pass then runs
+        # each byte twice (`shadow`), as the cache keeps it and as the newest, whose keys go to a
+        # second half of every cache (position S/2 + u, RoPE angles of u) that only itself reads.
+        self.look = int(self.cfg.arch == "hf")
+        self.shadow = bool(self.look and self.cfg.patch.max_patch > 0)
         # caches as long as the longest context rounded up to 16 keys (what fused attention aligns
         # its masks to: no padded copy per call); keys past T lie in the future of every query
-        S = 16 * -(-T // 16)
+        self.half = 16 * -(-T // 16)
+        S = self.half * (2 if self.shadow else 1)
         self.rows = torch.arange(B, device=dev)
         self.fused = _fused(model)
         self.ent_kv = self._caches(model.entropy.layers, S)
@@ -130,7 +148,8 @@ class DecodeState:
         self.hctx = torch.arange(HASH_CONTEXT + T, device=dev)  # ctx_ids columns of bytes t - 8 ..
         self.bias = p.new_tensor([0.0, float("-inf")])  # the masks' additive form
         self.back = S - 1 - self.keys  # index of the offset q - k in a band: q + back[k]
-        self.bands = {w: self._band(w) for w in {model.entropy.cfg.window, self.cfg.local_window, 0}}
+        windows = {model.entropy.cfg.window, self.cfg.local_window, 0, self.cfg.local_window - self.shadow}
+        self.bands = {w: self._band(w) for w in windows}
         self.blocks, self.koff = self._block_masks(), self.keys + T  # koff - t: a key's index in `blocks`
         self.forbid = allowed(torch.zeros(260, device=dev))  # -inf at ids decoding never emits, else 0
         self.lmax = self.cfg.patch.max_patch or self.cfg.max_bytes  # longest possible patch
@@ -149,7 +168,7 @@ class DecodeState:
         a, p = layers[0].attn, next(self.m.parameters())
         hd = a.wq.out_features // a.heads
         inv = 1.0 / a.theta ** (torch.arange(0, hd, 2, device=self.dev, dtype=torch.float32) / hd)
-        ang = torch.arange(self.T, device=self.dev).float()[:, None] * inv  # [T, hd/2]
+        ang = (torch.arange(S, device=self.dev) % self.half).float()[:, None] * inv  # [S, hd/2]
         rot = torch.stack((ang.cos(), ang.sin()), -1)
         return [KVCache(p.new_zeros(2, self.B, a.heads, S, hd), rot, *self.fused[id(layer)], self.rows)
                 for layer in layers]
@@ -168,7 +187,9 @@ class DecodeState:
         for x in (self.ent, self.t, self.cur, self.ncomp, self.forced):
             x.zero_()
         self.forced[:, :2] = True  # bytes 0 and 1 always open a patch
+        self.olog[:, 0] = True
         self.move.fill_(True)
+        self.moving = list(range(self.B))
         version = _weights_version(self.m)
         if version != self.version:  # the weights changed in place (training, load_state_dict)
             for key, now in _fused(self.m).items():
@@ -178,6 +199,7 @@ class DecodeState:
             self.version = version
         self._signal()
 
+    @torch.no_grad()
     def prefill(self, prompts: list[list[int]]) -> None:
         """reset, then the prompts' bytes: one pass up to the shortest prompt's end for every row, then
         one pass per longer length for the rows whose prompt goes on, while the others wait at their
@@ -186,9 +208,11 @@ class DecodeState:
         done = 0
         for n in sorted({len(p) for p in prompts}):
             self.move.copy_(self.plen > done)
+            self.moving = None
             self.advance(n - done)
             done = n
         self.move.fill_(True)
+        self.moving = list(range(self.B))
 
     # ---- the step ------------------------------------------------------------------------------
     def _opens(self, pos: torch.Tensor) -> torch.Tensor:
@@ -196,16 +220,7 @@ class DecodeState:
         and its closed form for the max length, counted from the open patch's start `cur` (for byte
         t alone, kernels.step_end decides it in `_signal`)."""
         b, pc = self.rows[:, None], self.cfg.patch
-        if pc.rule == "global":
-            nat = self.ent[b, pos] > pc.threshold
-        elif pc.rule == "fixed":
-            nat = (pos - 1) % pc.stride == 0
-        else:
-            prev = (pos - 1).clamp(min=0)
-            if pc.rule == "relative":
-                nat = (self.ent[b, pos] - self.ent[b, prev]) > pc.threshold
-            else:
-                nat = self.is_ws[self.ids[b, prev]] & ~self.is_ws[self.ids[b, pos]]
+        nat = natural_starts(pc, pos, lambda p: self.ent[b, p], lambda p: self.is_ws[self.ids[b, p]])
         nat = nat | self.forced[b, pos]
         if pc.max_patch > 0:  # forced starts lie every max_patch bytes after the last natural one
             last = torch.where(nat, pos, self.cur[:, None]).cummax(1).values
@@ -244,19 +259,27 @@ class DecodeState:
         return [self.bands[w][at] for w in windows]
 
     def slot_kv(self, slots: torch.Tensor) -> torch.Tensor:
-        """Decoder slots [B, P, k, d_local] -> every decoder layer's cross-attention keys and values
+        """Decoder slots [B, P, k, d_local] -> every cross-attending decoder layer's keys and values
         [B, P, layers, 2, H, k, hd] (a `table` row per patch)."""
         B, P, k, D = slots.shape
-        H = self.m.dec_layers[0].cross.heads
-        return F.linear(slots, self.fused["slots"][0]).view(B, P, k, -1, 2, H, D // H).permute(0, 1, 3, 4, 5, 2, 6)
+        crosses = [b.cross for b in self.m.dec_layers if b.cross is not None]
+        if self.look:  # the "hf" layout norms the slots in each layer first
+            kv = torch.cat([F.linear(c.kv_norm(slots), w) for c, w in zip(crosses, self.fused["slots"])], -1)
+        else:
+            kv = F.linear(slots, self.fused["slots"][0])
+        H = crosses[0].heads
+        return kv.view(B, P, k, -1, 2, H, D // H).permute(0, 1, 3, 4, 5, 2, 6)
 
     def _layers(self, layers, caches: list[KVCache], x, pos, mask, slots=None):
         """x through `layers` at positions pos [B, L] (their caches written there), each in its decoding
         form (`Block.decode`); slots: the decoder's table rows [B or B L, layers, 2, H, k, hd]. Returns
         the output as a pair (x, r) whose sum it is, as `Block.decode` does."""
-        r = None
-        for i, (layer, cache) in enumerate(zip(layers, caches)):
-            x, r = layer(x, pos, mask, slots=None if slots is None else slots[:, i].unbind(1), cache=cache, r=r)
+        r, i = None, 0
+        for layer, cache in zip(layers, caches):
+            sl = None
+            if slots is not None and layer.cross is not None:
+                sl, i = slots[:, i].unbind(1), i + 1
+            x, r = layer(x, pos, mask, slots=sl, cache=cache, r=r)
         return x, r
 
     def advance(self, L: int = 1, with_global: bool = True, close: bool = False) -> None:
@@ -273,25 +296,26 @@ class DecodeState:
         x, r = self._layers(m.entropy.layers, self.ent_kv, x, pos, emask)
         logits = _norm_proj(m.entropy.norm, x, r, m.entropy.head.weight)
         self.ent.scatter_(1, pos + 1, entropy_of_logits(logits).float())
-        if L > 1:
-            opens = self._opens(pos)
-            self.olog.scatter_(1, pos, opens)
+        dpos = pos + 1 if self.look else pos  # where patches are decided: at each byte, or one byte ahead
+        if L > 1 or self.look:
+            opens = self._opens(dpos)
+            self.olog.scatter_(1, dpos, opens)
         h = self._encode(pos, local)
-        rows = self.ncomp[:, None].expand(-1, L)  # table row each byte's decoder reads: p(u)
+        rows = self.ncomp[:, None].expand(-1, L)  # table row each byte's decoder reads: p(u + look)
         if with_global:
-            if L == 1:  # whether byte t opens a patch is in `olog` already (every step that moves t,
-                opens = self.olog.gather(1, pos)  # cur, forced or ids[t] puts it there, with the signal)
+            if L == 1 and not self.look:  # whether byte t opens a patch is in `olog` already (every step
+                opens = self.olog.gather(1, pos)  # that moves t, cur, forced or ids[t] puts it there)
             # byte u that opens a patch closes [last start before u, u) unless empty (a forced start
             # whose patch `close` ended already); closed patches first
-            incl = torch.where(opens, pos, self.cur[:, None])  # last start <= u
+            incl = torch.where(opens, dpos, self.cur[:, None])  # last start <= u
             if L == 1 and not close:
-                first, end = self.cur[:, None], pos  # last start < u
-                closes = opens & (pos > first)
+                first, end = self.cur[:, None], dpos  # last start < u
+                closes = ends = opens & (dpos > first)
             else:  # closed patches first; byte u reads the row of the last one closed up to u
                 incl = incl.cummax(1).values
                 first = torch.cat((self.cur[:, None], incl[:, :-1]), 1)
-                closes = opens & (pos > first)
-                end, ending = pos, closes
+                closes = ends = opens & (dpos > first)
+                end, ending = dpos, closes
                 if close:  # then the patch still open, [last start, t + L)
                     first, end = torch.cat((first, incl[:, -1:]), 1), torch.cat((pos, pos[:, -1:] + 1), 1)
                     ending = torch.cat((closes, torch.ones_like(closes[:, :1])), 1)
@@ -306,8 +330,14 @@ class DecodeState:
                 self.forced[b, last] |= self.move
             self.ncomp += done * self.move
             self.cur.copy_(torch.where(self.move, last, self.cur))
+        if self.shadow:  # as the cache keeps each byte, then as the newest, whose row lacks a patch
+            newest = rows - (ends & (dpos > 1)).long()  # that byte u + 1 opens by the max length
+            own = torch.where(self.keys == (pos + self.half)[..., None], self.bias[0], self.bias[1])
+            alone = torch.maximum(self._masks(pos - 1, self.cfg.local_window - 1)[0], own[:, None])
+            pos, h = torch.cat((pos, pos + self.half), 1), torch.cat((h, h), 1)
+            rows, local = torch.cat((rows, newest), 1), torch.cat((local, alone), 2)
         slots = self.table[b[:, None], rows].flatten(0, 1)  # [B L, layers, 2, H, k, hd]
-        self._signal(self._decode(pos, h, slots, local))  # ids[t + L]: the prompt's first
+        self._signal(self._decode(pos, h, slots, local, L))  # ids[t + L]: the prompt's first
 
     def _global(self, start: torch.Tensor, end: torch.Tensor) -> None:
         """Global model on the patches [start, end) ([B, P] each) as patches ncomp .. ncomp + P - 1;
@@ -315,29 +345,14 @@ class DecodeState:
         but unread until a real patch overwrites them."""
         m, b, P = self.m, self.rows, start.shape[1]
         idx = start[..., None] + self.kpos[:self.lmax]  # [B, P, lmax]
-        g = self._pool(self.h[b[:, None, None], idx.clamp(max=self.T - 1)], idx < end[..., None])
+        bytes_ = self.h[b[:, None, None], idx.clamp(max=self.T - 1)]  # [B, P, lmax, d]
+        bias = self._additive((idx < end[..., None]) | self.first[:self.lmax])  # PatchPooling.bias
+        g = m.pool.attend((bytes_ + bias[..., None]).amax(2), bytes_, bias, self.fused["pool"][0])
         gpos = self.ncomp[:, None] + self.kpos[:P]
         g, r = self._layers(m.global_layers, self.glob_kv, g, gpos,
                             self._masks(gpos, 0)[0])
         slots = _norm_proj(m.global_norm, g, r, m.slot_proj.weight)  # m.slot_rows, norm fused
         self.table[b[:, None], gpos + 1] = self.slot_kv(slots.view(*slots.shape[:2], self.cfg.cross_k, -1))
-
-    def _pool(self, bytes_: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """PatchPooling on gathered bytes [B, P, lmax, d] (valid [B, P, lmax]), with one
-        additive mask for the max and the attention, keys and values in one projection and fused
-        attention. An empty patch (written past those really closed, never read) pools its first
-        byte instead of nothing, which keeps it finite as a cache entry must be."""
-        p = self.m.pool
-        B, P, L, d = bytes_.shape
-        H, hd = p.heads, d // p.heads
-        bias = self._additive(valid | self.first[:L])  # [B, P, lmax]
-        q0 = p.q_proj((bytes_ + bias[..., None]).amax(2)).view(B, P, p.k, d)
-        q = _norm_proj(p.q_norm, q0, None, p.wq.weight).view(B * P, p.k, H, hd).transpose(1, 2)  # [B P, H, k, hd]
-        kv = _norm_proj(p.kv_norm, bytes_, None, self.fused["pool"][0])
-        kv = kv.view(B * P, L, 2, H, hd).permute(2, 0, 3, 1, 4)
-        o = F.scaled_dot_product_attention(q, kv[0], kv[1], attn_mask=bias.view(B * P, 1, 1, L))
-        o = p.wo(o.transpose(1, 2).reshape(B, P, p.k, d))
-        return p.out((q0 + o).reshape(B, P, p.k * d))
 
     def close(self) -> None:
         """Force a patch start at t (a diffusion block starts a patch) and run the global model on
@@ -376,20 +391,21 @@ class DecodeState:
         """Local encoder over positions pos [B, L] (hash n-grams reach HASH_CONTEXT ids back, PAD
         before byte 0) -> h [B, L, d_local], kept in `h` for pooling; mask: the local window's there."""
         m, L = self.m, pos.shape[1]
-        e = m.embed
         full = self.ctx_ids.gather(1, pos[:, :1] + self.hctx[:HASH_CONTEXT + L])  # ids t - 8 .. t + L - 1
-        x = kernels.hash_embedding(full, L, [n for _, n in e.keys], e.vocab, e.byte.weight,
-                                   [w.weight for w in e.tables])
+        x = m.embed.last(full, L)
         x, r = self._layers(m.enc_layers, self.enc_kv, x, pos, mask)
         h = x + (F.linear(*r) if isinstance(r, tuple) else r)
         self.h[self.rows[:, None], pos] = h
         return h
 
-    def _decode(self, pos: torch.Tensor, h: torch.Tensor, slots: torch.Tensor, mask: torch.Tensor) -> tuple:
+    def _decode(self, pos: torch.Tensor, h: torch.Tensor, slots: torch.Tensor, mask: torch.Tensor,
+                last: int = 1) -> tuple:
         """Decoder over pos [B, L] from the encoder's h there, reading `slots` (table rows: one per
-        byte, or one per row for the whole pass). Returns step_end's `advance`: the logits [B, L, 260]
-        and where their greedy bytes and the last logits go."""
+        byte, or one per row for the whole pass). Returns step_end's `advance`: the `last` positions'
+        logits [B, last, 260] and where their greedy bytes and the last logits go."""
         x, r = self._layers(self.m.dec_layers, self.dec_kv, h, pos, mask, slots)
+        if last < x.shape[1]:  # the shadow pass: only the newest rows predict
+            x, r = x[:, -last:], (r[0][:, -last:], r[1]) if isinstance(r, tuple) else r[:, -last:]
         logits = self.pass_logits = _norm_proj(self.m.dec_norm, x, r, self.m.head.weight)
         return logits, self.forbid, self.logits, self.pred, self.given, self.plen, self.move
 
@@ -410,7 +426,7 @@ class DecodeState:
         t[at], new[at] = torch.as_tensor(n, device=self.dev), torch.as_tensor(byte, device=self.dev)
         self.t.copy_(t)  # a row at its own t keeps its patches: they are recomputed as they are
         self.forced &= self.kpos <= t[:, None]
-        starts = self.olog & (self.kpos < t[:, None])
+        starts = self.olog & (self.kpos < t[:, None] + self.look)  # the patches decided before byte t
         self.ncomp.copy_(starts.sum(1) - 1)
         self.cur.copy_(torch.where(starts, self.kpos, 0).amax(1))
         self.ids[self.rows, t] = new
@@ -435,15 +451,20 @@ class DecodeState:
 
     def only(self, rows: list[int]) -> None:
         """The steps after this move these rows only (the others keep t and their patches)."""
-        self.move.copy_(torch.isin(self.rows, torch.tensor(rows, dtype=torch.long, device=self.dev)))
+        if rows != self.moving:  # most steps keep the rows of the last: no device work then
+            self.move.copy_(torch.isin(self.rows, torch.tensor(rows, dtype=torch.long, device=self.dev)))
+            self.moving = list(rows)
 
     def _signal(self, advance: tuple | None = None, draft: bool = False) -> None:
         """(byte t, does it open a patch?): the two numbers the host reads; with `advance` (from
         `_decode`) the rows first take their greedy bytes and next ids and move (one kernel:
         kernels.step_end). A draft moves dt instead of t and leaves the signal alone."""
-        pc = self.cfg.patch
-        kernels.step_end(self.ids, self.dt if draft else self.t, None if draft else self.signal, self.olog, self.ent,
-                         self.forced, self.cur, self.is_ws, pc.rule, pc.threshold, pc.stride, pc.max_patch, advance)
+        pc, own = self.cfg.patch, not (draft or self.look)
+        kernels.step_end(self.ids, self.dt if draft else self.t, self.signal if own else None,
+                         self.olog if own else None, self.ent, self.forced, self.cur, self.is_ws, pc.rule,
+                         pc.threshold, pc.stride, pc.max_patch, advance)
+        if self.look and not draft:  # the pass decided byte t's patch already (its `opens`, in olog)
+            self.signal.copy_(torch.stack((self.ids[self.rows, self.t], self.olog[self.rows, self.t].long()), 1))
 
     # ---- CUDA graphs -------------------------------------------------------------------------
     # Each run_* is its step as a CUDA-graph replay on a GPU (captured on first use), eager elsewhere.

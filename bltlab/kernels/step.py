@@ -20,6 +20,8 @@ import os
 
 import torch
 
+from ..config import PatchConfig
+from ..patching import natural_starts
 from ..tokens import MASK
 from ._triton import tl, triton
 from .entropy import confidence_reference
@@ -68,17 +70,8 @@ def step_end_reference(ids: torch.Tensor, t: torch.Tensor, signal: torch.Tensor 
         t.add_(move, alpha=L)
     if signal is None:
         return
-    if rule == "global":
-        nat = ent[b, t] > threshold
-    elif rule == "fixed":
-        nat = (t - 1) % stride == 0
-    else:
-        prev = (t - 1).clamp(min=0)
-        if rule == "relative":
-            nat = (ent[b, t] - ent[b, prev]) > threshold
-        else:
-            nat = is_ws[ids[b, prev]] & ~is_ws[ids[b, t]]
-    nat = nat | forced[b, t]
+    cfg = PatchConfig(rule=rule, threshold=threshold, max_patch=max_patch, stride=stride)
+    nat = natural_starts(cfg, t, lambda p: ent[b, p], lambda p: is_ws[ids[b, p]]) | forced[b, t]
     if max_patch > 0:  # cur < t <= cur + max_patch unless t starts a patch already
         nat = nat | (t - cur == max_patch)
     signal[:, 0] = ids[b, t]
@@ -127,7 +120,7 @@ def _step_end(ids_ptr, t_ptr, sig_ptr, olog_ptr, ent_ptr, forced_ptr, cur_ptr, w
             nat = (t - 1) % stride == 0  # (-1) % stride is 0 for stride 1 only, with C's % as with Python's
         else:
             nat = (tl.load(ws_ptr + tl.load(row + prev)) != 0) & (tl.load(ws_ptr + byte) == 0)
-        nat = nat | (tl.load(forced_ptr + b * s_forced + t) != 0)
+        nat = nat | (t <= 1) | (tl.load(forced_ptr + b * s_forced + t) != 0)  # patching.natural_starts' rules
         if max_patch > 0:
             nat = nat | (t - tl.load(cur_ptr + b) == max_patch)
         tl.store(sig_ptr + 2 * b, byte)

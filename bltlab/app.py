@@ -16,8 +16,11 @@ Layout of this file:
      `steps_html`, `compare_view`, `model_card` and their helpers; the step pictures are built
      from a Generation's trace only;
   2. one `_xxx_tab(wb, ...)` builder per tab, then `build_demo(model_dir, device) -> gr.Blocks`
-     (queued: at most CONCURRENCY generations at once per event, QUEUE_SIZE waiting);
-  3. the command line: `python apps/workbench.py [--model DIR] [--host H] [--port P] [--device D]`.
+     (queued: at most CONCURRENCY generations at once per event, QUEUE_SIZE waiting), and `launch`.
+
+The command line is bltlab.cli's: `python -m bltlab app [--model DIR] [--host H] [--port P] [--device D]`
+(or the console script `bltlab-app`), which resolves the address (flags, else GRADIO_SERVER_NAME /
+GRADIO_SERVER_PORT, else 127.0.0.1:7860) before Gradio is imported, then calls `launch`.
 
 Event handlers carry api_names (`/patching`, `/generate` (streaming), `/stop`, `/compare`,
 `/model_card`) so that `gradio_client` can drive the app (the tests do). `/stop` cancels the
@@ -26,33 +29,30 @@ status. The server binds to 127.0.0.1 unless told otherwise and is never shared 
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
+import hashlib
 import html
-import sys
+import json
 import time
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
-
-if __package__ in (None, ""):  # `python apps/workbench.py` from a checkout without an install
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import gradio as gr
 import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
-from bltlab.checkpoint import SHIPPED, CheckpointError, load_model
-from bltlab.config import PatchConfig
-from bltlab.cost import bandwidth, part_params
-from bltlab.decode import MODES, Done, Generation, generate, stream
-from bltlab.decode.common import count_local
-from bltlab.interop import is_hf_dir, load_hf
-from bltlab.model import BLT
-from bltlab.patching import RULES, mean_patch_length, patch_starts, starts_to_spans
-from bltlab.speed import copy_gbps
-from bltlab.tokens import encode, to_bytes
+from .checkpoint import SHIPPED, load_model, resolve_device
+from .config import PatchConfig
+from .cost import bandwidth, part_params
+from .decode import MODES, Done, Generation, generate, stream
+from .decode.common import count_local
+from .interop import is_hf_dir, load_hf
+from .model import BLT
+from .patching import RULES, mean_patch_length, patch_starts, starts_to_spans
+from .speed import copy_gbps
+from .tokens import encode, to_bytes
 
 MAX_TEXT_CHARS = 2000  # the patching textbox; the model's context is the real limit
 THRESHOLD_RANGE = (0.0, 6.0)  # nats
@@ -135,22 +135,6 @@ class Workbench:
         return self.cfg.max_bytes - 1
 
 
-def resolve_device(name: str) -> str:
-    """'cpu' | 'cuda[:N]' | 'auto' -> a torch device string; ValueError when CUDA is asked for
-    but unavailable, or the name is unknown."""
-    name = (name or "cpu").strip().lower()
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cpu":
-        return "cpu"
-    if name == "cuda" or name.startswith("cuda:"):
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {name!r} was asked for but no CUDA GPU is available "
-                             "(use --device cpu or --device auto)")
-        return name
-    raise ValueError(f"unknown device {name!r}; choose cpu, cuda or auto")
-
-
 def device_name(device: str) -> str:
     """Human-readable name of a torch device."""
     if device.startswith("cuda"):
@@ -160,7 +144,7 @@ def device_name(device: str) -> str:
     return f"cpu ({torch.get_num_threads()} threads)"
 
 
-def load_workbench(model_dir: str | Path = SHIPPED, device: str = "cpu") -> Workbench:
+def load_workbench(model_dir: str | Path = SHIPPED, device: str = "auto") -> Workbench:
     """Load a model directory, bltlab's or transformers' BltForCausalLM layout (training-free
     modes only); raises CheckpointError (missing/corrupt/unmappable) or ValueError (device)."""
     device = resolve_device(device)
@@ -301,8 +285,9 @@ def entropy_figure(pa: PatchAnalysis) -> go.Figure:
                       annotation_text=f"{what} = {theta:.2f}", annotation_position="top left")
     top = max(pa.entropy + [theta if rule in ("global", "relative") else 0.0]) + 0.25
     forced = set(pa.forced)
-    for name, pts, sym, col in (("patch start (rule)", [s for s in pa.starts if s not in forced], "triangle-down", "black"),
-                                ("patch start (max length)", [s for s in pa.starts if s in forced], "triangle-down-open", "gray")):
+    marks = (("patch start (rule)", [s for s in pa.starts if s not in forced], "triangle-down", "black"),
+             ("patch start (max length)", [s for s in pa.starts if s in forced], "triangle-down-open", "gray"))
+    for name, pts, sym, col in marks:
         if pts:
             fig.add_scatter(x=pts, y=[top] * len(pts), mode="markers", name=name,
                             marker=dict(symbol=sym, size=9, color=col),
@@ -347,18 +332,17 @@ def _md_cell(value) -> str:
     return html.escape(str(value)).replace("|", "\\|").replace("\n", " ")
 
 
-REPORT = Path(__file__).resolve().parent.parent / "docs" / "results" / "report_small.json"
+REPORT = "report.json"  # in the model directory: `python -m bltlab report --json DIR/report.json` writes one
 
 
-def measured_quality(model_dir: Path, report: Path = REPORT) -> list[str]:
-    """The committed `python -m bltlab report` figures, shown only if they describe these very files."""
-    import hashlib
-    import json
-
+def measured_quality(model_dir: Path) -> list[str]:
+    """The figures of the `python -m bltlab report` stored beside the weights (the shipped model's is
+    package data: bltlab/checkpoints/small/report.json), shown only if they describe these very files."""
     try:
-        rep = json.loads(report.read_text())
+        model_dir = Path(model_dir)
+        rep = json.loads((model_dir / REPORT).read_text(encoding="utf-8"))
         same = all(hashlib.sha256((model_dir / f).read_bytes()).hexdigest() == h for f, h in rep["sha256"].items())
-    except (OSError, KeyError, ValueError):
+    except (OSError, KeyError, TypeError, ValueError, AttributeError):  # no report, or not one
         return []
     if not same:
         return []
@@ -367,7 +351,8 @@ def measured_quality(model_dir: Path, report: Path = REPORT) -> list[str]:
             *[f"| bits/byte, {k} | {v:.3f} |" for k, v in rep["val_bpb"].items()],
             f"| mean patch length, code | {rep['patching_code']['mean_patch_length']:.2f} bytes |",
             f"| chrF / BLEU, greedy EN→FR ({tr['pairs']} pairs) | {tr['chrf']:.1f} / {tr['bleu']:.1f} |", "",
-            "From `python -m bltlab report`; every decoding mode is measured in `docs/results.md`.", ""]
+            "From `python -m bltlab report`; every decoding mode is measured in the repository's "
+            "`docs/results.md`.", ""]
 
 
 def model_card(wb: Workbench) -> str:
@@ -1025,9 +1010,10 @@ def _model_card_tab(wb: Workbench) -> None:
     refresh.click(lambda: model_card(wb), None, card, api_name="model_card")
 
 
-def build_demo(model_dir: str | Path = SHIPPED, device: str = "cpu") -> gr.Blocks:
-    """The workbench for one model directory. Raises CheckpointError if the directory is
-    missing or broken, ValueError if the device is unavailable; nothing is launched."""
+def build_demo(model_dir: str | Path = SHIPPED, device: str = "auto") -> gr.Blocks:
+    """The workbench for one model directory on `device` (auto: CUDA when present, else CPU).
+    Raises CheckpointError if the directory is missing or broken, ValueError if the device is
+    unknown or unavailable; nothing is launched (`launch` serves it)."""
     wb = load_workbench(model_dir, device)
     with gr.Blocks(title="bltlab workbench", analytics_enabled=False) as demo:
         gr.Markdown(header_markdown(wb))
@@ -1045,29 +1031,7 @@ def build_demo(model_dir: str | Path = SHIPPED, device: str = "cpu") -> gr.Block
     return demo
 
 
-# ---------------------------------------------------------------------------------------
-# 3. Command line
-# ---------------------------------------------------------------------------------------
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python apps/workbench.py", description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default=str(SHIPPED), help=f"model directory, bltlab's or a local transformers "
-                    f"BltForCausalLM one (blt and blt-s* only) (default: {SHIPPED})")
-    ap.add_argument("--host", default="127.0.0.1",
-                    help="address to bind (default: 127.0.0.1, this machine only; 0.0.0.0 exposes it on your network)")
-    ap.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
-    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"),
-                    help="cpu, cuda or auto (default: cpu)")
-    return ap.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    try:
-        demo = build_demo(args.model, args.device)
-    except (CheckpointError, ValueError) as e:
-        raise SystemExit(f"error: {e}") from None
-    demo.launch(server_name=args.host, server_port=args.port)  # queued in build_demo; never shared
-
-
-if __name__ == "__main__":
-    main()
+def launch(demo: gr.Blocks, host: str = "127.0.0.1", port: int = 7860, **kwargs) -> None:
+    """Serve a built workbench on host:port, never shared publicly (share=False whatever
+    GRADIO_SHARE says); `kwargs` go to gr.Blocks.launch (the tests pass prevent_thread_lock)."""
+    demo.launch(server_name=host, server_port=port, share=False, **kwargs)
