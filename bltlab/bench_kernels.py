@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from .checkpoint import resolve_device
 from .kernels import interpreting, require_triton
 from .positions import AttnMask
 from .tokens import MASK
@@ -259,18 +260,13 @@ def _with_backward(fn):
     return run
 
 
-def _resolve(device: str) -> str:
-    """'auto' -> cuda when present, else cpu."""
-    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-
-
 def run(device: str = "auto", shapes: tuple = ("small", "large"), dtype: str = "bf16", repeats: int = 20,
         kernels: tuple = tuple(KERNELS), progress=None) -> dict:
     """Time every kernel x shape set (forward, and forward + backward where trained). Returns the JSON dict."""
     require_triton()  # one clear error where Triton is not installed (Linux wheels only)
     import triton
 
-    device = _resolve(device)
+    device = resolve_device(device)
     if device == "cpu" and not interpreting():
         raise RuntimeError("the kernels run on CPU only in Triton's interpreter: set TRITON_INTERPRET=1 "
                            "(and use --tiny)")
@@ -370,7 +366,7 @@ def main_args(args, progress=None) -> dict:
         from .checkpoint import load_model
         from .data import load_documents, validation_windows
 
-        device = _resolve(args.device)
+        device = resolve_device(args.device)
         model = load_model(device=device)[0]
         B, T = (2, 24) if args.tiny else (64, 512)
         ids = validation_windows(load_documents("code", "val"), T, B)  # real text: real patches
