@@ -123,8 +123,8 @@ class DecodeState:
         # row r: patch r - 1's decoder slots as every decoder layer's cross-attention keys and values,
         # projected once per patch instead of once per byte: [B, T + 1, layers, 2, H, k, hd]
         dl, H = self.cfg.d_local, self.cfg.local_heads
-        crosses = sum(b.cross is not None for b in model.dec_layers)
-        self.table = p.new_zeros(B, T + 1, crosses, 2, H, self.cfg.cross_k, dl // H)
+        self.crosses = [b.cross for b in model.dec_layers if b.cross is not None]  # the layers `table` serves
+        self.table = p.new_zeros(B, T + 1, len(self.crosses), 2, H, self.cfg.cross_k, dl // H)
         # The "hf" layout (transformers' BLT) decides a byte's patch one byte ahead: its decoder at u
         # reads the patch before u + 1's, so the global step on a patch that byte u + 1 opens runs in
         # u's pass (`look`). With a max patch length it also gives the newest byte another row than
@@ -262,12 +262,11 @@ class DecodeState:
         """Decoder slots [B, P, k, d_local] -> every cross-attending decoder layer's keys and values
         [B, P, layers, 2, H, k, hd] (a `table` row per patch)."""
         B, P, k, D = slots.shape
-        crosses = [b.cross for b in self.m.dec_layers if b.cross is not None]
         if self.look:  # the "hf" layout norms the slots in each layer first
-            kv = torch.cat([F.linear(c.kv_norm(slots), w) for c, w in zip(crosses, self.fused["slots"])], -1)
+            kv = torch.cat([F.linear(c.kv_norm(slots), w) for c, w in zip(self.crosses, self.fused["slots"])], -1)
         else:
             kv = F.linear(slots, self.fused["slots"][0])
-        H = crosses[0].heads
+        H = self.crosses[0].heads
         return kv.view(B, P, k, -1, 2, H, D // H).permute(0, 1, 3, 4, 5, 2, 6)
 
     def _layers(self, layers, caches: list[KVCache], x, pos, mask, slots=None):
