@@ -12,6 +12,7 @@ import sys
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from bltlab import kernels
 from bltlab.config import get_config
@@ -128,6 +129,33 @@ def test_hash_embedding(dev, dtype, B, C, L, sizes):
     g = torch.randn_like(ref)
     for a, b in zip(grads(out, [bw, *tabs], g), grads(ref, [bw, *tabs], g)):
         close(a, b, 1e-6 if dtype == torch.float32 else bwd, "hash grad")
+
+
+def test_hash_reference_is_the_rolling_hash():
+    """The reference (every n-gram hash at once, kernels/hash_embed.py) equals the definition,
+    hashing.ngram_hashes, bit for bit: the table rows it reads (a one-wide table holding each row's
+    index, so the output is the row) for n = 1 .. 16 and vocabularies up to 2^20, and its sums on
+    random tables in the same order; random ids with PAD contexts (the decoding state's, before
+    byte 0) and without, new ids 0 .. 9."""
+    from bltlab.hashing import ngram_hashes
+    from bltlab.kernels import hash_embed as K
+
+    torch.manual_seed(0)
+    for B, C, L in [(1, 8, 1), (2, 0, 7), (3, 5, 4), (2, 3, 0), (2, 12, 9), (1, 0, 1)]:
+        full = torch.randint(0, 261, (B, C + L))
+        full[0, :min(C, 5)] = 0  # PAD context before the start
+        full[-1, :1] = 260  # the largest id
+        for vocab in (37, 4096, 1 << 20):
+            index = torch.arange(vocab, dtype=torch.float64)[:, None]
+            for n in range(1, 17):
+                got = K.hash_embed_reference(full, L, (n,), vocab, torch.zeros(261, 1, dtype=torch.float64), [index])
+                assert torch.equal(got[..., 0].long(), ngram_hashes(full, n, vocab)[:, C:]), (B, C, L, vocab, n)
+        sizes = (3, 4, 5, 6, 7, 8)
+        bw, tabs = torch.randn(261, 16), [torch.randn(97, 16) for _ in sizes]
+        want = F.embedding(full[:, C:], bw)
+        for n, table in zip(sizes, tabs):
+            want = want + F.embedding(ngram_hashes(full, n, 97)[:, C:], table)
+        assert torch.equal(K.hash_embed_reference(full, L, sizes, 97, bw, tabs), want)
 
 
 @pytest.mark.parametrize("functions", [1, 2])

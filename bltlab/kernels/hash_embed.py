@@ -16,19 +16,50 @@ import os
 import torch
 import torch.nn.functional as F
 
-from ..hashing import HASH_BASE, HASH_MOD, ngram_hashes
+from ..hashing import HASH_BASE, HASH_MOD
 from ._triton import tl, triton
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
 MAX_TABLES = 8
 
 
-# ---- reference -------------------------------------------------------------------------------
+# ---- reference ----------------------------------------------------------------------------------
+# The rolling hash unrolled: every step of ngram_hashes' loop is taken mod HASH_MOD, so the hash of
+# ids[t-n+1 .. t] equals sum_k ids[t-k] * (HASH_BASE^k mod HASH_MOD) over k < n, mod HASH_MOD: each
+# n adds one term to the n - 1 before it. With ids < 2^20 (token ids are < 261) every product is
+# < 2^51 and a sum of at most 16 < 2^55, so int64 never overflows. tests/test_kernels.py holds
+# the reference to ngram_hashes (the definition) on random ids, PAD contexts included.
+_COEFFS: dict = {}  # (sizes, device) -> [nmax, len(sizes)] int64: made once, so a CUDA graph may capture it
+
+
+def _coeffs(sizes: tuple, device: torch.device) -> torch.Tensor:
+    """[nmax, len(sizes)]: row j (of ids t-nmax+1 .. t, oldest first) holds HASH_BASE^(nmax-1-j) mod
+    HASH_MOD in the columns of the n-grams that reach id j (n > nmax-1-j), else 0."""
+    key = (sizes, device)
+    c = _COEFFS.get(key)
+    if c is None:
+        nmax = max(sizes)
+        c = _COEFFS[key] = torch.tensor([[pow(HASH_BASE, nmax - 1 - j, HASH_MOD) * (n > nmax - 1 - j) for n in sizes]
+                                         for j in range(nmax)], dtype=torch.long, device=device)
+    return c
+
+
 def hash_embed_reference(full, n_new: int, sizes, vocab: int, byte_weight, tables):
-    """full: [B, C + L] ids (C context ids, then L = n_new new ones) -> [B, L, D]."""
-    x = F.embedding(full[:, full.shape[1] - n_new:], byte_weight)
-    for n, table in zip(sizes, tables):
-        x = x + F.embedding(ngram_hashes(full, n, vocab)[:, full.shape[1] - n_new:], table)
+    """full: [B, C + L] ids (C context ids, then L = n_new new ones) -> [B, L, D]: the byte row plus
+    each table's row at ngram_hashes(full, n, vocab) for n in sizes, summed in that order. All the
+    hashes come from one product of each position's last nmax ids with _coeffs (a handful of
+    operations where the rolling loop took about 4 per n and step: this runs per decoded byte)."""
+    start = full.shape[1] - n_new
+    x = F.embedding(full[:, start:], byte_weight)
+    if not tables:
+        return x
+    sizes = tuple(sizes)
+    nmax = max(sizes)
+    win = (F.pad(full, (nmax - 1, 0))[:, start:].unfold(1, nmax, 1) if n_new  # [B, L, nmax]: PAD before the start
+           else full.new_zeros(full.shape[0], 0, nmax))  # (unfold wants nmax ids at least)
+    rows = (win[..., None] * _coeffs(sizes, full.device)).sum(2) % HASH_MOD % vocab  # [B, L, len(sizes)]
+    for k, table in enumerate(tables):
+        x = x + F.embedding(rows[..., k], table)
     return x
 
 
