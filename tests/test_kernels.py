@@ -220,6 +220,35 @@ def test_rms_norm(dev, dtype, N, D, residual):
         close(a, b, bwd if dtype == torch.bfloat16 else 1e-5, "rms grad")
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("wdtype", ["same", torch.float32])
+def test_rms_norm_reference_is_the_written_out_norm(dtype, wdtype):
+    """The reference's F.rms_norm on the fp32 copy gives what the norm written out gives (fp32 sums,
+    float64 inputs too; the cast back before the weight), bit for bit forward; gradients as close
+    as two orders of fp32 sums allow."""
+    from bltlab.kernels import norm_ffn as K
+
+    def written_out(x, w, eps, r=None):
+        s = x if r is None else x + r
+        sf = s.float()
+        y = (sf * torch.rsqrt(sf.pow(2).mean(-1, keepdim=True) + eps)).type_as(s) * w
+        return y if r is None else (s, y)
+
+    torch.manual_seed(1)
+    for shape in [(1, 1, 128), (2, 9, 256), (33, 100), (3, 5, 7)]:
+        x = (3 * torch.randn(shape, dtype=dtype)).requires_grad_()
+        r = torch.randn(shape, dtype=dtype, requires_grad=True)
+        w = (1 + 0.3 * torch.randn(shape[-1], dtype=dtype if wdtype == "same" else wdtype)).requires_grad_()
+        for res in (None, r):
+            got, want = K.rms_norm_reference(x, w, 1e-5, res), written_out(x, w, 1e-5, res)
+            torch.testing.assert_close(got, want, rtol=0, atol=0)
+            inputs = [x, w] + ([r] if res is not None else [])
+            outs = (got,) if res is None else got
+            gs = [torch.randn_like(o) for o in outs]
+            torch.testing.assert_close(grads(outs, inputs, gs),
+                                       grads((want,) if res is None else want, inputs, gs))
+
+
 def residual_of(x, kind):
     """None, a residual like x, or ("projected") one as (h, P) for h @ P.T, h 7 wider than x."""
     if not kind:

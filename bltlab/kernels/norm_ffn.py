@@ -21,10 +21,16 @@ INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"  # how the kernels 
 
 # ---- references (the model's own PyTorch code) ------------------------------------------------
 def rms_norm_reference(x, weight, eps: float, residual=None):
-    """x: [..., D] -> RMSNorm(x); with residual: (x + residual, RMSNorm(x + residual))."""
+    """x: [..., D] -> RMSNorm(x); with residual: (x + residual, RMSNorm(x + residual)).
+
+    s * rsqrt(mean(s^2) + eps) in fp32 (a float64 s too), cast back to s's dtype, times the
+    weight, which stays outside F.rms_norm so that the cast comes before it as it always did. On a
+    CPU F.rms_norm runs the written-out form's five operations from C++ (one Python call per norm
+    where there were six: decoding makes about 25 per byte), bit for bit the same in fp32, bf16 and
+    fp64 (tests/test_kernels.py); on a GPU it is one fused kernel, whose sum may round otherwise in
+    the last place (the Triton kernel, not this, is what a GPU runs unless asked)."""
     s = x if residual is None else x + residual
-    sf = s.float()
-    y = (sf * torch.rsqrt(sf.pow(2).mean(-1, keepdim=True) + eps)).type_as(s) * weight
+    y = F.rms_norm(s.float(), s.shape[-1:], eps=eps).type_as(s) * weight
     return y if residual is None else (s, y)
 
 
