@@ -154,7 +154,7 @@ def cmd_speed(args) -> None:
         model, _ = _load(args)
         modes = [m.strip() for m in args.modes.split(",") if m.strip()] if args.modes else None
         res = run_speed(model, prompts, modes, args.max_bytes, args.batch, args.hf, args.hf_bytes,
-                        compiled=args.compiled)
+                        compiled=args.compiled, threads=args.threads)
     except (ValueError, OSError, ImportError) as e:
         raise SystemExit(f"error: {e}") from None
     _report(args, res, format_table)
@@ -330,6 +330,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--hf", action="store_true", help="also time transformers' BltForCausalLM at the same "
                    "shapes (uncached) and a byte-level Llama as big as the global model (needs transformers)")
     s.add_argument("--hf-bytes", type=int, default=32, help="bytes the transformers baselines generate (default: 32)")
+    s.add_argument("--threads", type=int, default=0, metavar="N", help="CPU threads for PyTorch "
+                   "(torch.set_num_threads) during the whole run, the transformers baselines included; "
+                   "recorded in the JSON as 'threads' (default 0: PyTorch's default)")
     s.add_argument("--json", default=None, help="write the full result as JSON to this file")
     model_args(s)
     s.set_defaults(fn=cmd_speed)

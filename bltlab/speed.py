@@ -1,7 +1,7 @@
 """Decoding speed in one run on one device: bytes/s per mode at batch 1 and batch B, the memory
 roofline of each mode, and Hugging Face transformers baselines.
 
-`python -m bltlab speed [--device cuda] [--batch 16] [--max-bytes 64] [--compiled] [--hf] [--json OUT]`
+`python -m bltlab speed [--device cuda] [--batch 16] [--max-bytes 64] [--compiled] [--hf] [--threads N] [--json OUT]`
 
 * **modes**: greedy `generate` per prompt (batch 1) and `generate_batch` on B prompts at once,
   every mode, timed with the device synchronised: the decoding state's steps as eager ops on a
@@ -18,6 +18,10 @@ roofline of each mode, and Hugging Face transformers baselines.
   generate only works with `use_cache=False`) and a byte-level `LlamaForCausalLM` as big as
   our global model (vocabulary 260, KV-cached generate), each for `--hf-bytes` bytes after the
   first prompt. The ratios `x_hf_blt` and `x_hf_llama` divide our bytes/s by theirs.
+* **--threads N**: PyTorch's CPU threads (torch.set_num_threads) for the whole run, the baselines
+  included, so that a ratio compares like with like; the JSON's `threads` is the count every job
+  ran with, given or PyTorch's default. Batch-1 decoding is a chain of small operations, so on a
+  CPU that other processes share, one thread can beat two that wait for each other.
 
 transformers is imported only with --hf. Nothing here is a test: tests only check the JSON.
 """
@@ -160,13 +164,27 @@ def hf_baselines(cfg, prompt: bytes, n: int, device: torch.device) -> dict:
 
 
 # ---- the whole run ------------------------------------------------------------------------------
-@torch.no_grad()
 def run_speed(model: BLT, prompts: list[bytes], modes: list[str] | None = None, max_bytes: int = 64,
               batch: int = 16, hf: bool = False, hf_bytes: int = 32, progress: bool = True,
-              compiled: bool = False) -> dict:
+              compiled: bool = False, threads: int = 0) -> dict:
     """Every mode at batch 1 and at `batch` (with `compiled`, also with torch.compile'd steps), the
     roofline, and optionally the transformers baselines; returns the JSON structure documented
-    in the README."""
+    in the README. threads > 0: torch.set_num_threads(threads) for the run (restored after it)."""
+    if threads < 0:
+        raise ValueError(f"--threads must be >= 0 (0: PyTorch's default), got {threads}")
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        with torch.no_grad():
+            return _run_speed(model, prompts, modes, max_bytes, batch, hf, hf_bytes, progress, compiled)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _run_speed(model: BLT, prompts: list[bytes], modes: list[str] | None, max_bytes: int, batch: int, hf: bool,
+               hf_bytes: int, progress: bool, compiled: bool) -> dict:
+    """run_speed at the thread count set."""
     device = next(model.parameters()).device
     modes = list(modes or (HF_MODES if model.cfg.arch == "hf" else MODES))
     unknown = [m for m in modes if m not in MODES]
@@ -191,7 +209,8 @@ def run_speed(model: BLT, prompts: list[bytes], modes: list[str] | None = None, 
         rows.append(row)
     static = static_steps(model, sizes, prompts[0], variants=variants) if model.cfg.arch == "bltlab" else []
     res = {"model": model.cfg.name, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-           "torch": torch.__version__, "dtype": str(next(model.parameters()).dtype), "max_bytes": max_bytes,
+           "torch": torch.__version__, "threads": torch.get_num_threads(), "dtype": str(next(model.parameters()).dtype),
+           "max_bytes": max_bytes,
            "copy_GBps": peak, "params": params, "rows": rows, "static_steps": static}
     if hf:
         res["hf"] = hf_baselines(model.cfg, prompts[0], hf_bytes, device)
@@ -206,7 +225,9 @@ def format_table(res: dict) -> str:
     hf = "hf" in res
     head = ("| mode | steps | batch | bytes | bytes/s | read B/byte | roofline bytes/s | % of roofline |"
             + (" × HF BLT | × HF Llama |" if hf else ""))
-    lines = [f"{res['model']} on {res['device']} ({res['dtype']}), copy bandwidth {res['copy_GBps']:.1f} GB/s", "",
+    threads = f", {res['threads']} CPU threads" if "threads" in res else ""
+    lines = [f"{res['model']} on {res['device']} ({res['dtype']}{threads}), copy bandwidth {res['copy_GBps']:.1f} GB/s",
+             "",
              head, "|" + "---|" * (head.count("|") - 1)]
     for r in res["rows"]:
         line = (f"| {r['mode']} | {r['steps']} | {r['batch']} | {r['bytes']} | {r['bytes_per_s']:.1f} | "

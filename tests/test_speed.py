@@ -38,6 +38,7 @@ def test_rows_roofline_and_hf_baselines(tiny):
     assert batch2["counters"]["n_loc"] == batch2["counters"]["n_ent"] >= 1
     assert all(batch2["counters"][k] == batch1["counters"][k] > 0 for k in ("kv_read", "hash_rows"))
     assert res["hf"]["hf_blt"]["use_cache"] is False and res["hf"]["hf_blt"]["params"] > 0
+    assert res["threads"] == torch.get_num_threads()  # no --threads: PyTorch's default, recorded
     assert "× HF BLT" in format_table(res)
 
 
@@ -73,13 +74,18 @@ def test_hf_config_has_our_shapes(tiny):
 def test_cli_speed(tiny_dir, tmp_path, capsys):
     prompts = tmp_path / "p.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": p.decode()}) + "\n" for p in PROMPTS))
+    threads = torch.get_num_threads()
     main(["speed", "--model", str(tiny_dir), "--prompts", str(prompts), "--modes", "blt", "--max-bytes", "3",
-          "--batch", "1", "--json", str(tmp_path / "s.json")])
+          "--batch", "1", "--threads", "1", "--json", str(tmp_path / "s.json")])
     res = json.loads((tmp_path / "s.json").read_text())
     assert [r["mode"] for r in res["rows"]] == ["blt"] and "hf" not in res
-    assert "| blt | eager ops | 1 |" in capsys.readouterr().out
+    assert res["threads"] == 1 and torch.get_num_threads() == threads  # the run's count, restored after it
+    out = capsys.readouterr().out
+    assert "| blt | eager ops | 1 |" in out and "1 CPU threads" in out
     with pytest.raises(SystemExit, match="batch"):
         main(["speed", "--model", str(tiny_dir), "--prompts", str(prompts), "--batch", "0"])
+    with pytest.raises(SystemExit, match="--threads must be >= 0"):
+        main(["speed", "--model", str(tiny_dir), "--prompts", str(prompts), "--threads", "-1"])
 
 
 def test_profile_static_script_on_cpu(tmp_path):
