@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 
 import torch
+from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 from tqdm import tqdm
 
@@ -54,19 +55,48 @@ def step_kinds(s: DecodeState) -> dict:
             "denoise(8)": (block, lambda: s.run_denoise(8, False))}
 
 
+def composite(func, args) -> bool:
+    """Whether `func` runs as other operations on the device of its first tensor argument: it has a
+    CompositeImplicitAutograd kernel and no kernel of its own for that device (nor an explicit
+    composite one), which is when the dispatcher decomposes it (rms_norm's fused form has a CUDA
+    kernel, not a CPU one)."""
+    has = torch._C._dispatch_has_kernel_for_dispatch_key
+    name = func.name()
+    if not has(name, "CompositeImplicitAutograd"):
+        return False
+    tensor = next((a for a in pytree.tree_leaves(args) if isinstance(a, torch.Tensor)), None)
+    device = "CPU" if tensor is None else tensor.device.type.upper()
+    return not any(has(name, key) for key in (device, "CompositeExplicitAutograd",
+                                              "CompositeExplicitAutogradNonFunctional"))
+
+
 class CountOps(TorchDispatchMode):
-    """Counts the aten operations run under it (FREE left out), and each Triton kernel called as one
-    (the interpreter's own tensor work inside it is not counted)."""
+    """Counts the aten operations that run kernels under it (FREE left out), and each Triton kernel
+    called as one (the interpreter's own tensor work inside it is not counted).
+
+    A composite operation (linear, reshape, type_as, scaled_dot_product_attention, rms_norm on a CPU:
+    one with no kernel of its own for the device, see `composite`) is counted as the operations it
+    runs, not as one: it is decomposed here, under this mode, so that its parts come back and are
+    counted. Under no_grad the dispatcher decomposes it before it reaches a dispatch mode; under
+    inference_mode (which skips the autograd layer where that happens) it arrives whole, and counting
+    it as one would count a reshape that is a view, or miss the copy a reshape makes. Decomposing
+    counts the same kernels in either mode: what the step launches (92 with the Triton kernels for a
+    `blt` step with its global step, under no_grad and under inference_mode alike)."""
 
     def __init__(self, triton: bool):
         super().__init__()
-        self.ops, self.inside, self.patched = collections.Counter(), False, []
-        if triton:
+        self.ops, self.inside, self.patched, self.depth = collections.Counter(), False, [], 0
+        self.triton = triton
+
+    def __enter__(self):
+        if self.depth == 0 and self.triton:  # the outermost entry (a decomposition re-enters the mode)
             for name in USED:
                 mod = kernels._module(name, on_cpu=True)
                 for fn in [f for f in dir(mod) if f.endswith("_triton")]:
                     self.patched.append((mod, fn, getattr(mod, fn)))
                     setattr(mod, fn, self._launch(fn, getattr(mod, fn)))
+        self.depth += 1
+        return super().__enter__()
 
     def _launch(self, name, fn):
         def counted(*args, **kw):
@@ -79,15 +109,24 @@ class CountOps(TorchDispatchMode):
         return counted
 
     def __exit__(self, *exc):
-        for mod, fn, orig in self.patched:
-            setattr(mod, fn, orig)
+        self.depth -= 1
+        if self.depth == 0:
+            for mod, fn, orig in self.patched:
+                setattr(mod, fn, orig)
+            self.patched = []
         return super().__exit__(*exc)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if composite(func, args):  # count its parts (they come back here)
+            with self:
+                out = func.decompose(*args, **kwargs)
+            if out is not NotImplemented:
+                return out
         name = func.overloadpacket.__name__
         if not self.inside and name not in FREE:
             self.ops[name] += 1
-        return func(*args, **(kwargs or {}))
+        return func(*args, **kwargs)
 
 
 def main() -> None:
