@@ -17,10 +17,10 @@ from tqdm.auto import tqdm
 
 from .cost import bandwidth, nocache_baseline, part_params, project
 from .data import load_documents, translation_pairs
-from .decode import MODES, generate
+from .decode import MODES, generate, generate_batch
 from .decode.common import cost_stats, new_counters
 from .model import BLT
-from .tokens import encode
+from .tokens import PAD, encode
 
 
 def read_prompts(path: str | Path) -> list[dict]:
@@ -66,17 +66,91 @@ def make_prompts(task: str, n: int, seed: int = 0, context: int = 192, continuat
     raise ValueError(f"unknown task {task!r}: translation or code")
 
 
-@torch.no_grad()
 def generated_bpb(model: BLT, prompt: str, output: bytes) -> float:
     """Bits per byte of `output` after `prompt` under the model's own autoregressive path."""
-    if not output:
-        return float("nan")
-    ids = encode(prompt.encode() + output)
-    x = torch.tensor([ids], device=next(model.parameters()).device)
-    logits = model(x, model.patch(x))[0, :-1]
-    n = len(output)
-    ce = F.cross_entropy(logits[-n:].float(), x[0, -n:], reduction="sum")
-    return float(ce) / n / math.log(2)
+    return generated_bpbs(model, [prompt], [output])[0]
+
+
+@torch.no_grad()
+def generated_bpbs(model: BLT, prompts: list[str], outputs: list[bytes]) -> list[float]:
+    """`generated_bpb` of each (prompt, output) pair, in one forward: the rows are right-padded with PAD,
+    which no real position reads (every part is causal, and a byte reads finished patches only).
+    NaN for an empty output."""
+    rows = [encode(prompt.encode() + output) for prompt, output in zip(prompts, outputs)]
+    x = torch.full((len(rows), max(map(len, rows))), PAD, dtype=torch.long)  # [N, T]
+    for i, r in enumerate(rows):
+        x[i, :len(r)] = torch.tensor(r)
+    x = x.to(next(model.parameters()).device)
+    logits = model(x, model.patch(x))  # [N, T, V]: logits[:, t] predicts x[:, t + 1]
+    out = []
+    for i, (r, output) in enumerate(zip(rows, outputs)):
+        n, end = len(output), len(r)
+        ce = F.cross_entropy(logits[i, end - 1 - n:end - 1].float(), x[i, end - n:end], reduction="sum")
+        out.append(float(ce) / n / math.log(2) if n else float("nan"))
+    return out
+
+
+def run_mode(model: BLT, prompts: list[dict], mode: str, max_bytes: int = 64, knobs: dict | None = None,
+             batch: bool = False, bar=None) -> dict:
+    """Greedy generations of one mode on every prompt, with what every report of them needs: the
+    outputs, the counters summed over the prompts, the seconds spent decoding, and each output's
+    bits/byte under the model's own autoregressive path (`generated_bpb`). One function, so that
+    `run_bench` and `bltlab.diagnose` measure modes the same way.
+
+    batch=True decodes the prompts that share a stop string and a budget together (generate_batch:
+    the same greedy bytes and per-prompt counters, several times faster on a CPU); `run_bench`
+    keeps batch 1, since it reports bytes/s at batch 1. `bar` (tqdm) advances once per prompt."""
+    knobs = knobs or {}
+    tot = new_counters() | cost_stats()
+    outs: list[bytes] = [b""] * len(prompts)
+    groups: dict = {}
+    for i, row in enumerate(prompts):
+        budget = min(max_bytes, model.cfg.max_bytes - len(encode(row["prompt"])))
+        groups.setdefault((row.get("stop"), budget) if batch else i, (budget, []))[1].append(i)
+    secs = 0.0
+    for budget, idx in groups.values():
+        stop = prompts[idx[0]].get("stop")
+        t0 = time.perf_counter()
+        if batch:
+            gens = generate_batch(model, [prompts[i]["prompt"] for i in idx], mode, max_bytes=budget, stop=stop,
+                                  **knobs)
+        else:
+            gens = [generate(model, prompts[idx[0]]["prompt"], mode, max_bytes=budget, stop=stop, **knobs)]
+        secs += time.perf_counter() - t0
+        for i, g in zip(idx, gens):
+            for k in tot:
+                tot[k] += g.counters.get(k, 0)
+            outs[i] = g.output
+        if bar is not None:
+            bar.update(len(idx))
+    bpbs = [float("nan")] * len(prompts)
+    for _, idx in groups.values():
+        for i, b in zip(idx, generated_bpbs(model, [prompts[i]["prompt"] for i in idx], [outs[i] for i in idx])):
+            bpbs[i] = b
+    return {"outputs": outs, "counters": tot, "seconds": secs, "bpb": bpbs}
+
+
+def mean_bpb(bpbs: list[float]) -> float:
+    """Mean of per-output bits/byte, skipping empty outputs (NaN)."""
+    return sum(b for b in bpbs if b == b) / max(1, sum(b == b for b in bpbs))
+
+
+def identical_share(outs: list[bytes], base: list[bytes]) -> float:
+    """Share of prompts whose output equals the baseline's byte for byte."""
+    return sum(a == b for a, b in zip(outs, base)) / len(outs)
+
+
+def reference_scores(outs: list[bytes], prompts: list[dict]) -> dict:
+    """Corpus chrF and BLEU (sacrebleu) of the outputs against the prompts' references, both sides
+    stripped; {} unless every prompt has a reference."""
+    refs = [row.get("reference") for row in prompts]
+    if not all(isinstance(x, str) for x in refs):
+        return {}
+    import sacrebleu
+
+    hyps = [o.decode("utf-8", errors="replace").strip() for o in outs]
+    refs = [[x.strip() for x in refs]]
+    return {"chrf": sacrebleu.corpus_chrf(hyps, refs).score, "bleu": sacrebleu.corpus_bleu(hyps, refs).score}
 
 
 def run_bench(model: BLT, prompts: list[dict], modes: list[str], max_bytes: int = 64, knobs: dict | None = None,
@@ -92,18 +166,8 @@ def run_bench(model: BLT, prompts: list[dict], modes: list[str], max_bytes: int 
     result = {}
     bar = tqdm(total=len(modes) * len(prompts), desc="bench", disable=not progress)
     for mode in modes:
-        tot = new_counters() | cost_stats()
-        outs, secs, bpbs = [], 0.0, []
-        for row in prompts:
-            budget = min(max_bytes, model.cfg.max_bytes - len(encode(row["prompt"])))
-            t0 = time.perf_counter()
-            g = generate(model, row["prompt"], mode, max_bytes=budget, stop=row.get("stop"), **knobs)
-            secs += time.perf_counter() - t0
-            for k in tot:
-                tot[k] += g.counters.get(k, 0)
-            outs.append(g.output)
-            bpbs.append(generated_bpb(model, row["prompt"], g.output))
-            bar.update(1)
+        run = run_mode(model, prompts, mode, max_bytes, knobs, bar=bar)
+        tot, outs, secs = run["counters"], run["outputs"], run["seconds"]
         outputs[mode] = outs
         n_bytes = sum(len(o) for o in outs)
         bw = bandwidth(tot, params, model.cfg.d_local)
@@ -111,8 +175,7 @@ def run_bench(model: BLT, prompts: list[dict], modes: list[str], max_bytes: int 
         r = {"prompts": len(prompts), "bytes": n_bytes, "n_dec": tot["n_dec"], "n_enc": tot["n_enc"],
              "n_ent": tot["n_ent"], "bandwidth_gb_paper": bw["paper"], "bandwidth_gb_full": bw["full"],
              "gb_1b": project(tot, "paper-1b"), "gb_3b": project(tot, "paper-3b"),
-             "identical_to_blt": sum(a == b for a, b in zip(outs, outputs["blt"])) / len(prompts),
-             "gen_bpb": sum(b for b in bpbs if b == b) / max(1, sum(b == b for b in bpbs)),
+             "identical_to_blt": identical_share(outs, outputs["blt"]), "gen_bpb": mean_bpb(run["bpb"]),
              "seconds": secs, "bytes_per_s": n_bytes / secs if secs else 0.0}
         base = result.get("blt", r)
         r["rel_bandwidth"] = per_byte(r["bandwidth_gb_paper"]) / (base["bandwidth_gb_paper"] / max(base["bytes"], 1))
@@ -120,13 +183,7 @@ def run_bench(model: BLT, prompts: list[dict], modes: list[str], max_bytes: int 
         r["rel_bandwidth_1b"] = per_byte(r["gb_1b"]) / (base["gb_1b"] / max(base["bytes"], 1))
         r["rel_bandwidth_3b"] = per_byte(r["gb_3b"]) / (base["gb_3b"] / max(base["bytes"], 1))
         r["rel_bandwidth_nocache_3b"] = per_byte(r["gb_3b"]) / nocache_baseline(1, "paper-3b")
-        refs = [row.get("reference") for row in prompts]
-        if all(isinstance(x, str) for x in refs):
-            import sacrebleu
-
-            hyps = [o.decode("utf-8", errors="replace").strip() for o in outs]
-            r["chrf"] = sacrebleu.corpus_chrf(hyps, [[x.strip() for x in refs]]).score
-            r["bleu"] = sacrebleu.corpus_bleu(hyps, [[x.strip() for x in refs]]).score
+        r.update(reference_scores(outs, prompts))
         result[mode] = r
     bar.close()
     dev = next(model.parameters()).device

@@ -207,6 +207,32 @@ def cmd_bench_kernels(args) -> None:
         raise SystemExit(f"error: {e}") from None
 
 
+def cmd_diagnose(args) -> None:
+    """Issue 22's diagnostic benchmark: the masked-block head beside the autoregressive one, and every
+    mode x knob on held-out prompts; prints the tables and writes the JSON."""
+    from .diagnose import ALPHAS, BLOCKS, DEFAULT_MODES, ETAS, SOURCES, TASKS, format_report, mode_grid, run_diagnose
+
+    def listed(text: str | None, default: tuple, kind=str) -> tuple:
+        """A comma-separated flag -> a tuple of `kind` (ValueError for a bad item); None -> the default."""
+        return default if text is None else tuple(kind(v.strip()) for v in text.split(",") if v.strip())
+
+    model, _ = _load(args)  # --device is resolved (or refused) before any work
+    try:
+        grid = mode_grid(listed(args.modes, DEFAULT_MODES), listed(args.alphas, ALPHAS, float),
+                         listed(args.etas, ETAS, float))
+        res = run_diagnose(model, listed(args.sources, SOURCES), listed(args.blocks, BLOCKS, int), args.windows,
+                           listed(args.tasks, TASKS), args.prompts, args.max_bytes, grid, args.seed,
+                           heads=not args.skip_heads, modes=not args.skip_modes)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
+    res["args"] = {k: v for k, v in vars(args).items() if k not in ("fn", "cmd")}  # how to run it again
+    out = Path(args.json.format(model=model.cfg.name))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=2, ensure_ascii=False) + "\n")
+    print(format_report(res))
+    print(f"\nwrote {out}")
+
+
 def cmd_export(args) -> None:
     import torch
 
@@ -383,6 +409,30 @@ def build_parser() -> argparse.ArgumentParser:
                        "(docs/kernels.md)")
     add_arguments(s)
     s.set_defaults(fn=cmd_bench_kernels)
+
+    s = sub.add_parser("diagnose", help="why block diffusion loses on a model: the masked-block head against the "
+                       "autoregressive one per block slot (accuracy, calibration), and every mode x knob on "
+                       "held-out prompts (passes/byte, chrF, bits/byte, identity with blt)")
+    s.add_argument("--windows", type=int, default=16, help="heads: held-out windows per source, each as long as "
+                   "the model's context (default: 16)")
+    s.add_argument("--sources", default=None, help="heads: comma-separated validation sources (default: code,fr)")
+    s.add_argument("--blocks", default=None,
+                   help="heads: comma-separated block sizes (default: 4,8,16, the trained ones)")
+    s.add_argument("--prompts", type=int, default=8, help="modes: held-out prompts per task (default: 8)")
+    s.add_argument("--tasks", default=None, help="modes: comma-separated prompt tasks (default: code,translation)")
+    s.add_argument("--modes", default=None, help="modes: comma-separated modes, blt always first (default: blt, "
+                   "blt-d4/8/16, blt-dv4/8/16, blt-h)")
+    s.add_argument("--alphas", default=None, help="modes: comma-separated α for blt-d* (default: 0.5,0.7,0.9,0.99)")
+    s.add_argument("--etas", default=None, help="modes: comma-separated η (nats) for blt-h (default: 0.05,0.3,1)")
+    s.add_argument("--max-bytes", type=int, default=48, help="modes: most bytes per generation (default: 48)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the blocks drawn and the prompts picked (default: 0)")
+    s.add_argument("--skip-heads", action="store_true", help="skip the heads part")
+    s.add_argument("--skip-modes", action="store_true", help="skip the modes part")
+    s.add_argument("--json", default="benchmarks/diagnose_{model}.json",
+                   help="JSON file to write; {model} is the model's name (default: benchmarks/diagnose_{model}.json)")
+    s.add_argument("--model", default=str(SHIPPED), help="model directory (default: the shipped small model)")
+    s.add_argument("--device", default="auto", help=f"{DEVICES} (default: auto)")
+    s.set_defaults(fn=cmd_diagnose)
     return p
 
 

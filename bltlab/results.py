@@ -13,6 +13,21 @@ PAPER = {  # Fast BLT, 3B, estimated bandwidth relative to BLT (docs/results.md)
     "blt-dv16": "≈ 0.19, quality recovered", "blt-s16": "≈ 0.23, output identical to BLT",
 }
 
+DIAGNOSE = (  # the page's note on the diagnostic benchmark (bltlab/diagnose.py); its numbers live in its JSON
+    "`python -m bltlab diagnose` (bltlab/diagnose.py; JSON in `benchmarks/diagnose_small.json`) measures two "
+    "things on held-out data. *Heads*: on validation windows of code and EN→FR text, blocks of B = 4, 8 and 16 "
+    "bytes start at the model's own patch starts (as in training and decoding), and one training forward scores "
+    "each block B times, copy j with its first j bytes revealed; per block slot it reports the masked-block "
+    "head's accuracy with the slot's prefix revealed (left to right, one byte per pass), with nothing revealed "
+    "(the first denoising pass) and with only the first byte revealed (`blt-dv`'s draft), beside the "
+    "autoregressive head's accuracy at the same bytes; each head's reliability diagram and expected calibration "
+    "error; and the teacher-forced outcome of the rule \"exact first byte, then commit a left-to-right run while "
+    "the confidence exceeds τ\" (decoder passes per byte against accuracy). *Modes*: every mode and knob "
+    "(`blt-d*` at several α, `blt-dv*`, `blt-h` at several η) on held-out prompts, greedy: decoder passes per "
+    "byte, chrF, the output's bits/byte under the model's own autoregressive path, and the share of outputs "
+    "identical to `blt`'s. `bltlab.diagnose.figure` draws the per-slot accuracies and the reliability diagram.\n"
+)
+
 COLUMNS = [("rel_bandwidth", "rel. BW (ours)"), ("rel_bandwidth_3b", "rel. BW (3B, cached BLT)"),
            ("rel_bandwidth_nocache_3b", "rel. BW (3B, per-byte BLT)"), ("rel_bandwidth_full", "rel. bytes read (full)"),
            ("identical_to_blt", "identical to blt"), ("chrf", "chrF"), ("bleu", "BLEU"), ("gen_bpb", "gen bpb"),
@@ -72,6 +87,7 @@ def write_page(benches: dict[str, dict], out: str | Path, command: str) -> None:
     # plotly.js next to the page (written once, then left as it is), never from a CDN: it opens offline
     figure(benches).write_html(str(fig_path), include_plotlyjs="directory")
     parts.append(f"Figure: [{fig_path.name}]({fig_path.name}) (plotly; bandwidth against chrF per mode).\n")
+    parts += ["## Why diffusion loses here: `python -m bltlab diagnose`\n", DIAGNOSE]
     out.write_text("\n".join(parts))
 
 

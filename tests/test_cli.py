@@ -134,7 +134,8 @@ def _device_commands(tiny_dir, tmp_path) -> dict[str, list[str]]:
             "bench": ["bench", "--prompts", str(prompts), *model],
             "speed": ["speed", "--prompts", str(prompts), *model],
             "report": ["report", *model], "train": ["train", "entropy", "--out", str(tmp_path / "run")],
-            "bench-kernels": ["bench-kernels", "--tiny"], "app": ["app", *model]}
+            "bench-kernels": ["bench-kernels", "--tiny"], "app": ["app", *model],
+            "diagnose": ["diagnose", *model, "--skip-modes", "--windows", "1", "--json", str(tmp_path / "d.json")]}
 
 
 def test_unknown_or_missing_devices_get_one_clear_error(tiny_dir, tmp_path, monkeypatch):
