@@ -45,9 +45,8 @@ from plotly.subplots import make_subplots
 
 from .checkpoint import SHIPPED, load_model, resolve_device
 from .config import PatchConfig
-from .cost import bandwidth, part_params
+from .cost import bandwidth, count_local, part_params
 from .decode import MODES, Done, Generation, generate, stream
-from .decode.common import count_local
 from .interop import is_hf_dir, load_hf
 from .model import BLT
 from .patching import RULES, mean_patch_length, patch_starts, starts_to_spans

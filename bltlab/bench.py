@@ -15,10 +15,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .cost import bandwidth, nocache_baseline, part_params, project
+from .cost import bandwidth, cost_stats, new_counters, nocache_baseline, part_params, project
 from .data import load_documents, translation_pairs
 from .decode import MODES, generate, generate_batch
-from .decode.common import cost_stats, new_counters
 from .model import BLT
 from .tokens import PAD, encode
 

@@ -7,6 +7,8 @@ Here P_enc excludes the hash n-gram tables, of which a pass reads only a few row
 Full: bytes actually read at the weights' dtype: the same passes, plus the entropy model
 per entropy pass, the local encoder's byte layers per encoder-byte pass (`n_loc`), the hash
 and byte embedding rows gathered, and every KV-cache element attended to.
+
+`Ledger` counts, pass by pass, what one prompt's decoding reads: the counters both formulas price.
 """
 from __future__ import annotations
 
@@ -50,3 +52,78 @@ def nocache_baseline(n_bytes: int, preset: str | None = None, params: dict | Non
     if preset:
         return project(c, preset)
     return (c["n_dec"] * params["decoder"] + c["n_enc"] * (params["encoder"] + params["global"])) / 1e9
+
+
+def new_counters() -> dict:
+    """Pass counters at zero: decoder, encoder+global, entropy model (docs/model.md, "Decoding")."""
+    return {"n_dec": 0, "n_enc": 0, "n_ent": 0}
+
+
+def cost_stats() -> dict:
+    """The full formula's extra counters at zero: local-encoder passes, KV-cache elements read, hash rows."""
+    return {"n_loc": 0, "kv_read": 0, "hash_rows": 0}
+
+
+def count_kv(stats: dict, layers: int, keys: int, dim: int) -> None:
+    """A pass reading `keys` cached keys and values of width `dim` in each of `layers` layers."""
+    stats["kv_read"] += 2 * layers * keys * dim
+
+
+def count_local(stats: dict, model: BLT, L: int) -> None:
+    """A local encoder pass over L new bytes, which reads L hash rows from the byte table and
+    from each n-gram table."""
+    stats["n_loc"] += 1
+    stats["hash_rows"] += L * (1 + len(model.embed.tables))
+
+
+class Ledger:
+    """What one prompt's decoding reads, pass by pass, as that prompt decoded alone would: the pass
+    counters and the full formula's extra counters, at position n with ncomp finished patches.
+    Starts after the prefill of n bytes: one pass of each part (encoder + global if a patch closed)."""
+
+    def __init__(self, model: BLT, n: int, ncomp: int):
+        self.m, self.cfg, self.n, self.ncomp = model, model.cfg, n, ncomp
+        self.counters = {"n_dec": 1, "n_enc": int(ncomp > 0), "n_ent": 1}
+        self.stats = cost_stats()
+        count_local(self.stats, model, n)
+
+    def snapshot(self) -> dict:
+        """Every counter as it stands now."""
+        return {**self.counters, **self.stats}
+
+    def count_local(self, t: int, L: int = 1) -> None:
+        """An encoder + decoder pass over L bytes from position t (each reads the window's KV cache)."""
+        c = self.cfg
+        count_local(self.stats, self.m, L)
+        count_kv(self.stats, c.n_enc_layers + c.n_dec_layers, min(t, c.local_window), c.d_local)
+
+    def pushed(self, L: int, ncomp: int) -> int:
+        """L bytes at n went through every part, after which `ncomp` patches are finished. Returns
+        the patches closed."""
+        c, closed = self.cfg, ncomp - self.ncomp
+        count_kv(self.stats, c.entropy.n_layers, self.n, c.entropy.dim)
+        self.count_local(self.n, L)
+        if closed:
+            count_kv(self.stats, c.n_global_layers, self.ncomp, c.d_global)
+        self.counters["n_ent"] += 1
+        self.counters["n_dec"] += 1
+        self.counters["n_enc"] += closed > 0
+        self.n, self.ncomp = self.n + L, ncomp
+        return closed
+
+    def closed(self) -> None:
+        """The patch before n ended (a diffusion block starts one): the global model ran on it."""
+        count_kv(self.stats, self.cfg.n_global_layers, self.ncomp, self.cfg.d_global)
+        self.ncomp += 1
+        self.counters["n_enc"] += 1
+
+    def block_pass(self) -> None:
+        """A denoising pass over a block at n (the decoder alone)."""
+        count_kv(self.stats, self.cfg.n_dec_layers, min(self.n, self.cfg.local_window), self.cfg.d_local)
+        self.counters["n_dec"] += 1
+
+    def drafted(self, L: int) -> None:
+        """L self-drafted bytes after n - 1, each an encoder + decoder pass."""
+        for u in range(self.n, self.n + L):
+            self.count_local(u)
+        self.counters["n_dec"] += L

@@ -54,6 +54,14 @@ def project_later(h: torch.Tensor, W: torch.Tensor):
     return (h, W) if W.numel() * W.element_size() <= LATER_MAX_BYTES else F.linear(h, W)
 
 
+def norm_proj(norm: nn.Module, x: torch.Tensor, r, weight: torch.Tensor) -> torch.Tensor:
+    """The projection `weight` of norm(x + r) (`RMSNorm.linear`; r as there): a head, or the slots,
+    after a stack of decoding-form blocks. `norm` may be nn.Identity (the "hf" global model has none)."""
+    if isinstance(norm, nn.Identity):
+        return F.linear(x if r is None else x + (F.linear(*r) if isinstance(r, tuple) else r), weight)
+    return norm.linear(x, weight, r)[1]
+
+
 @dataclass(eq=False)
 class KVCache:
     """One attention layer's keys and values for B rows, preallocated at a fixed length and indexed

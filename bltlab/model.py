@@ -223,3 +223,25 @@ class BLT(nn.Module):
         return {"entropy": count(self.entropy), "encoder": count(self.embed, self.enc_layers, self.pool),
                 "global": count(self.global_layers, self.global_norm),
                 "decoder": dec + self.start_slots.numel()}
+
+    def fused_projections(self) -> dict:
+        """Copies of the projections that read the same input, as one matrix each (decoding's one
+        product where there were two or three): per block (by id) query|key|value [3 D, D] and the
+        SwiGLU's gate|up [2 F, D]; "slots": every decoder layer's cross-attention key|value
+        [layers 2 D, D] ("hf": one per layer, which norms the slots first); "pool": the pooling's key|value."""
+        def cat(*linears):
+            return torch.cat([w.weight for w in linears]).detach()
+        blocks = [*self.entropy.layers, *self.enc_layers, *self.global_layers, *self.dec_layers]
+        out = {id(b): (cat(b.attn.wq, b.attn.wk, b.attn.wv), cat(b.ffn.w1, b.ffn.w3)) for b in blocks}
+        crosses = [b.cross for b in self.dec_layers if b.cross is not None]
+        if self.cfg.arch == "hf":
+            out["slots"] = tuple(cat(c.wk, c.wv) for c in crosses)
+        else:
+            out["slots"] = (cat(*[w for c in crosses for w in (c.wk, c.wv)]),)
+        out["pool"] = (cat(self.pool.wk, self.pool.wv),)
+        return out
+
+    def weights_version(self) -> tuple:
+        """Changes whenever a parameter is written in place (each write bumps its version counter) or
+        replaced: how a holder of `fused_projections` knows that its copies are stale."""
+        return tuple((p.data_ptr(), p._version) for p in self.parameters())

@@ -8,11 +8,15 @@ from dataclasses import dataclass, field
 import torch
 
 
+def rope_angles(pos: torch.Tensor, hd: int, theta: float) -> torch.Tensor:
+    """RoPE's angles [..., hd/2] at integer positions pos [...]."""
+    inv = 1.0 / theta ** (torch.arange(0, hd, 2, device=pos.device, dtype=torch.float32) / hd)
+    return pos.float()[..., None] * inv
+
+
 def rope(x: torch.Tensor, pos: torch.Tensor, theta: float) -> torch.Tensor:
     """Rotary embedding. x: [B, H, L, hd], pos: [B, L] (any integer positions)."""
-    hd = x.shape[-1]
-    inv = 1.0 / theta ** (torch.arange(0, hd, 2, device=x.device, dtype=torch.float32) / hd)
-    ang = pos.float()[:, None, :, None] * inv  # [B, 1, L, hd/2]
+    ang = rope_angles(pos, x.shape[-1], theta)[:, None]  # [B, 1, L, hd/2]
     return rotate(x, ang.cos(), ang.sin())
 
 
@@ -66,3 +70,40 @@ class AttnMask:
             own = (kb >= 0) & (kb == self.q_blk[:, :, None])
             self._dense = (clean | own)[:, None]
         return self._dense
+
+
+class CacheMasks:
+    """Additive attention masks (0: may read, -inf: may not) over static caches of S keys at positions
+    0 .. S - 1, for queries at any positions: gathered from tables built once, so that a decoding pass
+    builds no mask of its own and a CUDA graph replays the gather. Two rules:
+      - `causal`: causal_mask's rule (key <= query, within a window), by the offset q - k;
+      - `block`: a noisy block at t (AttnMask's rule): slot i reads the clean keys before t within the
+        local window and the whole block (whose keys lie less than size <= max_block < local_window
+        behind any of its queries, or ahead)."""
+
+    def __init__(self, T: int, S: int, windows: set[int], local_window: int, max_block: int, like: torch.Tensor):
+        dev = like.device
+        self.bias = like.new_tensor([0.0, float("-inf")])  # [allowed, forbidden]
+        keys = torch.arange(S, device=dev)
+        self.back = S - 1 - keys  # index of the offset q - k in a band: q + back[k]
+        off = torch.arange(1 - S, T, device=dev)  # q - k
+        self.bands = {w: self.additive((off >= 0) & ((off < w) | (w == 0))) for w in windows}
+        d = torch.arange(S + T, device=dev) - T  # k - t
+        self.slots = torch.arange(max_block, device=dev)
+        i = self.slots[:, None]
+        self.blocks = self.additive((d < i[:, None] + 1) & (i - d < local_window))  # [size - 1, i, T + k - t]
+        self.koff = keys + T  # koff - t: a key's index in `blocks`
+
+    def additive(self, allow: torch.Tensor) -> torch.Tensor:
+        """A bool mask in additive form (what attention adds: built once per pass, where a bool mask
+        would be converted in every layer)."""
+        return torch.where(allow, self.bias[0], self.bias[1])
+
+    def causal(self, pos: torch.Tensor, *windows: int) -> list[torch.Tensor]:
+        """[B, 1, L, S] for queries at pos [B, L], one per window (0: none)."""
+        at = (pos[..., None] + self.back)[:, None]
+        return [self.bands[w][at] for w in windows]
+
+    def block(self, t: torch.Tensor, size: int) -> torch.Tensor:
+        """[B, 1, size, S] for the blocks of `size` at t [B]."""
+        return self.blocks[size - 1][self.slots[:size, None], (self.koff - t[:, None])[:, None]][:, None]

@@ -33,9 +33,8 @@ import time
 import torch
 from tqdm.auto import tqdm
 
-from .cost import bandwidth, part_params
+from .cost import bandwidth, cost_stats, new_counters, part_params
 from .decode import HF_MODES, MODES, generate, generate_batch
-from .decode.common import cost_stats, new_counters
 from .bench_kernels import copy_bandwidth
 from .model import BLT
 from .tokens import encode

@@ -48,8 +48,8 @@ def test_cached_blt_equals_no_cache_reference(model):
         assert fast.stop_reason == ref.stop_reason
 
 
-@pytest.mark.parametrize("mode", ["blt-s8", "blt-s16"])
-def test_self_speculation_equals_blt_greedy(model, mode):
+@pytest.mark.parametrize("mode", ["blt-s8", "blt-s16", "blt-dv4", "blt-dv16"])
+def test_speculation_equals_blt_greedy(model, mode):
     for p in PROMPTS:
         assert generate(model, p, mode, max_bytes=24).output == generate(model, p, "blt", max_bytes=24).output, p
 

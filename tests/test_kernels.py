@@ -420,10 +420,11 @@ def test_step_end(dev, rule, max_patch, L):
                              state["cur"], is_ws, "entropy", 1.0, 3, max_patch)
 
 
-def test_sum_before_rounds_once_per_prefix(dev):
+def test_sum_less_max_rounds_once_per_prefix(dev):
     """γ's prefix sums come out the same on every device: accumulated in float64 and rounded once,
-    where adding sixteen float32 0.1s one at a time in float32 (torch.cumsum on a GPU) drifts."""
-    from bltlab.kernels.step import sum_before
+    where adding sixteen float32 0.1s one at a time in float32 (torch.cumsum on a GPU) drifts; and
+    each prefix loses its largest term, wherever it lies."""
+    from bltlab.kernels.step import sum_less_max
 
     x = torch.full((2, 16), 0.1)
     acc, drift = torch.zeros(2), []
@@ -431,15 +432,16 @@ def test_sum_before_rounds_once_per_prefix(dev):
         acc = acc + x[:, j]
         drift.append(acc - x[:, j])
     sums = torch.tensor([sum([float(x[0, 0])] * (j + 1)) for j in range(16)])  # Python's float64 sums
-    got = sum_before(x.to(dev)).cpu()
+    got = sum_less_max(x.to(dev)).cpu()
     assert torch.equal(got, (sums.float() - x[0]).expand(2, -1))
     assert not torch.equal(torch.stack(drift, 1), got)  # float32 accumulation gives other sums
+    assert sum_less_max(torch.tensor([3.0, 1.0, 2.0, 5.0]).to(dev)).tolist() == [0.0, 1.0, 3.0, 6.0]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("by_entropy", [False, True])
+@pytest.mark.parametrize("by_entropy, in_order", [(False, False), (True, False), (False, True), (True, True)])
 @pytest.mark.parametrize("L", [1, 5, 16])
-def test_denoise_end(dev, dtype, by_entropy, L):
+def test_denoise_end(dev, dtype, by_entropy, in_order, L):
     """The unmasking rule and its bookkeeping equal the reference's: the same slots filled with the
     same ids, the same log and counts (exactly), the same scores (1e-5), on rows whose masked slots,
     knobs (α or γ, from nothing-passes to everything-passes) and sharpness differ."""
@@ -461,6 +463,8 @@ def test_denoise_end(dev, dtype, by_entropy, L):
     knob[3], knob[4] = (0.0, 100.0) if by_entropy else (2.0, -1.0)  # one slot; every slot
     if L > 1:  # an exact tie, of which the first slot goes first (a stable sort; the first maximum)
         logits[5, 1], noisy[5], noisy[5, :2], knob[5] = logits[5, 0], 7, MASK, knob[3]
+    if in_order:  # "at least one" holds only in a block with no slot filled
+        noisy[3, :L] = MASK
     state = dict(nstep=torch.randint(0, 4, (B,), generator=g), filled=torch.full((B, 2, 16), -1),
                  scores=torch.zeros(B, 2, 16), left=torch.zeros(B, dtype=torch.long))
     runs = []
@@ -468,7 +472,7 @@ def test_denoise_end(dev, dtype, by_entropy, L):
         nz, i = noisy.clone().to(dev), ids.clone().to(dev)
         st = {k: v.clone().to(dev) for k, v in state.items()}
         fn(logits.to(dev), allowed(torch.zeros(260)).to(dev), nz[:, :L], i, t.to(dev), move.to(dev), knob.to(dev),
-           by_entropy, st["nstep"], st["filled"], st["scores"], st["left"])
+           by_entropy, st["nstep"], st["filled"], st["scores"], st["left"], in_order)
         runs.append({"noisy": nz.cpu(), "ids": i.cpu(), **{k: v.cpu() for k, v in st.items()}})
     for k in ("noisy", "ids", "nstep", "filled", "left"):
         assert torch.equal(runs[0][k], runs[1][k]), k
@@ -478,7 +482,10 @@ def test_denoise_end(dev, dtype, by_entropy, L):
     assert took[2] == 0 and took[1] == 0 and torch.equal(runs[1]["nstep"] - state["nstep"], (was > 0).long())
     if L > 1:  # the rule really chose: one slot somewhere, several elsewhere, every one where the knob says
         assert took[3] == 1 and took[4] == was[4] > 1 and len(set(took[took > 0].tolist())) > 1
-        assert runs[1]["noisy"][5, 0] != MASK and runs[1]["noisy"][5, 1] == MASK
+        if in_order:  # row 5 has filled slots and nothing passes: none is filled, the block may end
+            assert took[5] == 0
+        else:
+            assert runs[1]["noisy"][5, 0] != MASK and runs[1]["noisy"][5, 1] == MASK
 
 
 # ---- attention with the block-diffusion mask -------------------------------------------------

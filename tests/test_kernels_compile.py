@@ -19,4 +19,4 @@ def test_every_kernel_compiles_for_h100(tmp_path):
     r = subprocess.run([sys.executable, "-W", "ignore", "-m", "bltlab.kernels.compile_check", "--quick"], env=env,
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
-    assert "31/31 kernels compiled for sm_90" in r.stdout
+    assert "33/33 kernels compiled for sm_90" in r.stdout

@@ -15,7 +15,7 @@ LAYERS = [
     ["layers"],
     ["entropy"],
     ["model"],
-    ["checkpoint", "cost", "interop"],
+    ["checkpoint", "cost", "interop", "graphs"],
     ["decode"],
     ["bench", "bench_kernels", "diagnose", "speed", "evaluate", "train", "results"],
     ["app"],  # the Gradio workbench (no command line of its own)

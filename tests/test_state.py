@@ -5,6 +5,7 @@ the patch rule give them on the whole sequence; same logits, entropies and patch
 no-cache block-diffusion reference (`blt-d*`: same bytes), and one prompt at a time (every mode
 batched: same bytes, counters and trace per row)."""
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -14,10 +15,11 @@ from bltlab.config import PatchConfig, get_config
 from bltlab.decode import generate, generate_batch, state
 from bltlab.decode.common import allowed
 from bltlab.decode.reference import generate_reference, generate_reference_diffusion
-from bltlab.decode.state import DecodeState, decode_state
-from bltlab.kernels.step import sum_before, unmask_rule
+from bltlab.decode.state import MAX_BLOCK, DecodeState, decode_state
+from bltlab.kernels.step import unmask_rule
 from bltlab.entropy import entropy_of_logits
 from bltlab.model import BLT
+from bltlab.positions import CacheMasks, causal_mask
 from bltlab.tokens import OFFSET, encode, to_bytes
 from test_decode import PROMPTS
 
@@ -98,7 +100,7 @@ def same_generation(a, b, ties: list | None = None):
 
 
 def as_reference(m: BLT, prompt, mode: str = "blt", max_bytes: int = 64, stop=None):
-    """`mode` (`blt` or `blt-s*`, greedy) against the no-cache oracles: its bytes and stop reason are
+    """`mode` (`blt`, `blt-s*` or `blt-dv*`, greedy) against the no-cache oracles: its bytes and stop reason are
     generate_reference's; every byte its events report, with its entropy H_t and whether it opened
     a patch, is what the entropy model and the patch rule give on the whole sequence (the bytes a
     generation pushed: all but a last one that a stop string or the budget ended on, which a
@@ -149,16 +151,33 @@ def alone_and_batched(m: BLT, prompts: list, mode: str, **kw) -> tuple[list, lis
     return alone, batch, passes
 
 
-def choose_unmask(logits: torch.Tensor, masked: list[int], alpha: float | None, gamma: float | None) -> list[int]:
+def choose_unmask(logits: torch.Tensor, masked: list[int], alpha: float | None, gamma: float | None,
+                  in_order: bool = False) -> list[int]:
     """The unmasking rule as the paper states it, on one block's logits [L, 260] (the oracle of
     kernels.step.unmask_rule): by γ, the longest prefix of the masked slots sorted by entropy whose
-    entropy sum less its largest term stays below γ; by α, every masked slot above α; at least one."""
+    entropy sum less its largest term stays below γ; by α, every masked slot above α; at least one.
+    in_order: the masked slots left to right, and the prefix stops at the first that fails; at least
+    one only if every slot is masked."""
+    least = 1 if not in_order or len(masked) == len(logits) else 0
     ent, conf, _ = kernels.confidence(allowed(logits[masked].float()))
     if gamma is not None:
-        order = ent.argsort(stable=True)
-        before = sum_before(ent[order])
-        n = max(1, int((before < gamma).sum())) if gamma > 0 else 1
-        return [masked[i] for i in order[:n].tolist()]
+        order = list(range(len(masked))) if in_order else ent.argsort(stable=True).tolist()
+        n, total, top = 0, 0.0, -math.inf
+        for i in order:
+            total, top = total + float(ent[i]), max(top, float(ent[i]))
+            if not torch.tensor(total, dtype=torch.float64).float() - ent.new_tensor(top) < gamma:
+                if in_order:
+                    break
+                continue
+            n += 1
+        return [masked[i] for i in order[:max(least, n) if gamma > 0 else least]]
+    if in_order:
+        run = []
+        for m, c in zip(masked, conf.tolist()):
+            if not c > alpha:
+                break
+            run.append(m)
+        return run or masked[:least]
     chosen = [m for m, c in zip(masked, conf.tolist()) if c > alpha]
     return chosen or [masked[int(conf.argmax())]]
 
@@ -208,8 +227,8 @@ def test_logits_entropies_and_patches_step_by_step(patch):
         s.run()
 
 
-@pytest.mark.parametrize("mode", ["blt-s8", "blt-s16"])
-def test_self_speculation_equals_the_reference(model, mode):
+@pytest.mark.parametrize("mode", ["blt-s8", "blt-s16", "blt-dv4", "blt-dv16"])
+def test_speculation_equals_the_reference(model, mode):
     for i, p in enumerate(PROMPTS[:24]):
         as_reference(model, p, mode, max_bytes=90 if i % 6 == 0 else 30)
 
@@ -270,7 +289,8 @@ def test_diffusion_modes_equal_the_reference_and_batch(sharp, mode):
 
 
 @pytest.mark.parametrize("knobs", [{"gamma": 0.0}, {"gamma": 3.0}, {"gamma": 100.0}, {"alpha": 0.0}, {"alpha": 0.2},
-                                   {"alpha": 1.5}])
+                                   {"alpha": 1.5}, {"alpha": 0.2, "in_order": True, "exact_first": True},
+                                   {"gamma": 3.0, "in_order": True}, {"alpha": 0.2, "exact_first": True}])
 def test_unmasking_rules(sharp, knobs):
     passes, parted = [], []
     for p in PROMPTS[:6]:
@@ -278,14 +298,36 @@ def test_unmasking_rules(sharp, knobs):
             g = generate(sharp, p, mode, max_bytes=40, eta=2.5, **knobs)
             if mode == "blt-d16":
                 same_as_reference(sharp, g, mode, parted, **knobs)
-            passes += [(len(e["steps"]), e["size"] - (mode == "blt-h")) for e in g.trace if e["type"] == "block"]
+            first = mode == "blt-h" or knobs.get("exact_first", False)  # slot 0 exact, never masked
+            passes += [(len(e["steps"]), e["size"] - first) for e in g.trace if e["type"] == "block"]
     if knobs in ({"gamma": 0.0}, {"alpha": 1.5}):  # one slot per pass
         assert all(n == masked for n, masked in passes)
     elif knobs in ({"gamma": 100.0}, {"alpha": 0.0}):  # the whole block in one pass
         assert all(n == 1 for n, _ in passes)
-    else:  # neither
+    elif not knobs.get("in_order"):  # neither (in order, a block may end early: test_in_order_...)
         assert any(n > 1 for n, _ in passes) and any(n < masked for n, masked in passes)
     assert len(parted) <= 1, parted
+
+
+@pytest.mark.parametrize("knobs", [{"alpha": 0.3}, {"gamma": 2.0}])
+def test_in_order_fills_left_to_right(sharp, knobs):
+    """in_order: each pass fills a run of slots that starts at the first one still masked, and a
+    block ends early (fewer bytes than slots) only when a pass fills none; the same rule without it
+    fills out of order on these prompts (the test can tell the two apart)."""
+    for in_order in (True, False):
+        runs, short = [], []
+        for p in PROMPTS[:6]:
+            for mode in ("blt-d8", "blt-h"):
+                g = generate(sharp, p, mode, max_bytes=40, eta=2.5, exact_first=True, in_order=in_order, **knobs)
+                for e in (e for e in g.trace if e["type"] == "block"):
+                    done = 1
+                    for step in e["steps"]:
+                        runs.append(step["unmasked"] == list(range(done, done + len(step["unmasked"]))))
+                        done += len(step["unmasked"])
+                    assert len(e["bytes"]) + e["eos"] == done or e["patch_starts"] is None  # (None: it stopped)
+                    short.append(done < e["size"])
+        assert all(runs) if in_order else not all(runs)
+        assert any(short) if in_order and "alpha" in knobs else not any(short)  # by γ one slot always fits
 
 
 @pytest.mark.parametrize("patch", [PatchConfig(rule="relative", threshold=0.01, max_patch=5),
@@ -303,8 +345,9 @@ def test_diffusion_modes_under_other_rules(patch):
             same_generation(a, b)
 
 
+@pytest.mark.parametrize("in_order", [False, True])
 @pytest.mark.parametrize("by_entropy", [False, True])
-def test_unmask_rule_equals_choose_unmask(by_entropy):
+def test_unmask_rule_equals_choose_unmask(by_entropy, in_order):
     """The device rule against the eager one on the same logits, exact ties included."""
     g = torch.Generator().manual_seed(0)
     knobs = (0.0, 0.5, 3.0, 20.0) if by_entropy else (-1.0, 0.0, 0.05, 0.3, 0.9, 1.5)
@@ -317,10 +360,10 @@ def test_unmask_rule_equals_choose_unmask(by_entropy):
         masked[int(torch.randint(0, L, (1,), generator=g))] = True
         knob = knobs[trial % len(knobs)]
         eager = choose_unmask(logits, masked.nonzero()[:, 0].tolist(), None if by_entropy else knob,
-                              knob if by_entropy else None)
+                              knob if by_entropy else None, in_order)
         probs = allowed(logits.float())
         chosen, rank, ent, conf = unmask_rule(probs[None], masked[None], torch.tensor([knob], dtype=torch.float64),
-                                              by_entropy)
+                                              by_entropy, in_order)
         assert sorted(chosen[0].nonzero()[:, 0].tolist(), key=lambda i: int(rank[0, i])) == eager
         # the scores the trace shows, as denoise_block computes them
         assert torch.equal(conf[0], probs.softmax(-1).amax(-1)) and torch.equal(ent[0], entropy_of_logits(probs))
@@ -363,16 +406,14 @@ def test_state_is_reused_and_reloaded(model):
 
 
 @pytest.mark.parametrize("window", [0, 5, 40])
-def test_band_masks_equal_causal_masks(window):
-    """A pass's mask gathered from its window's band equals layers.causal_mask over the whole
+def test_cache_masks_equal_causal_masks(window):
+    """A pass's mask gathered from its window's band equals positions.causal_mask over the whole
     cache, in additive form, at any positions (the first and the last included)."""
-    from bltlab.positions import causal_mask
-
-    s = DecodeState(tiny(), 2)
-    s.bands[window] = s._band(window)
-    pos = torch.tensor([[0, 1, 2], [s.T - 3, s.T - 2, s.T - 1]])
-    want = torch.where(causal_mask(pos, s.keys[None], window), 0.0, float("-inf"))
-    assert torch.equal(s._masks(pos, window)[0], want)
+    T, S = 50, 64
+    masks = CacheMasks(T, S, {window}, 16, MAX_BLOCK, torch.zeros(1))
+    pos = torch.tensor([[0, 1, 2], [T - 3, T - 2, T - 1]])
+    want = torch.where(causal_mask(pos, torch.arange(S)[None], window), 0.0, float("-inf"))
+    assert torch.equal(masks.causal(pos, window)[0], want)
 
 
 @pytest.mark.parametrize("L", [1, 3, 8])
@@ -398,18 +439,19 @@ def test_advance_with_close_equals_advance_then_close(model, L):
     assert torch.equal(b.cur, b.t) and b.forced[b.rows, b.t].all()  # a patch starts at t
 
 
-def test_block_masks_equal_the_denoising_rule():
+def test_cache_block_masks_equal_the_denoising_rule():
     """A denoising pass's mask, gathered from its block size's table, lets slot i of a block at t
     read every key before the block's end that is less than the local window behind it (the
     block both ways), at any t (the first and the last a block may start at)."""
-    s = DecodeState(tiny(), 2)
-    k = s.keys[None, None]
+    T, S, W = 50, 64, 20
+    masks = CacheMasks(T, S, {0}, W, MAX_BLOCK, torch.zeros(1))
+    k = torch.arange(S)[None, None]
     for size in (1, 3, 16):
-        for t in ([0, s.T - size], [7, s.cfg.local_window + 2]):
-            s.t.copy_(torch.tensor(t))
-            pos = s.t[:, None] + s.kpos[:size]
-            allow = (k < (s.t + size)[:, None, None]) & (pos[..., None] - k < s.cfg.local_window)
-            assert torch.equal(s._block_mask(size), torch.where(allow, 0.0, float("-inf"))[:, None])
+        for t in ([0, T - size], [7, W + 2]):
+            t = torch.tensor(t)
+            pos = t[:, None] + torch.arange(size)
+            allow = (k < (t + size)[:, None, None]) & (pos[..., None] - k < W)
+            assert torch.equal(masks.block(t, size), torch.where(allow, 0.0, float("-inf"))[:, None])
 
 
 def test_steps_with_the_triton_kernels_equal_the_references(sharp):
@@ -495,7 +537,7 @@ def test_compiled_steps_equal_eager(model, monkeypatch):
         same_generation(generate(m, PROMPTS[1], mode, max_bytes=24),
                         generate(m, PROMPTS[1], mode, max_bytes=24, compiled=True))
     s = decode_state(m, 1, compiled=True)
-    assert s is not decode_state(m, 1) and set(s._compiled) >= {"advance", "draft", "close", "denoise"}
+    assert s is not decode_state(m, 1) and set(s.steps.compiled) >= {"advance", "draft", "close", "denoise"}
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")

@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from ..model import BLT
 from .blt import run_blt
 from .common import MODES, Generation, Sampler, mode_size
-from .diffusion import check_knobs, run_diffusion
+from .diffusion import Unmask, check_knobs, run_diffusion
 from .events import Block, Byte, Done, Event, Prefill, Step, Switch, Verify
 from .hybrid import check_hybrid, run_hybrid
 from .reference import generate_reference
@@ -37,16 +37,19 @@ HF_MODES = ("blt", "blt-s8", "blt-s16")  # what needs no extra training: for wei
 def stream(model: BLT, prompt: str | bytes, mode: str = "blt", max_bytes: int = 64,
            stop: str | bytes | None = None, temperature: float = 0.0, top_p: float = 1.0,
            seed: int | None = None, alpha: float | None = None, gamma: float | None = None,
-           eta: float = 1.0, block: int = 8, compiled: bool = False) -> Iterator[Event]:
+           eta: float = 1.0, block: int = 8, in_order: bool = False, exact_first: bool = False,
+           compiled: bool = False) -> Iterator[Event]:
     """Generate up to `max_bytes` bytes after `prompt` with decoding `mode`, yielding each event
     (events.py) as it happens; the last one is `Done` with the Generation.
 
-    alpha / gamma: unmasking rule of the diffusion modes (blt-d*, blt-h); eta and block: the
-    hybrid's switch threshold (nats) and block size. Knobs a mode does not use are ignored.
+    alpha / gamma: unmasking rule of the diffusion modes (blt-d*, blt-h); in_order: a denoising pass
+    fills only a left-to-right run of confident slots (blt-d*, blt-h); exact_first: a blt-d* block's
+    first byte is the exact next byte (blt-h's always is); eta and block: the hybrid's switch
+    threshold (nats) and block size. Knobs a mode does not use are ignored.
     compiled: the state's steps through torch.compile. Bad arguments raise ValueError before the
     first event."""
     t0 = time.perf_counter()
-    sampler, knobs = _check(model, mode, temperature, top_p, seed, alpha, gamma, eta, block)
+    sampler, knobs = _check(model, mode, temperature, top_p, seed, alpha, gamma, eta, block, in_order, exact_first)
     req = Request(model, [prompt], max_bytes, stop, sampler, compiled)
     try:
         for _ in _run(req, mode, *knobs):
@@ -62,22 +65,24 @@ def stream(model: BLT, prompt: str | bytes, mode: str = "blt", max_bytes: int = 
 def generate(model: BLT, prompt: str | bytes, mode: str = "blt", max_bytes: int = 64,
              stop: str | bytes | None = None, temperature: float = 0.0, top_p: float = 1.0,
              seed: int | None = None, alpha: float | None = None, gamma: float | None = None,
-             eta: float = 1.0, block: int = 8, compiled: bool = False) -> Generation:
+             eta: float = 1.0, block: int = 8, in_order: bool = False, exact_first: bool = False,
+             compiled: bool = False) -> Generation:
     """`stream`, collected: the Generation (its trace holds every event as JSON)."""
     *_, done = stream(model, prompt, mode, max_bytes, stop, temperature, top_p, seed, alpha, gamma, eta, block,
-                      compiled)
+                      in_order, exact_first, compiled)
     return done.generation
 
 
 def generate_batch(model: BLT, prompts: list[str | bytes], mode: str = "blt", max_bytes: int = 64,
                    stop: str | bytes | None = None, temperature: float = 0.0, top_p: float = 1.0,
                    seed: int | None = None, alpha: float | None = None, gamma: float | None = None,
-                   eta: float = 1.0, block: int = 8, compiled: bool = False) -> list[Generation]:
+                   eta: float = 1.0, block: int = 8, in_order: bool = False, exact_first: bool = False,
+                   compiled: bool = False) -> list[Generation]:
     """`generate` for several prompts at once, any mode: one pass of each step serves every row
     still running (ragged prompts, per-row stopping and rollback). One Generation per prompt,
     with the counters and trace that prompt alone gets (greedy: the same bytes too) and the
     batch's shared passes in counters["batch_passes"]."""
-    sampler, knobs = _check(model, mode, temperature, top_p, seed, alpha, gamma, eta, block)
+    sampler, knobs = _check(model, mode, temperature, top_p, seed, alpha, gamma, eta, block, in_order, exact_first)
     req = Request(model, prompts, max_bytes, stop, sampler, compiled)
     try:
         for _ in _run(req, mode, *knobs):
@@ -88,30 +93,29 @@ def generate_batch(model: BLT, prompts: list[str | bytes], mode: str = "blt", ma
 
 
 def _check(model: BLT, mode: str, temperature: float, top_p: float, seed: int | None, alpha: float | None,
-           gamma: float | None, eta: float, block: int):
-    """The request's sampler and knobs (alpha, gamma, eta, block), or one clear error."""
+           gamma: float | None, eta: float, block: int, in_order: bool, exact_first: bool):
+    """The request's sampler and knobs (eta, block, the unmasking rule), or one clear error."""
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
     if model.cfg.arch == "hf" and mode not in HF_MODES:
         raise ValueError(f"mode {mode!r} needs a decoder trained on masked blocks; weights in transformers' "
                          f"layout support the training-free modes {', '.join(HF_MODES)}")
     sampler = Sampler(temperature, top_p, seed)
-    if mode.startswith("blt-d") or mode == "blt-h":
-        alpha, gamma = check_knobs(alpha, gamma)
     if mode == "blt-h":
         check_hybrid(eta, block)
-    return sampler, (alpha, gamma, eta, block)
+    rule = check_knobs(alpha, gamma, in_order, exact_first) if mode.startswith("blt-d") or mode == "blt-h" else None
+    return sampler, (eta, block, rule)
 
 
-def _run(req: Request, mode: str, alpha: float | None, gamma: float | None, eta: float, block: int) -> Iterator[None]:
+def _run(req: Request, mode: str, eta: float, block: int, rule: Unmask | None) -> Iterator[None]:
     """The mode's loop over the request: a generator that yields after each step or round."""
     if mode == "blt":
         return run_blt(req)
     if mode.startswith("blt-s") or mode.startswith("blt-dv"):
         return run_speculative(req, mode_size(mode), mode.startswith("blt-s"))
     if mode.startswith("blt-d"):
-        return run_diffusion(req, mode_size(mode), alpha, gamma)
-    return run_hybrid(req, eta, block, alpha, gamma)
+        return run_diffusion(req, mode_size(mode), rule)
+    return run_hybrid(req, eta, block, rule)
 
 
 __all__ = ["HF_MODES", "MODES", "Block", "Byte", "Done", "Event", "Generation", "Prefill", "Sampler", "Step", "Switch",

@@ -2,34 +2,14 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING
 
 import torch
 
-from ..tokens import EOS, N_IDS, OFFSET, encode, ids_to_bytes, to_bytes
-
-if TYPE_CHECKING:
-    from ..model import BLT
+from ..tokens import EOS, N_IDS, OFFSET, encode, to_bytes
 
 MODES = ("blt", "blt-s8", "blt-s16", "blt-d4", "blt-d8", "blt-d16", "blt-dv4", "blt-dv8", "blt-dv16", "blt-h")
 HASH_CONTEXT = 8  # ids before a new byte that its n-gram hashes may reach
 
-
-def cost_stats() -> dict:
-    """Cost counters at zero: local-encoder passes, KV-cache elements read, hash rows."""
-    return {"n_loc": 0, "kv_read": 0, "hash_rows": 0}
-
-
-def count_kv(stats: dict, layers: int, keys: int, dim: int) -> None:
-    """A pass reading `keys` cached keys and values of width `dim` in each of `layers` layers."""
-    stats["kv_read"] += 2 * layers * keys * dim
-
-
-def count_local(stats: dict, model: BLT, L: int) -> None:
-    """A local encoder pass over L new bytes, which reads L hash rows from the byte table and
-    from each n-gram table."""
-    stats["n_loc"] += 1
-    stats["hash_rows"] += L * (1 + len(model.embed.tables))
 
 def mode_size(mode: str) -> int:
     """The draft window or block size a mode's name gives: blt-s16 -> 16, blt-dv4 -> 4, blt-d8 -> 8."""
@@ -113,18 +93,6 @@ def check_request(prompt: str | bytes, max_new: int, context: int) -> list[int]:
         raise ValueError(f"prompt ({len(ids) - 1} bytes) + max_bytes ({max_new}) exceeds the model's "
                          f"context of {context - 1} bytes; shorten the prompt or ask for fewer bytes")
     return ids
-
-
-def new_counters() -> dict:
-    """Pass counters: decoder, encoder+global, entropy model (docs/model.md, "Decoding")."""
-    return {"n_dec": 0, "n_enc": 0, "n_ent": 0}
-
-
-def finish(mode: str, prompt_ids: list[int], stopper: "Stopper", counters: dict, trace: list,
-           stats: dict) -> Generation:
-    """Package a finished generation; `stats` are the state's extra cost counters."""
-    return Generation(mode, ids_to_bytes(prompt_ids), bytes(stopper.out), stopper.reason,
-                      {**counters, **stats, "bytes": len(stopper.out)}, trace)
 
 
 class Stopper:

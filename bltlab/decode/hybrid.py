@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from ..tokens import EOS, OFFSET
+from .diffusion import Unmask
 from .events import Block, Step, Switch, split_eos
 from .request import Request, opened
 
@@ -23,7 +24,7 @@ def check_hybrid(eta: float, block: int) -> None:
         raise ValueError(f"block must be 4, 8 or 16 (the trained sizes), got {block}")
 
 
-def run_hybrid(req: Request, eta: float, block: int, alpha: float | None, gamma: float | None) -> Iterator[None]:
+def run_hybrid(req: Request, eta: float, block: int, rule: Unmask) -> Iterator[None]:
     """Per round, each running row takes one byte or a block opened by it, by its own H; yields
     after each round."""
     current: dict[int, str] = {}
@@ -41,7 +42,7 @@ def run_hybrid(req: Request, eta: float, block: int, alpha: float | None, gamma:
         blocks = {b: req.rows[b].room(block) for b in rows if current[b] == "diffusion" and req.rows[b].room(block) > 1}
         if blocks:
             req.close(list(blocks))
-            filled = req.denoise(blocks, alpha if gamma is None else gamma, gamma is not None, keep_first=True)
+            filled = req.denoise(blocks, rule, keep_first=True)
             for b, (ids, steps) in filled.items():
                 out[b] = ids
                 events[b] = Block(req.rows[b].n, {}, blocks[b], steps, *split_eos(ids), entropy=round(nxt[b][3], 4))

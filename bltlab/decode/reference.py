@@ -39,15 +39,18 @@ def generate_reference(model: BLT, prompt: str | bytes, max_bytes: int = 64, sto
 
 @torch.no_grad()
 def generate_reference_diffusion(model: BLT, prompt: str | bytes, max_bytes: int = 64, block: int = 8,
-                                 alpha: float | None = None, gamma: float | None = None) -> Generation:
+                                 alpha: float | None = None, gamma: float | None = None, in_order: bool = False,
+                                 exact_first: bool = False) -> Generation:
     """Greedy block diffusion (`blt-d{block}`) without caches: every denoising pass is the training
     forward (`BLT.forward` with one noisy block) on the whole sequence, whose patches start at
-    every block, and the unmasking rule is kernels.step.unmask_rule's reference."""
+    every block, and the unmasking rule is kernels.step.unmask_rule's reference. exact_first: slot 0
+    is the greedy next byte of that forward's clean stream, at the byte before the block; in_order:
+    a block ends at a pass that fills nothing."""
     from ..kernels.step import unmask_rule
     from .diffusion import check_knobs
 
-    alpha, gamma = check_knobs(alpha, gamma)
-    knob = torch.tensor([alpha if gamma is None else gamma], dtype=torch.float64)
+    rule = check_knobs(alpha, gamma, in_order, exact_first)
+    knob = torch.tensor([rule.knob], dtype=torch.float64)
     ids = check_request(prompt, max_bytes, model.cfg.max_bytes)
     prompt_len, blocks, passes = len(ids), [], 0
     dev = next(model.parameters()).device
@@ -60,13 +63,18 @@ def generate_reference_diffusion(model: BLT, prompt: str | bytes, max_bytes: int
         forced[0, blocks] = True
         starts = model.patch(x, forced=forced)
         noisy = torch.full((1, 1, size), MASK, device=dev)
+        at = torch.tensor([[s]], device=dev)
+        if exact_first:
+            noisy[0, 0, 0] = allowed(model(x, starts, at, noisy)[0][0, s - 1].float()).argmax()
         while bool((noisy == MASK).any()):
-            logits = allowed(model(x, starts, torch.tensor([[s]], device=dev), noisy)[1][0].float())  # [1, size, V]
+            logits = allowed(model(x, starts, at, noisy)[1][0].float())  # [1, size, V]
             masked = noisy[0] == MASK
-            chosen = unmask_rule(logits, masked, knob, gamma is not None)[0]
+            chosen = unmask_rule(logits, masked, knob, rule.by_entropy, rule.in_order)[0]
             noisy[0] = torch.where(chosen, logits.argmax(-1), noisy[0])
             passes += 1
-        out = noisy[0, 0].tolist()
+            if not chosen.any():  # in order, unsure of the next slot: the block ends before it
+                break
+        out = [i for i in noisy[0, 0].tolist() if i != MASK]  # (in order: a prefix)
         if any(stopper.push(t) for t in out):
             break
         ids += out

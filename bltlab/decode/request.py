@@ -6,21 +6,25 @@ which run a step of the state (state.py) for the rows in play and count it. The 
 from the device only what decides the next step: the next bytes, the masked slots left, a
 draft, the verified predictions and patch starts.
 
-Counters, per row, are what the prompt decoded alone costs: `n_dec`, `n_enc`, `n_ent` (passes
-of the decoder, of encoder + global, of the entropy model) and `n_loc`, `kv_read`, `hash_rows`
-(local-encoder passes, KV-cache elements and hash rows read). A batch's shared passes, where
-one pass serves every row in play, are counted once in `batch_passes`.
+Counters, per row, are what the prompt decoded alone costs (cost.Ledger); a batch's shared
+passes, where one pass serves every row in play, are counted once in `batch_passes`.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
+from ..cost import Ledger
 from ..entropy import entropy_of_logits
 from ..model import BLT
 from ..tokens import EOS, OFFSET, ids_to_bytes
-from .common import Generation, Sampler, Stopper, check_request, cost_stats, count_kv, count_local
+from .common import Generation, Sampler, Stopper, check_request
 from .events import Event, Prefill
 from .state import decode_state
+
+if TYPE_CHECKING:
+    from .diffusion import Unmask
 
 
 def opened(start: int, cum: list[int], k: int) -> list[int]:
@@ -29,15 +33,13 @@ def opened(start: int, cum: list[int], k: int) -> list[int]:
     return [start + j for j in range(k) if cum[j + 1] > cum[j]]
 
 
-class Row:
-    """One prompt's host side: its position n and finished patches, counters, trace and stopper."""
+class Row(Ledger):
+    """One prompt's host side: its position n, finished patches and costs (cost.Ledger), its trace and
+    its stopper."""
 
     def __init__(self, model: BLT, ids: list[int], ncomp: int, max_bytes: int, stop, new: list[Event] | None):
-        self.m, self.cfg, self.ids = model, model.cfg, ids
-        self.n, self.ncomp = len(ids), ncomp
-        self.counters = {"n_dec": 1, "n_enc": int(ncomp > 0), "n_ent": 1}  # the prefill: one pass of each part
-        self.stats = cost_stats()
-        count_local(self.stats, model, self.n)
+        super().__init__(model, len(ids), ncomp)
+        self.ids = ids
         self.trace: list[dict] = []  # the events' JSON
         self.new = new  # where its events wait to be streamed (None: not streamed)
         self.stopper = Stopper(max_bytes, stop)
@@ -48,10 +50,6 @@ class Row:
         if self.new is not None:
             self.new.append(event)
 
-    def snapshot(self) -> dict:
-        """Running counters for a trace event."""
-        return {**self.counters, **self.stats}
-
     def room(self, k: int) -> int:
         """How many of the next k bytes the budget still allows."""
         return min(k, self.stopper.max_new - len(self.stopper.out))
@@ -59,43 +57,6 @@ class Row:
     def emit(self, out: list[int]) -> bool:
         """Give ids to the stopper; True when the generation ends."""
         return any(self.stopper.push(t) for t in out)
-
-    def count_local(self, t: int, L: int = 1) -> None:
-        """An encoder + decoder pass over L bytes from position t."""
-        c = self.cfg
-        count_local(self.stats, self.m, L)
-        count_kv(self.stats, c.n_enc_layers + c.n_dec_layers, min(t, c.local_window), c.d_local)
-
-    def pushed(self, L: int, ncomp: int) -> int:
-        """L bytes at n went through every part, after which `ncomp` patches are finished. Returns
-        the patches closed."""
-        c, closed = self.cfg, ncomp - self.ncomp
-        count_kv(self.stats, c.entropy.n_layers, self.n, c.entropy.dim)
-        self.count_local(self.n, L)
-        if closed:
-            count_kv(self.stats, c.n_global_layers, self.ncomp, c.d_global)
-        self.counters["n_ent"] += 1
-        self.counters["n_dec"] += 1
-        self.counters["n_enc"] += closed > 0
-        self.n, self.ncomp = self.n + L, ncomp
-        return closed
-
-    def closed(self) -> None:
-        """The patch before n ended (a diffusion block starts one): the global model ran on it."""
-        count_kv(self.stats, self.cfg.n_global_layers, self.ncomp, self.cfg.d_global)
-        self.ncomp += 1
-        self.counters["n_enc"] += 1
-
-    def block_pass(self) -> None:
-        """A denoising pass over a block at n."""
-        count_kv(self.stats, self.cfg.n_dec_layers, min(self.n, self.cfg.local_window), self.cfg.d_local)
-        self.counters["n_dec"] += 1
-
-    def drafted(self, L: int) -> None:
-        """L self-drafted bytes after n - 1, each an encoder + decoder pass."""
-        for u in range(self.n, self.n + L):
-            self.count_local(u)
-        self.counters["n_dec"] += L
 
 
 class Request:
@@ -196,25 +157,27 @@ class Request:
         for b in rows:
             self.rows[b].closed()
 
-    def denoise(self, sizes: dict[int, int], knob: float, by_entropy: bool,
+    def denoise(self, sizes: dict[int, int], rule: "Unmask",
                 keep_first: bool = False) -> dict[int, tuple[list[int], list[dict]]]:
-        """Fill a block of sizes[b] slots at each row's n (slot 0 = byte n with keep_first), one
+        """Fill a block of sizes[b] slots at each row's n by `rule` (slot 0 = byte n with keep_first), one
         replay per pass for every row of a size (a block attends to all of itself), until none has
-        a masked slot left. Returns per row its ids and the trace's steps."""
+        a masked slot left, or (rule.in_order) a pass fills none of it: the block ends before its
+        first masked slot. Returns per row its ids (the filled ones) and the trace's steps."""
         s = self.s
-        s.run_begin(keep_first, knob)
+        s.run_begin(keep_first, rule.knob)
+        masked = {b: max(0, size - keep_first) for b, size in sizes.items()}  # each row's, after its last pass
         for size in sorted(set(sizes.values())):
             todo = [b for b in sizes if sizes[b] == size] if size > keep_first else []
             self.only(todo)
             while todo:
-                s.run_denoise(size, by_entropy)
+                s.run_denoise(size, rule.by_entropy, rule.in_order)
                 self.passes["n_dec"] += 1
                 if self.sampling:
                     s.fill(size, self.sampler.pick(s.pass_logits.flatten(0, 1)).view(s.B, size), todo)
                 for b in todo:
                     self.rows[b].block_pass()
                 left = s.left.tolist()
-                todo = [b for b in todo if left[b]]
+                todo, masked = [b for b in todo if 0 < left[b] < masked[b]], masked | {b: left[b] for b in todo}
         ids, log, scores = s.noisy.tolist(), s.filled.tolist(), s.scores.tolist()
         out = {}
         for b, size in sizes.items():
@@ -226,7 +189,7 @@ class Request:
                 steps.append({"unmasked": chosen, "bytes": fills,
                               "confidence": [round(conf[i], 4) for i in chosen],
                               "entropy": [round(ent[i], 4) for i in chosen]})
-            out[b] = ids[b][:size], steps
+            out[b] = ids[b][:size - masked[b]], steps  # (a block that ended early: in order, a prefix)
         return out
 
     def rollback(self, rejected: dict[int, tuple[int, int, int]]) -> None:
@@ -255,7 +218,7 @@ class Request:
         gens = []
         for r in self.rows:
             out = r.stopper.out
-            counters = {**r.counters, **r.stats, "bytes": len(out)}
+            counters = {**r.snapshot(), "bytes": len(out)}
             if len(self.rows) > 1:
                 counters |= {"batch": len(self.rows), "batch_passes": dict(self.passes)}
             gens.append(Generation(mode, ids_to_bytes(r.ids), bytes(out), r.stopper.reason, counters, r.trace))

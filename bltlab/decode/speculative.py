@@ -2,13 +2,14 @@
 
 A round drafts up to k bytes cheaply: `blt-s{k}` with decoder-only steps past the patch
 boundary that read the newest global output; `blt-dv{k}` with one denoising pass that fills a
-whole block after its known first byte. One exact pass over the draft (entropy model, encoder,
-global, decoder) then gives the true prediction at every draft position: the longest agreeing
-prefix is kept, and the byte at the first disagreement comes from the exact distribution
-(greedy: its argmax; sampling: the speculative rejection rule, accept with min(1, p/q) and
-resample from norm(max(0, p - q)), so the output distribution is the model's own). Greedy
-`blt-s*` therefore writes `blt`'s bytes exactly. A rejection rolls the state back: every cache
-is indexed by position, so that only resets counters.
+whole block after its known first byte, reading the same newest global output (no patch is
+closed for the draft). One exact pass over the draft (entropy model, encoder, global, decoder)
+then gives the true prediction at every draft position and places its patches by the entropy
+rule: the longest agreeing prefix is kept, and the byte at the first disagreement comes from the
+exact distribution (greedy: its argmax; sampling: the speculative rejection rule, accept with
+min(1, p/q) and resample from norm(max(0, p - q)), so the output distribution is the model's
+own). Greedy `blt-s*` and `blt-dv*` therefore write `blt`'s bytes exactly. A rejection rolls the
+state back: every cache is indexed by position, so that only resets counters.
 """
 from __future__ import annotations
 
@@ -40,8 +41,7 @@ def run_speculative(req: Request, k: int, self_draft: bool) -> Iterator[None]:
                     s.put(sampler.pick(s.logits), draft=True)
             req.passes["n_dec"] += room - 1
             req.passes["n_loc"] += room - 1
-        else:
-            req.close(rows)
+        else:  # the block reads the newest finished patch, as a self-draft does: no patch closes for it
             s.run_begin(True, -1.0)  # α < 0: every slot in one pass
             for size in sorted(set(rooms.values()) - {1}):
                 group = [b for b in rows if rooms[b] == size]

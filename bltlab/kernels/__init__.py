@@ -205,12 +205,12 @@ def step_end(ids: torch.Tensor, t: torch.Tensor, signal: torch.Tensor | None, ol
 
 def denoise_end(logits: torch.Tensor, forbid: torch.Tensor, noisy: torch.Tensor, ids: torch.Tensor,
                 t: torch.Tensor, move: torch.Tensor, knob: torch.Tensor, by_entropy: bool, nstep: torch.Tensor,
-                filled: torch.Tensor, scores: torch.Tensor, left: torch.Tensor) -> None:
-    """The end of a static denoising step, in place: the unmasking rule (α, or γ with by_entropy)
-    fills the chosen slots and logs them: see step.denoise_end_reference."""
+                filled: torch.Tensor, scores: torch.Tensor, left: torch.Tensor, in_order: bool = False) -> None:
+    """The end of a static denoising step, in place: the unmasking rule (α, or γ with by_entropy;
+    in_order: a left-to-right run) fills the chosen slots and logs them: see step.denoise_end_reference."""
     mod, fast = _pick("step", logits)
     (mod.denoise_end_triton if fast else mod.denoise_end_reference)(logits, forbid, noisy, ids, t, move, knob,
-                                                                    by_entropy, nstep, filled, scores, left)
+                                                                    by_entropy, nstep, filled, scores, left, in_order)
 
 
 def attend(q, k, v, mask, is_causal: bool = False) -> torch.Tensor:

@@ -49,13 +49,13 @@ def specs(dt: str, head_dims=(32, 64, 128)):
             ("pool_fwd", PO._pool_fwd, dict(h_ptr=p, first_ptr=I64P, size_ptr=I64P, out_ptr=p, arg_ptr=I64P, T=I32,
                                             D=I32, P=I32), dict(BLOCK=128)),
             ("pool_bwd", PO._pool_bwd, dict(g_ptr=p, arg_ptr=I64P, gh_ptr=p, T=I32, D=I32, P=I32), dict(BLOCK=128))]
-    for by_entropy in (False, True):
-        out.append((f"denoise_end by_entropy={by_entropy}", S._denoise_end,
+    for by_entropy, in_order in ((False, False), (True, False), (False, True), (True, True)):
+        out.append((f"denoise_end by_entropy={by_entropy} in_order={in_order}", S._denoise_end,
                     dict(x_ptr=p, forbid_ptr=f, noisy_ptr=I64P, ids_ptr=I64P, t_ptr=I64P, move_ptr="*u8",
                          knob_ptr="*fp64", nstep_ptr=I64P, filled_ptr=I64P, scores_ptr=f, left_ptr=I64P,
                          **{a: I32 for a in ("L", "V", "s_xb", "s_xl", "s_noisy", "s_ids", "s_fb", "s_fk", "s_sb",
                                              "s_sk", "MASK_ID")}),
-                    dict(BY_ENTROPY=by_entropy, BLOCK_L=16, BLOCK_V=512)))
+                    dict(BY_ENTROPY=by_entropy, IN_ORDER=in_order, BLOCK_L=16, BLOCK_V=512)))
     u8 = "*u8"
     step = dict(ids_ptr=I64P, t_ptr=I64P, sig_ptr=I64P, olog_ptr=u8, ent_ptr=f, forced_ptr=u8, cur_ptr=I64P,
                 ws_ptr=u8, x_ptr=p, forbid_ptr=f, keep_ptr=p, pred_ptr=I64P, given_ptr=I64P, plen_ptr=I64P,

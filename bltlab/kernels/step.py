@@ -11,7 +11,7 @@ or the open patch (from `cur`) reaching `max_patch` bytes.
 
 `denoise_end`: after a denoising pass over a block of L <= 16 slots, BLT-D's unmasking rule
 (`unmask_rule`: the slots above confidence α, or the longest prefix by entropy within the
-bound γ) and its bookkeeping: the chosen slots take their greedy ids, the step and scores are
+bound γ; with `in_order`, only a left-to-right run of them) and its bookkeeping: the chosen slots take their greedy ids, the step and scores are
 logged, and the masked slots left are counted (the number the host reads).
 """
 from __future__ import annotations
@@ -36,12 +36,12 @@ def check_rule(rule: str) -> int:
     return RULES.index(rule)
 
 
-def sum_before(x: torch.Tensor) -> torch.Tensor:
-    """[..., L] float32 -> each prefix's sum less its last term, for BLT-D's γ rule (the unmasking
+def sum_less_max(x: torch.Tensor) -> torch.Tensor:
+    """[..., L] float32 -> each prefix's sum less its largest term, for BLT-D's γ rule (the unmasking
     rule's reference and kernel below): accumulated in float64 and rounded once per prefix on every
     device (torch.cumsum adds float32 in float64 on a CPU but in float32 on a GPU, which could move
-    a sum by an ulp across γ)."""
-    return x.double().cumsum(-1).float() - x
+    a sum by an ulp across γ). In ascending order the largest term is the last one."""
+    return x.double().cumsum(-1).float() - x.cummax(-1).values
 
 
 # ---- reference -------------------------------------------------------------------------------
@@ -156,24 +156,34 @@ def step_end_triton(ids: torch.Tensor, t: torch.Tensor, signal: torch.Tensor | N
 
 
 # ---- the end of a denoising step ---------------------------------------------------------------
-def unmask_rule(logits: torch.Tensor, masked: torch.Tensor, knob: torch.Tensor,
-                by_entropy: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def unmask_rule(logits: torch.Tensor, masked: torch.Tensor, knob: torch.Tensor, by_entropy: bool,
+                in_order: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """BLT-D's unmasking rule (decode/diffusion.py) for a batch. logits: [B, L, V] (allowed, float32),
-    masked: [B, L] bool, knob: [B] float64 (α, or γ with by_entropy). Returns the chosen slots
-    [B, L] bool, each slot's order [B, L] in the rule's list (by entropy for γ, else by slot), and
-    the entropy and confidence [B, L] of every slot (tests/test_state.py: `choose_unmask`, the
-    rule on one block's list of slots, is its oracle)."""
+    masked: [B, L] bool, knob: [B] float64 (α, or γ with by_entropy). The masked slots are listed
+    by entropy for γ, by slot with in_order, and the rule takes a prefix of that list, at least its
+    first slot: by γ the longest whose entropy sum less its largest term stays below γ; by α in
+    order, the run of slots above α (Fast-dLLM's threshold rule, left to right). In order, "at
+    least one" holds only while no slot is filled: a block with a filled slot may get none, and
+    then ends there (decode/diffusion.py). By α otherwise it takes every slot above α, wherever it
+    lies, at least the most confident. Returns the chosen
+    slots [B, L] bool, each slot's order [B, L] in the list, and the entropy and confidence [B, L]
+    of every slot (tests/test_state.py: `choose_unmask`, the rule on one block's list of slots, is
+    its oracle)."""
     ent, conf, _ = confidence_reference(logits)
     slot = torch.arange(masked.shape[1], device=masked.device).expand_as(masked)
-    if by_entropy:  # the longest prefix by entropy whose sum less its largest term stays below γ
-        e = ent.masked_fill(~masked, float("inf"))
-        order = e.argsort(dim=1, stable=True)
-        se = e.gather(1, order)
-        fits = (sum_before(se) < knob[:, None].float()) & (slot < masked.sum(1, keepdim=True))
-        n = torch.where(knob > 0, fits.sum(1).clamp(min=1), 1)
+    if by_entropy or in_order:
+        order = (slot.float() if in_order else ent).masked_fill(~masked, float("inf")).argsort(dim=1, stable=True)
+        listed = slot < masked.sum(1, keepdim=True)  # the list's masked slots come first
+        if by_entropy:
+            fits = sum_less_max(ent.masked_fill(~masked, float("inf")).gather(1, order)) < knob[:, None].float()
+        else:  # conf compared in float64, as Python compares
+            fits = (conf.double() > knob[:, None]).gather(1, order)
+        fits &= listed
+        n = fits.long().cumprod(1).sum(1) if in_order else fits.sum(1)  # (sums by entropy only grow)
+        least = masked.all(1).long() if in_order else 1  # in order: none once a slot is filled
+        n = torch.where(knob > 0, n.clamp(min=least), least) if by_entropy else n.clamp(min=least)
         rank = torch.empty_like(order).scatter_(1, order, slot)
         return masked & (rank < n[:, None]), rank, ent, conf
-    # every slot with confidence above α (compared in float64, as Python compares), at least the best
     chosen = masked & (conf.double() > knob[:, None])
     best = conf.masked_fill(~masked, float("-inf")).argmax(1, keepdim=True)
     return chosen | (masked & (slot == best) & ~chosen.any(1, keepdim=True)), slot, ent, conf
@@ -181,7 +191,8 @@ def unmask_rule(logits: torch.Tensor, masked: torch.Tensor, knob: torch.Tensor,
 
 def denoise_end_reference(logits: torch.Tensor, forbid: torch.Tensor, noisy: torch.Tensor, ids: torch.Tensor,
                           t: torch.Tensor, move: torch.Tensor, knob: torch.Tensor, by_entropy: bool,
-                          nstep: torch.Tensor, filled: torch.Tensor, scores: torch.Tensor, left: torch.Tensor) -> None:
+                          nstep: torch.Tensor, filled: torch.Tensor, scores: torch.Tensor, left: torch.Tensor,
+                          in_order: bool = False) -> None:
     """In place, after a denoising pass over the blocks at t: logits [B, L, V] of the block's slots
     (forbid [V]: 0 or -inf, added first), noisy [B, L] long (MASK where not filled yet), ids
     [B, T] long, t [B] long, move [B] bool (rows that take part), knob [B] float64. The slots
@@ -191,7 +202,7 @@ def denoise_end_reference(logits: torch.Tensor, forbid: torch.Tensor, noisy: tor
     B, L = noisy.shape
     logits = logits.float() + forbid
     masked = noisy == MASK
-    chosen, order, ent, conf = unmask_rule(logits, masked & move[:, None], knob, by_entropy)
+    chosen, order, ent, conf = unmask_rule(logits, masked & move[:, None], knob, by_entropy, in_order)
     pick = logits.argmax(-1)
     b, pos = torch.arange(B, device=ids.device)[:, None], t[:, None] + torch.arange(L, device=ids.device)
     ids[b, pos] = torch.where(chosen, pick, ids[b, pos])  # never a MASK
@@ -206,7 +217,7 @@ def denoise_end_reference(logits: torch.Tensor, forbid: torch.Tensor, noisy: tor
 @triton.jit
 def _denoise_end(x_ptr, forbid_ptr, noisy_ptr, ids_ptr, t_ptr, move_ptr, knob_ptr, nstep_ptr, filled_ptr,
                  scores_ptr, left_ptr, L, V, s_xb, s_xl, s_noisy, s_ids, s_fb, s_fk, s_sb, s_sk, MASK_ID,
-                 BY_ENTROPY: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_V: tl.constexpr):
+                 BY_ENTROPY: tl.constexpr, IN_ORDER: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_V: tl.constexpr):
     b = tl.program_id(0).to(tl.int64)
     j = tl.arange(0, BLOCK_L)
     v = tl.arange(0, BLOCK_V)
@@ -228,23 +239,46 @@ def _denoise_end(x_ptr, forbid_ptr, noisy_ptr, ids_ptr, t_ptr, move_ptr, knob_pt
     was = inside & (noisy == MASK_ID)
     masked = was & (tl.load(move_ptr + b) != 0)
     knob = tl.load(knob_ptr + b)
-    if BY_ENTROPY:
-        # each slot's rank in a stable sort by entropy (unmasked slots last, as +inf)
-        h = tl.where(masked, ent, float("inf"))
+    if BY_ENTROPY or IN_ORDER:
+        # each slot's rank in a stable sort of the masked slots by entropy (IN_ORDER: by slot), the
+        # unmasked ones last (as +inf)
+        if IN_ORDER:
+            h = tl.where(masked, 0.0, float("inf"))
+        else:
+            h = tl.where(masked, ent, float("inf"))
         hi, hk = h[:, None], h[None, :]
         before = (hk < hi) | ((hk == hi) & (j[None, :] < j[:, None]))
         order = tl.sum(before.to(tl.int64), 1)
-        # the prefix sums by rank, accumulated one rank at a time in float64 (as `sum_before`);
-        # the unmasked slots, ranked last, add 0 (their sums are not used)
-        h = tl.where(masked, ent, 0.0)
-        acc = tl.zeros([], dtype=tl.float64)
-        csum = tl.zeros([BLOCK_L], dtype=tl.float32)
-        for p in tl.static_range(BLOCK_L):
-            acc += tl.sum(tl.where(order == p, h, 0.0).to(tl.float64))
-            csum = tl.where(order == p, acc.to(tl.float32), csum)
         n_masked = tl.sum(masked.to(tl.int64))
-        fits = ((csum - h) < knob.to(tl.float32)) & (order < n_masked)
-        n = tl.where(knob > 0, tl.maximum(tl.sum(fits.to(tl.int64)), 1), 1)
+        if BY_ENTROPY:
+            # the prefix sums and maxima by rank, accumulated one rank at a time in float64 (as
+            # `sum_less_max`); the unmasked slots, ranked last, add 0 (their sums are not used)
+            h = tl.where(masked, ent, 0.0)
+            acc = tl.zeros([], dtype=tl.float64)
+            top = tl.zeros([], dtype=tl.float32) - float("inf")
+            csum = tl.zeros([BLOCK_L], dtype=tl.float32)
+            cmax = tl.zeros([BLOCK_L], dtype=tl.float32)
+            for p in tl.static_range(BLOCK_L):
+                hp = tl.sum(tl.where(order == p, h, 0.0))
+                acc += hp.to(tl.float64)
+                top = tl.maximum(top, hp)
+                csum = tl.where(order == p, acc.to(tl.float32), csum)
+                cmax = tl.where(order == p, top, cmax)
+            fits = ((csum - cmax) < knob.to(tl.float32)) & (order < n_masked)
+        else:
+            fits = (conf.to(tl.float64) > knob) & (order < n_masked)
+        if IN_ORDER:  # the leading run of the list: up to the first slot that does not pass
+            n = tl.minimum(tl.min(tl.where(fits | (order >= n_masked), BLOCK_L, order), 0), n_masked)
+        else:
+            n = tl.sum(fits.to(tl.int64))
+        if IN_ORDER:  # at least one only while no slot is filled
+            least = (n_masked == tl.sum(inside.to(tl.int64))).to(tl.int64)
+        else:
+            least = 1
+        if BY_ENTROPY:
+            n = tl.where(knob > 0, tl.maximum(n, least), least)
+        else:
+            n = tl.maximum(n, least)
         chosen = (masked.to(tl.int32) & (order < n).to(tl.int32)) != 0  # (the interpreter wants int1 here)
     else:
         order = j.to(tl.int64)
@@ -267,7 +301,8 @@ def _denoise_end(x_ptr, forbid_ptr, noisy_ptr, ids_ptr, t_ptr, move_ptr, knob_pt
 
 def denoise_end_triton(logits: torch.Tensor, forbid: torch.Tensor, noisy: torch.Tensor, ids: torch.Tensor,
                        t: torch.Tensor, move: torch.Tensor, knob: torch.Tensor, by_entropy: bool,
-                       nstep: torch.Tensor, filled: torch.Tensor, scores: torch.Tensor, left: torch.Tensor) -> None:
+                       nstep: torch.Tensor, filled: torch.Tensor, scores: torch.Tensor, left: torch.Tensor,
+                       in_order: bool = False) -> None:
     """denoise_end_reference in one launch (a program per row; noisy, filled and scores with their
     last dim contiguous)."""
     B, L = noisy.shape
@@ -276,5 +311,5 @@ def denoise_end_triton(logits: torch.Tensor, forbid: torch.Tensor, noisy: torch.
         logits = logits.contiguous()
     _denoise_end[(B,)](logits, forbid, noisy, ids, t, move.view(torch.uint8), knob, nstep, filled, scores, left, L,
                        V, logits.stride(0), logits.stride(1), noisy.stride(0), ids.stride(0), filled.stride(0),
-                       filled.stride(1), scores.stride(0), scores.stride(1), MASK, BY_ENTROPY=by_entropy,
+                       filled.stride(1), scores.stride(0), scores.stride(1), MASK, BY_ENTROPY=by_entropy, IN_ORDER=in_order,
                        BLOCK_L=triton.next_power_of_2(L), BLOCK_V=triton.next_power_of_2(V))
