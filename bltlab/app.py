@@ -404,6 +404,9 @@ def header_markdown(wb: Workbench) -> str:
 
 # ---- generation: knobs, streaming, counters ----------------------------------------------
 UNMASK_RULES = ("confidence α", "entropy bound γ")
+FALLBACK_INFO = ("slot 0 is the exact next byte; each pass keeps only the run of slots that pass the rule, "
+                 "from the left, and a block ends where none passes (the next byte is then exact again). "
+                 "On the shipped model it keeps blt's quality, at more passes per byte (docs/results.md)")
 STOPPED = "stopped: **cancelled** (the Stop button was pressed; the text above is what was made until then)"
 STOP_REASONS = {"max_bytes": "the byte budget was reached", "eos": "the model emitted EOS",
                 "stop": "the stop string was generated (it is not shown)",
@@ -425,15 +428,19 @@ class GenKnobs:
     gamma: float | None
     eta: float
     block: int
+    in_order: bool = False
+    exact_first: bool = False
 
     def kwargs(self) -> dict:
         return dataclasses.asdict(self)
 
 
 def gen_knobs(prompt: str | None, mode: str, max_bytes, temperature, top_p, seed, stop: str | None,
-              unmask_rule: str = UNMASK_RULES[0], alpha=0.9, gamma=1.0, eta=1.0, block=8) -> GenKnobs:
+              unmask_rule: str = UNMASK_RULES[0], alpha=0.9, gamma=1.0, eta=1.0, block=8,
+              fallback: bool = False) -> GenKnobs:
     """UI values -> GenKnobs. Only the mode and the types are checked here; ranges are left to
-    the library so that its ValueError text reaches the page. An empty prompt is fine (BOS)."""
+    the library so that its ValueError text reaches the page. An empty prompt is fine (BOS).
+    fallback: the library's in_order and exact_first together (FALLBACK_INFO)."""
     if mode not in MODES:
         raise user_error(f"Unknown decoding mode {mode!r}; choose one of {', '.join(MODES)}.")
     if unmask_rule not in UNMASK_RULES:
@@ -443,7 +450,7 @@ def gen_knobs(prompt: str | None, mode: str, max_bytes, temperature, top_p, seed
         return GenKnobs(text_bytes(prompt), mode, int(max_bytes), text_bytes(stop) or None, float(temperature),
                         float(top_p), None if seed is None or seed == "" else int(seed),
                         float(alpha) if by_conf else None, None if by_conf else float(gamma),
-                        float(eta), int(block))
+                        float(eta), int(block), bool(fallback), bool(fallback))
     except (TypeError, ValueError) as e:
         raise user_error(f"Invalid knob value: {e}") from None
 
@@ -953,6 +960,7 @@ def _generate_tab(wb: Workbench) -> None:
                 eta = gr.Slider(0.0, 10.0, value=1.0, step=0.05, label="η (blt-h switch, nats)",
                                 info="diffusion block when the next-byte entropy ≤ η, else one AR byte")
                 block = gr.Radio([4, 8, 16], value=8, label="Block (blt-h)")
+                fallback = gr.Checkbox(False, label="Left to right, exact where unsure", info=FALLBACK_INFO)
     output = gr.Textbox(label="Generated text", lines=5, interactive=False, elem_id="gen-output")
     status = gr.Markdown(elem_id="gen-status")  # the second line: bytes/s and the raw counters
     with gr.Row():
@@ -963,11 +971,11 @@ def _generate_tab(wb: Workbench) -> None:
         with gr.Column(scale=3):
             steps = gr.HTML(label="What happens at each step", elem_id="gen-steps")
     unmask.change(_unmask_controls, unmask, [alpha, gamma], api_visibility="private", queue=False)
-    inputs = [prompt, mode, max_bytes, temperature, top_p, seed, stop, unmask, alpha, gamma, eta, block]
+    inputs = [prompt, mode, max_bytes, temperature, top_p, seed, stop, unmask, alpha, gamma, eta, block, fallback]
 
-    def run(prompt, mode, max_bytes, temperature, top_p, seed, stop, unmask, alpha, gamma, eta, block):
+    def run(prompt, mode, max_bytes, temperature, top_p, seed, stop, unmask, alpha, gamma, eta, block, fallback):
         yield from generate_stream(wb, prompt, mode, max_bytes, temperature, top_p, seed, stop, unmask, alpha,
-                                   gamma, eta, block)
+                                   gamma, eta, block, fallback)
 
     running = go_btn.click(run, inputs, [output, counters, status, steps], api_name="generate",
                            concurrency_limit=CONCURRENCY, show_progress="minimal")

@@ -22,7 +22,7 @@ go = pytest.importorskip("plotly.graph_objects")
 
 from bltlab import app as wbm  # noqa: E402
 from bltlab import cli  # noqa: E402
-from bltlab.decode import MODES  # noqa: E402
+from bltlab.decode import MODES, generate  # noqa: E402
 from bltlab.patching import RULES, mean_patch_length  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::Warning:gradio.queueing")  # pandas deprecations inside gradio
@@ -86,7 +86,7 @@ def test_byte_labels_explain_multibyte_characters():
     assert "not valid UTF-8" in labels[4]
 
 
-GEN = dict(unmask="confidence α", alpha=0.9, gamma=1.0, eta=1.0, block=8)
+GEN = dict(unmask="confidence α", alpha=0.9, gamma=1.0, eta=1.0, block=8, fallback=False)
 
 
 def _gen(wb, prompt, mode, n, stop="", **kw):
@@ -240,6 +240,22 @@ def test_cost_figure_sets_each_mode_beside_blt(wb):
     assert b16["mode", "decoder"][1] == counters_of(status16)["n_dec"]
     names = [t.name for t in fig16.data]
     assert names[0] == "blt-s16 (this run, measured)" and names[-1].replace("<br>", " ") == wbm.BLT_LABEL
+
+
+def test_fallback_checkbox_decodes_left_to_right(wb):
+    """The Generate tab's "Left to right, exact where unsure" box is the library's in_order and
+    exact_first: every denoising pass of blt-d4 fills a run from the first masked slot (slot 0 exact)."""
+    knobs = wbm.gen_knobs("a<b>", "blt-d4", 24, 0.0, 1.0, 0, "", "confidence α", 0.5, 1.0, 1.0, 8, True)
+    assert knobs.in_order and knobs.exact_first
+    g = wbm.run_generation(wb, knobs)
+    blocks = [e for e in g.trace if e["type"] == "block"]
+    assert blocks and g.output == generate(wb.model, "a<b>", "blt-d4", max_bytes=24, alpha=0.5, in_order=True,
+                                           exact_first=True).output
+    for e in blocks:
+        done = 1
+        for step in e["steps"]:
+            assert step["unmasked"] == list(range(done, done + len(step["unmasked"])))
+            done += len(step["unmasked"])
 
 
 def test_blt_cost_is_blts_own_patching_for_block_modes(monkeypatch):
@@ -469,7 +485,7 @@ def test_app_is_local_only(app):
     assert limits["generate"] == limits["compare"] == wbm.CONCURRENCY
 
 
-GEN_ARGS = ("confidence α", 0.9, 1.0, 1.0, 8)
+GEN_ARGS = ("confidence α", 0.9, 1.0, 1.0, 8, False)
 
 
 def test_app_endpoints_and_stop_button(app):
