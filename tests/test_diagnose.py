@@ -9,7 +9,7 @@ import torch
 from bltlab.config import get_config
 from bltlab.data import load_documents, validation_windows
 from bltlab.decode.common import allowed
-from bltlab.diagnose import (Triangle, calibration, figure, format_report, mode_grid, modes_figure, run_diagnose,
+from bltlab.diagnose import (Triangle, calibration, figure, format_report, label, mode_grid, modes_figure, run_diagnose,
                              run_rule, run_rule_fallback, score_blocks)
 from bltlab.model import BLT
 from bltlab.tokens import MASK
@@ -117,7 +117,9 @@ def test_calibration_by_hand():
 
 def test_the_json(tiny):
     grid = mode_grid(("blt", "blt-d4", "blt-dv4", "blt-h"), (0.9,), (0.3,))
-    assert [m for m, _ in grid] == ["blt", "blt-d4", "blt-dv4", "blt-h"] and grid[1][1] == {"alpha": 0.9}
+    assert [m for m, _ in grid] == ["blt", "blt-d4", "blt-d4", "blt-dv4", "blt-h", "blt-h"]
+    assert grid[1][1] == {"alpha": 0.9} and grid[2][1] == {"alpha": 0.9, "in_order": True, "exact_first": True}
+    assert label(*grid[2]) == "blt-d4 α=0.9 in-order exact-first" and label(*grid[5]) == "blt-h η=0.3 in-order"
     res = json.loads(json.dumps(run_diagnose(tiny, ("code",), (4, 8), 2, ("translation",), 2, 4, grid,
                                              progress=False)))
     per = res["heads"]["results"]["code"]
@@ -138,7 +140,7 @@ def test_the_json(tiny):
     fig = figure(res, "code", 4)  # 3 lines per block size, 4 heads' reliability curves, the diagonal
     assert len(fig.data) == 3 * 2 + 4 + 1 and len(modes_figure(res).data) == 1
     rows = res["modes"]["rows"]
-    assert [r["label"] for r in rows] == ["blt", "blt-d4 α=0.9", "blt-dv4", "blt-h η=0.3"]
+    assert [r["label"] for r in rows] == [label(*g) for g in grid]
     assert rows[0]["identical_to_blt"] == 1.0 and all(0.0 <= r["identical_to_blt"] <= 1.0 for r in rows)
     assert all("chrf" in r and "gen_bpb" in r and "passes_per_byte" in r for r in rows)
 
