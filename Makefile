@@ -39,4 +39,5 @@ results: install
 	$(BIN)/python -m bltlab prompts --task code --n 24 --out benchmarks/prompts_code.jsonl
 	$(BIN)/python -m bltlab bench --prompts benchmarks/prompts_translation.jsonl $(BENCH_ARGS) --json benchmarks/bench_translation.json
 	$(BIN)/python -m bltlab bench --prompts benchmarks/prompts_code.jsonl $(BENCH_ARGS) --json benchmarks/bench_code.json
-	$(BIN)/python -m bltlab results --bench translation=benchmarks/bench_translation.json --bench code=benchmarks/bench_code.json --out docs/results.md
+	$(BIN)/python -m bltlab diagnose --json benchmarks/diagnose_small.json
+	$(BIN)/python -m bltlab results --bench translation=benchmarks/bench_translation.json --bench code=benchmarks/bench_code.json --diagnose benchmarks/diagnose_small.json --out docs/results.md

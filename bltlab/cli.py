@@ -172,7 +172,8 @@ def cmd_prompts(args) -> None:
 def cmd_results(args) -> None:
     from .results import load_benches, write_page
 
-    write_page(load_benches(args.bench), args.out, args.command)
+    diag = json.loads(Path(args.diagnose).read_text()) if args.diagnose else None
+    write_page(load_benches(args.bench), args.out, args.command, diag)
     print(f"wrote {args.out}")
 
 
@@ -374,6 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--bench", action="append", required=True, help="TASK=FILE.json (repeatable)")
     s.add_argument("--out", default="docs/results.md", help="markdown page to write (figure beside it)")
     s.add_argument("--command", default="make results", help="the command to quote on the page")
+    s.add_argument("--diagnose", default=None, help="JSON of `bltlab diagnose`: its findings go on the page too")
     s.set_defaults(fn=cmd_results)
 
     s = sub.add_parser("report", help="the README's quality figures: bpb, patch length, chrF/BLEU")

@@ -18,3 +18,18 @@ def test_page_from_the_committed_benches_opens_offline(tmp_path):
     sources = re.findall(r'<script[^>]*src="([^"]+)"', html)
     assert sources == ["plotly.min.js"]  # beside the page, not from a CDN
     assert (tmp_path / "plotly.min.js").stat().st_size > 1_000_000 and "Plotly.newPlot" in html
+
+
+def test_the_committed_page_is_what_the_committed_json_give(tmp_path):
+    """docs/results.md is write_page of the committed bench and diagnose JSON (the Makefile's `results`
+    steps): regenerating it changes nothing, and the diagnostic's rows carry the JSON's figures."""
+    import json
+
+    benches = load_benches([f"translation={ROOT / 'benchmarks' / 'bench_translation.json'}",
+                            f"code={ROOT / 'benchmarks' / 'bench_code.json'}"])
+    diag = json.loads((ROOT / "benchmarks" / "diagnose_small.json").read_text())
+    out = tmp_path / "results.md"
+    write_page(benches, out, "make results", diag)
+    assert out.read_text() == (ROOT / "docs" / "results.md").read_text()
+    row = next(r for r in diag["modes"]["rows"] if r["label"] == "blt-d4 α=0.99 in-order exact-first")
+    assert f"| {row['task']} | `{row['label']}` | {row['passes_per_byte']:.2f} | {row['chrf']:.1f} |" in out.read_text()
