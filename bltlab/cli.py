@@ -117,7 +117,8 @@ def cmd_generate(args) -> None:
     try:
         g = generate(model, prompt, args.mode, max_bytes=args.max_bytes, stop=args.stop,
                      temperature=args.temperature, top_p=args.top_p, seed=args.seed, alpha=args.alpha,
-                     gamma=args.gamma, eta=args.eta, block=args.block, compiled=args.compiled)
+                     gamma=args.gamma, eta=args.eta, block=args.block, in_order=args.in_order,
+                     exact_first=args.exact_first, compiled=args.compiled)
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
     if args.json:
@@ -325,6 +326,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="blt-d*/blt-h: entropy-bounded unmasking with budget γ nats instead of α (0: one per pass)")
     s.add_argument("--eta", type=float, default=1.0, help="blt-h: diffuse when the next-byte entropy <= η nats")
     s.add_argument("--block", type=int, default=8, choices=[4, 8, 16], help="blt-h: diffusion block size")
+    s.add_argument("--in-order", action="store_true",
+                   help="blt-d*/blt-h: a pass fills only the left-to-right run of slots that pass α or γ; a block "
+                        "ends where none does (the next byte is then exact)")
+    s.add_argument("--exact-first", action="store_true",
+                   help="blt-d*: a block's first byte is the exact next byte (blt-h's always is)")
     s.add_argument("--compiled", action="store_true",
                    help="pass the decoding steps through torch.compile first (minutes of compiling on first use)")
     s.add_argument("--json", action="store_true", help="print the whole Generation (counters, trace) as JSON")

@@ -40,6 +40,15 @@ def test_generate_json(tiny_dir):
     assert out["counters"]["n_dec"] >= 1
 
 
+def test_generate_in_order(tiny_dir):
+    """--in-order --exact-first reach the library: every denoising pass fills a run from the left."""
+    out = json.loads(run("generate", "--prompt", "def ", "--mode", "blt-d4", "--alpha", "0.3", "--in-order",
+                         "--exact-first", "--max-bytes", "12", "--json", "--model", str(tiny_dir)).stdout)
+    blocks = [e for e in out["trace"] if e["type"] == "block"]
+    assert blocks and all(step["unmasked"][0] == 1 + sum(len(s["unmasked"]) for s in e["steps"][:i])
+                          for e in blocks for i, step in enumerate(e["steps"]))
+
+
 @pytest.mark.parametrize("args,msg", [
     (["eval", "--text", "/nonexistent/file"], "no such file"),
     (["generate", "--prompt", "x", "--max-bytes", "0"], "positive"),
