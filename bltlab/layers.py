@@ -54,11 +54,16 @@ def project_later(h: torch.Tensor, W: torch.Tensor):
     return (h, W) if W.numel() * W.element_size() <= LATER_MAX_BYTES else F.linear(h, W)
 
 
+def computed(r):
+    """A residual as `project_later` may leave it, as a tensor: (h, W) -> h @ W.T now; else r itself."""
+    return F.linear(*r) if isinstance(r, tuple) else r
+
+
 def norm_proj(norm: nn.Module, x: torch.Tensor, r, weight: torch.Tensor) -> torch.Tensor:
     """The projection `weight` of norm(x + r) (`RMSNorm.linear`; r as there): a head, or the slots,
     after a stack of decoding-form blocks. `norm` may be nn.Identity (the "hf" global model has none)."""
     if isinstance(norm, nn.Identity):
-        return F.linear(x if r is None else x + (F.linear(*r) if isinstance(r, tuple) else r), weight)
+        return F.linear(x if r is None else x + computed(r), weight)
     return norm.linear(x, weight, r)[1]
 
 
@@ -199,7 +204,7 @@ class Block(nn.Module):
             x, q = self.cross_norm.linear(x, self.cross.wq.weight, r)
             r = self.cross.attend(q, *slots)
             if self.hf:  # x + (c + x), summed in forward's order
-                r = (F.linear(*r) if isinstance(r, tuple) else r) + x
+                r = computed(r) + x
         norm = self.attn_norm
         x, q = kernels.norm_qkv(x, norm.weight, norm.eps, cache.qkv, r, cache.rot, pos, cache.kv, cache.rows)
         o = F.scaled_dot_product_attention(q, cache.kv[0], cache.kv[1], attn_mask=mask)  # q: [B, H, L, hd]

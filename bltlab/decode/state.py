@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from .. import kernels
 from ..entropy import entropy_of_logits
 from ..graphs import Steps
-from ..layers import KVCache, norm_proj
+from ..layers import KVCache, computed, norm_proj
 from ..model import BLT
 from ..patching import WHITESPACE, natural_starts
 from ..positions import CacheMasks, rope_angles
@@ -327,7 +327,7 @@ class DecodeState:
         full = self.ctx_ids.gather(1, pos[:, :1] + self.hctx[:HASH_CONTEXT + L])  # ids t - 8 .. t + L - 1
         x = m.embed.last(full, L)
         x, r = self._layers(m.enc_layers, self.enc_kv, x, pos, mask)
-        h = x + (F.linear(*r) if isinstance(r, tuple) else r)
+        h = x + computed(r)
         self.h[self.rows[:, None], pos] = h
         return h
 
