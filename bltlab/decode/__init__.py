@@ -23,8 +23,8 @@ from collections.abc import Iterator
 
 from ..model import BLT
 from .blt import run_blt
-from .common import MODES, Generation, Sampler, mode_size
-from .diffusion import Unmask, check_knobs, run_diffusion
+from .common import MODES, Generation, Sampler, Unmask, check_knobs, mode_size
+from .diffusion import run_diffusion
 from .events import Block, Byte, Done, Event, Prefill, Step, Switch, Verify
 from .hybrid import check_hybrid, run_hybrid
 from .reference import generate_reference

@@ -1,4 +1,5 @@
-"""What every decoder shares: input checks, sampling, stopping, and the Generation record."""
+"""What every decoder shares: input checks, the unmasking rule's knobs, sampling, stopping, and the
+Generation record."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
@@ -14,6 +15,39 @@ HASH_CONTEXT = 8  # ids before a new byte that its n-gram hashes may reach
 def mode_size(mode: str) -> int:
     """The draft window or block size a mode's name gives: blt-s16 -> 16, blt-dv4 -> 4, blt-d8 -> 8."""
     return int(mode.split("-")[1].lstrip("sdv"))
+
+
+@dataclass(frozen=True)
+class Unmask:
+    """How a block is denoised: the unmasking rule's knob (confidence α, or entropy bound γ), whether
+    a pass may fill only a left-to-right run of slots (`in_order`), and whether slot 0 takes the
+    exact next byte, which the pass before the block computed (`exact_first`; blt-h always does)."""
+
+    alpha: float | None = 0.9
+    gamma: float | None = None
+    in_order: bool = False
+    exact_first: bool = False
+
+    @property
+    def knob(self) -> float:
+        return self.alpha if self.gamma is None else self.gamma
+
+    @property
+    def by_entropy(self) -> bool:
+        return self.gamma is not None
+
+
+def check_knobs(alpha: float | None, gamma: float | None, in_order: bool = False, exact_first: bool = False) -> Unmask:
+    """The unmasking rule: α (default 0.9) or γ, not both."""
+    if alpha is not None and gamma is not None:
+        raise ValueError("give either alpha (confidence) or gamma (entropy bound), not both")
+    if gamma is not None and not 0.0 <= gamma <= 100.0:
+        raise ValueError(f"gamma must be in [0, 100], got {gamma}")
+    if alpha is None and gamma is None:
+        alpha = 0.9
+    if alpha is not None and not 0.0 <= alpha <= 2.0:
+        raise ValueError(f"alpha must be in [0, 2] (above 1: one byte per pass), got {alpha}")
+    return Unmask(alpha, gamma, bool(in_order), bool(exact_first))
 
 
 @dataclass

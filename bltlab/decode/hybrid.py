@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from ..tokens import EOS, OFFSET
-from .diffusion import Unmask
+from .common import Unmask
 from .events import Block, Step, Switch, split_eos
 from .request import Request, opened
 

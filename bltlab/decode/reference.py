@@ -8,7 +8,7 @@ import torch
 
 from ..model import BLT
 from ..tokens import MASK, ids_to_bytes
-from .common import Generation, Sampler, Stopper, allowed, check_request
+from .common import Generation, Sampler, Stopper, allowed, check_knobs, check_request
 
 
 @torch.no_grad()
@@ -47,7 +47,6 @@ def generate_reference_diffusion(model: BLT, prompt: str | bytes, max_bytes: int
     is the greedy next byte of that forward's clean stream, at the byte before the block; in_order:
     a block ends at a pass that fills nothing."""
     from ..kernels.step import unmask_rule
-    from .diffusion import check_knobs
 
     rule = check_knobs(alpha, gamma, in_order, exact_first)
     knob = torch.tensor([rule.knob], dtype=torch.float64)

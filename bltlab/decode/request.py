@@ -11,20 +11,15 @@ passes, where one pass serves every row in play, are counted once in `batch_pass
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 
 from ..cost import Ledger
 from ..entropy import entropy_of_logits
 from ..model import BLT
 from ..tokens import EOS, OFFSET, ids_to_bytes
-from .common import Generation, Sampler, Stopper, check_request
+from .common import Generation, Sampler, Stopper, Unmask, check_request
 from .events import Event, Prefill
 from .state import decode_state
-
-if TYPE_CHECKING:
-    from .diffusion import Unmask
 
 
 def opened(start: int, cum: list[int], k: int) -> list[int]:
@@ -157,7 +152,7 @@ class Request:
         for b in rows:
             self.rows[b].closed()
 
-    def denoise(self, sizes: dict[int, int], rule: "Unmask",
+    def denoise(self, sizes: dict[int, int], rule: Unmask,
                 keep_first: bool = False) -> dict[int, tuple[list[int], list[dict]]]:
         """Fill a block of sizes[b] slots at each row's n by `rule` (slot 0 = byte n with keep_first), one
         replay per pass for every row of a size (a block attends to all of itself), until none has
