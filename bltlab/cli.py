@@ -7,8 +7,12 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .config import PRESETS
+
+if TYPE_CHECKING:
+    from .train import TrainConfig
 
 APP_HOST, APP_PORT = "127.0.0.1", 7860  # the workbench's address when neither a flag nor the environment names one
 HOST_ENV, PORT_ENV = "GRADIO_SERVER_NAME", "GRADIO_SERVER_PORT"  # what Gradio users set by habit
@@ -80,16 +84,27 @@ def cmd_data(args) -> None:
     print(json.dumps(rows, indent=2) if args.json else format_stats(rows))
 
 
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    """The `train` subcommand's parsed flags -> a bltlab.train.TrainConfig (ValueError for a bad recipe knob)."""
+    from .train import TrainConfig
+
+    return TrainConfig(what=args.what, preset=args.preset, objective=args.objective, steps=args.steps,
+                       minutes=args.minutes, batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr,
+                       warmup=args.warmup, eval_every=args.eval_every,
+                       eval_windows=args.eval_windows, seed=args.seed, out=args.out,
+                       entropy_dir=args.entropy_dir, resume=args.resume, device=args.device, threads=args.threads,
+                       mask_rate=tuple(args.mask_rate), t_weight_cap=args.t_weight_cap,
+                       diffusion_weight=args.diffusion_weight)
+
+
 def cmd_train(args) -> None:
-    from .train import TrainConfig, train
+    from .train import train
 
     args.device = _device(args.device)  # a missing GPU is refused before any data is read
-
-    tc = TrainConfig(what=args.what, preset=args.preset, objective=args.objective, steps=args.steps,
-                     minutes=args.minutes, batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr,
-                     warmup=args.warmup, eval_every=args.eval_every,
-                     eval_windows=args.eval_windows, seed=args.seed, out=args.out,
-                     entropy_dir=args.entropy_dir, resume=args.resume, device=args.device, threads=args.threads)
+    try:
+        tc = train_config(args)  # so is a bad recipe knob
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
     metrics = train(tc)
     print(json.dumps(metrics, indent=2))
 
@@ -304,6 +319,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--resume", action="store_true", help="continue training from --out")
     s.add_argument("--device", default="auto", help=f"{DEVICES} (default: auto)")
     s.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0 = default)")
+    s.add_argument("--mask-rate", type=float, nargs=2, default=(0.0, 1.0), metavar=("BETA", "OMEGA"),
+                   help="hybrid only: each masked block's mask rate t ~ U(BETA, OMEGA), 0 <= BETA < OMEGA <= 1 "
+                   "(BD3-LM's clipped schedule; default: 0 1, the shipped recipe)")
+    s.add_argument("--t-weight-cap", type=float, default=0.0, metavar="CAP",
+                   help="hybrid only: cap on the masked-block CE's 1/t weight (default: 0 = no cap)")
+    s.add_argument("--diffusion-weight", type=float, default=1.0, metavar="W",
+                   help="hybrid only: loss = next-byte CE + this x masked-block loss (default: 1)")
     s.set_defaults(fn=cmd_train)
 
     s = sub.add_parser("eval", help="bits per byte of a model on any file")

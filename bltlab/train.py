@@ -25,6 +25,31 @@ from .patching import calibrate_threshold
 from .tokens import MASK, PAD, is_byte
 
 LN2 = math.log(2)
+MASK_RATE = (0.0, 1.0)  # a block's mask rate t ~ U(0, 1): the shipped recipe
+T_MIN = 1e-3  # a sampled t never goes below this, so the 1/t weight stays finite
+
+
+def check_mask_rate(mask_rate) -> tuple[float, float]:
+    """(beta, omega) -> floats, or one ValueError unless 0 <= beta < omega <= 1 (NaN included)."""
+    try:
+        lo, hi = (float(x) for x in mask_rate)
+    except (TypeError, ValueError):
+        raise ValueError(f"mask_rate (--mask-rate BETA OMEGA) must be two numbers, got {mask_rate!r}") from None
+    if not 0.0 <= lo < hi <= 1.0:
+        raise ValueError(f"mask_rate (--mask-rate BETA OMEGA) must satisfy 0 <= BETA < OMEGA <= 1, "
+                         f"got ({lo:g}, {hi:g})")
+    return lo, hi
+
+
+def check_weight(name: str, value: float) -> float:
+    """A recipe weight (t_weight_cap, diffusion_weight) -> float, or ValueError unless finite and >= 0."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, got {value!r}") from None
+    if not (math.isfinite(v) and v >= 0):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return v
 
 
 @dataclass
@@ -53,6 +78,16 @@ class TrainConfig:
     resume: bool = False  # continue from `out` (weights + optimizer + step)
     device: str = "auto"  # "auto" (CUDA when present, else CPU), "cpu", "cuda", "cuda:N"
     threads: int = 0  # torch CPU threads (0 = torch default)
+    # the masked-block recipe (hybrid only; defaults: the shipped model's; benchmarks/recipe_tiny.py measures them)
+    mask_rate: tuple = MASK_RATE  # (beta, omega): each block's mask rate t ~ U(beta, omega) (BD3-LM's clipped schedule)
+    t_weight_cap: float = 0.0  # cap on the masked CE's 1/t weight (0 = no cap: 1/t, t >= 1e-3)
+    diffusion_weight: float = 1.0  # loss = next-byte CE + diffusion_weight * masked-block loss
+
+    def __post_init__(self) -> None:
+        """Check the recipe knobs now (one ValueError naming the knob), before any data is read."""
+        self.mask_rate = check_mask_rate(self.mask_rate)
+        self.t_weight_cap = check_weight("t_weight_cap (--t-weight-cap)", self.t_weight_cap)
+        self.diffusion_weight = check_weight("diffusion_weight (--diffusion-weight)", self.diffusion_weight)
 
 
 def _device(name: str) -> torch.device:
@@ -77,10 +112,13 @@ def next_byte_loss(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten(), ignore_index=PAD)
 
 
-def sample_blocks(ids: torch.Tensor, starts: torch.Tensor, bs: int, n_blocks: int, gen: torch.Generator):
+def sample_blocks(ids: torch.Tensor, starts: torch.Tensor, bs: int, n_blocks: int, gen: torch.Generator,
+                  mask_rate: tuple = MASK_RATE):
     """Pick up to n_blocks patch starts per row whose block of bs bytes fits; corrupt each
-    block with one mask rate t ~ U(0, 1). Returns (block_starts [B, nb] (-1 unused),
-    noisy ids [B, nb, bs], clean targets [B, nb, bs], masked [B, nb, bs] bool, t [B, nb])."""
+    block with one mask rate t ~ U(beta, omega) (`mask_rate`; default U(0, 1)), never below T_MIN.
+    Returns (block_starts [B, nb] (-1 unused), noisy ids [B, nb, bs], clean targets [B, nb, bs],
+    masked [B, nb, bs] bool, t [B, nb])."""
+    lo, hi = check_mask_rate(mask_rate)
     B, T = ids.shape
     dev = ids.device
     pos = torch.arange(T, device=dev)
@@ -92,32 +130,42 @@ def sample_blocks(ids: torch.Tensor, starts: torch.Tensor, bs: int, n_blocks: in
     bstart = torch.where(top > 1, idx, torch.full_like(idx, -1))
     gather = (bstart.clamp(min=0)[..., None] + torch.arange(bs, device=dev)).clamp(max=T - 1)
     clean = ids.gather(1, gather.flatten(1)).view(B, -1, bs)
-    t = torch.rand(B, bstart.shape[1], generator=gen, device=dev).clamp(min=1e-3)
+    u = torch.rand(B, bstart.shape[1], generator=gen, device=dev)
+    t = (lo + (hi - lo) * u).clamp(min=T_MIN)  # (0, 1): exactly u.clamp(min=T_MIN), the shipped recipe
     masked = (torch.rand(clean.shape, generator=gen, device=dev) < t[..., None]) & (bstart >= 0)[..., None]
     noisy = torch.where(masked, torch.full_like(clean, MASK), clean)
     return bstart, noisy, clean, masked, t
 
 
 def diffusion_loss(logits: torch.Tensor, clean: torch.Tensor, masked: torch.Tensor, t: torch.Tensor,
-                   valid: torch.Tensor) -> torch.Tensor:
-    """(1/t)-weighted CE on masked positions, averaged over all positions of valid blocks."""
+                   valid: torch.Tensor, t_weight_cap: float = 0.0) -> torch.Tensor:
+    """(1/t)-weighted CE on masked positions, averaged over all positions of valid blocks; with
+    `t_weight_cap` > 0 the weight is min(1/t, t_weight_cap) (0: no cap)."""
+    cap = check_weight("t_weight_cap", t_weight_cap)
     ce = F.cross_entropy(logits.flatten(0, 2).float(), clean.flatten(), reduction="none").view(clean.shape)
     w = masked.float() / t[..., None]
+    if cap:
+        w = w.clamp(max=cap)
     denom = (valid[..., None].float().expand_as(w)).sum().clamp(min=1)
     return (ce * w).sum() / denom
 
 
-def blt_loss(net, model: BLT, ids: torch.Tensor, objective: str, block_size: int, gen: torch.Generator):
-    """One batch's BLT training loss: next-byte CE ("ar"), plus the masked-block diffusion loss on
-    blocks of `block_size` ("hybrid"). `net` is the model or its DDP wrapper. Returns (loss, parts)."""
+def blt_loss(net, model: BLT, ids: torch.Tensor, objective: str, block_size: int, gen: torch.Generator,
+             mask_rate: tuple = MASK_RATE, t_weight_cap: float = 0.0, diffusion_weight: float = 1.0):
+    """One batch's BLT training loss: next-byte CE ("ar"), plus `diffusion_weight` times the masked-block
+    diffusion loss on blocks of `block_size` ("hybrid"; `mask_rate` goes to sample_blocks, `t_weight_cap`
+    to diffusion_loss; the defaults are the shipped recipe). `net` is the model or its DDP wrapper.
+    Returns (loss, parts), parts["diff"] the unweighted masked-block loss."""
+    dw = check_weight("diffusion_weight", diffusion_weight)
     starts = model.patch(ids)
     if objective == "ar":
         loss = next_byte_loss(net(ids, starts), ids)
         return loss, {"ce": loss.detach()}
-    bst, noisy, clean, masked, t = sample_blocks(ids, starts, block_size, max(1, ids.shape[1] // (2 * block_size)), gen)
+    bst, noisy, clean, masked, t = sample_blocks(ids, starts, block_size, max(1, ids.shape[1] // (2 * block_size)),
+                                                 gen, mask_rate)
     lc, ln = net(ids, starts, bst, noisy)
-    ce, dl = next_byte_loss(lc, ids), diffusion_loss(ln, clean, masked, t, bst >= 0)
-    return ce + dl, {"ce": ce.detach(), "diff": dl.detach()}
+    ce, dl = next_byte_loss(lc, ids), diffusion_loss(ln, clean, masked, t, bst >= 0, t_weight_cap)
+    return ce + dw * dl, {"ce": ce.detach(), "diff": dl.detach()}
 
 
 @torch.no_grad()
@@ -192,7 +240,8 @@ def train(tc: TrainConfig) -> dict:
     val = {s: validation_windows(load_documents(s, "val"), seq_len, tc.eval_windows)
            for s in ("code", "fr") if tc.mix.get(s, 0) > 0}
     gen = torch.Generator(device=device).manual_seed(tc.seed * 1000 + rank + step0)
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    amp = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
+           else torch.autocast("cpu", enabled=False))
 
     def validate() -> dict:
         return {f"val_bpb_{s}": evaluate_bpb(model.entropy if tc.what == "entropy" else model, w,
@@ -211,7 +260,8 @@ def train(tc: TrainConfig) -> dict:
                 parts = {"ce": loss.detach()}
             else:
                 bs = tc.block_sizes[int(torch.randint(len(tc.block_sizes), (1,), generator=gen, device=device))]
-                loss, parts = blt_loss(ddp, model, ids, tc.objective, bs, gen)
+                loss, parts = blt_loss(ddp, model, ids, tc.objective, bs, gen, tc.mask_rate, tc.t_weight_cap,
+                                       tc.diffusion_weight)
             parts = {k: float(v) for k, v in parts.items()}
         opt.zero_grad(set_to_none=True)
         loss.backward()
