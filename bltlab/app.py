@@ -515,8 +515,8 @@ def status_markdown(mode: str, reason: str | None, c: dict) -> str:
 
 
 # Modes with diffusion blocks: every block starts a patch, so their traces' patch starts are not
-# the ones blt's own patching would place on the same bytes.
-BLOCK_MODES = tuple(m for m in MODES if m.startswith(("blt-d", "blt-h")))
+# the ones blt's own patching would place on the same bytes (a blt-dv draft closes none).
+BLOCK_MODES = tuple(m for m in MODES if m.startswith(("blt-d", "blt-h")) and not m.startswith("blt-dv"))
 BLT_LABEL = "blt for these bytes (derived: 1 decoder pass per byte, 1 encoder+global pass per patch)"
 PASS_KEYS = ("n_dec", "n_enc", "n_ent", "n_loc", "hash_rows")
 

@@ -117,10 +117,11 @@ class Ledger:
         self.ncomp += 1
         self.counters["n_enc"] += 1
 
-    def block_pass(self) -> None:
-        """A denoising pass over a block at n (the decoder alone)."""
+    def block_pass(self, fused: bool = False) -> None:
+        """A denoising pass over a block at n (the decoder alone; `fused`: in the decoder pass that pushed
+        the bytes before it, counted there)."""
         count_kv(self.stats, self.cfg.n_dec_layers, min(self.n, self.cfg.local_window), self.cfg.d_local)
-        self.counters["n_dec"] += 1
+        self.counters["n_dec"] += not fused
 
     def drafted(self, L: int) -> None:
         """L self-drafted bytes after n - 1, each an encoder + decoder pass."""

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from . import kernels
 from .hashing import HF_PRIMES, ngram_hashes, prime_hashes
-from .positions import rope
+from .positions import rope, rope_angles
 
 
 def ffn_hidden(dim: int, mult: float) -> int:
@@ -82,6 +82,17 @@ class KVCache:
     qkv: torch.Tensor
     gate_up: torch.Tensor
     rows: torch.Tensor  # [B]: arange, the cache row of each batch row
+
+    @classmethod
+    def for_layers(cls, layers, B: int, S: int, period: int, fused: dict, rows: torch.Tensor) -> list["KVCache"]:
+        """A cache of S keys per block of `layers` (keys and values in one tensor: one write per pass),
+        RoPE's angles of position u % period (a second half past `period` repeats the first) and each
+        block's fused projections (`fused`: BLT.fused_projections())."""
+        a, p = layers[0].attn, layers[0].attn.wq.weight
+        hd = a.wq.out_features // a.heads
+        ang = rope_angles(torch.arange(S, device=p.device) % period, hd, a.theta)  # [S, hd/2]
+        rot = torch.stack((ang.cos(), ang.sin()), -1)
+        return [cls(p.new_zeros(2, B, a.heads, S, hd), rot, *fused[id(layer)], rows) for layer in layers]
 
 
 class SwiGLU(nn.Module):

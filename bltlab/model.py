@@ -233,13 +233,30 @@ class BLT(nn.Module):
             return torch.cat([w.weight for w in linears]).detach()
         blocks = [*self.entropy.layers, *self.enc_layers, *self.global_layers, *self.dec_layers]
         out = {id(b): (cat(b.attn.wq, b.attn.wk, b.attn.wv), cat(b.ffn.w1, b.ffn.w3)) for b in blocks}
-        crosses = [b.cross for b in self.dec_layers if b.cross is not None]
+        crosses = self.crosses()
         if self.cfg.arch == "hf":
             out["slots"] = tuple(cat(c.wk, c.wv) for c in crosses)
         else:
             out["slots"] = (cat(*[w for c in crosses for w in (c.wk, c.wv)]),)
         out["pool"] = (cat(self.pool.wk, self.pool.wv),)
         return out
+
+    def crosses(self) -> list[nn.Module]:
+        """The decoder's cross-attention layers (the ones that read the slots)."""
+        return [b.cross for b in self.dec_layers if b.cross is not None]
+
+    def slot_kv(self, slots: torch.Tensor, fused: dict) -> torch.Tensor:
+        """Decoder slots [B, P, k, d_local] -> every cross-attention layer's keys and values
+        [B, P, layers, 2, H, k, hd], projected once per patch (decoding's table of slot rows) with
+        `fused`["slots"] (fused_projections: "hf" norms the slots in each layer first)."""
+        B, P, k, D = slots.shape
+        crosses = self.crosses()
+        if self.cfg.arch == "hf":
+            kv = torch.cat([F.linear(c.kv_norm(slots), w) for c, w in zip(crosses, fused["slots"])], -1)
+        else:
+            kv = F.linear(slots, fused["slots"][0])
+        H = crosses[0].heads
+        return kv.view(B, P, k, -1, 2, H, D // H).permute(0, 1, 3, 4, 5, 2, 6)
 
     def weights_version(self) -> tuple:
         """Changes whenever a parameter is written in place (each write bumps its version counter) or

@@ -309,6 +309,24 @@ def test_unmasking_rules(sharp, knobs):
     assert len(parted) <= 1, parted
 
 
+@pytest.mark.parametrize("exact_first", [False, True])
+def test_a_block_begins_in_the_push_before_it(sharp, exact_first):
+    """blt-d*: the pass that pushes a block also runs the next block's first denoising pass, so with
+    one slot per pass (α > 1) the first block costs its masked slots + its push and every later one
+    a pass less; the trace still shows every pass, and batched rows, whose pushes run in groups by
+    length and block size, get what each row gets alone (the bytes too: test_diffusion_modes_...)."""
+    prompts = PROMPTS[:4]
+    for g in generate_batch(sharp, prompts, "blt-d4", max_bytes=30, alpha=1.5, exact_first=exact_first):
+        blocks = [e for e in g.trace if e["type"] == "block"]
+        masked = [e["size"] - exact_first for e in blocks]
+        assert [len(e["steps"]) for e in blocks] == masked  # one slot per pass, the ridden one included
+        pushes = len(blocks) - 1  # the block that ends the generation is never pushed
+        assert g.counters["n_dec"] == 1 + masked[0] + sum(max(m - 1, 0) for m in masked[1:]) + pushes
+    for a, b in zip(*alone_and_batched(sharp, prompts, "blt-d4", max_bytes=30, alpha=1.5,
+                                        exact_first=exact_first)[:2]):
+        same_generation(a, b)
+
+
 @pytest.mark.parametrize("knobs", [{"alpha": 0.3}, {"gamma": 2.0}])
 def test_in_order_fills_left_to_right(sharp, knobs):
     """in_order: each pass fills a run of slots that starts at the first one still masked, and a

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from ..tokens import EOS, OFFSET
 from .common import Unmask
 from .events import Block, Step, Switch, split_eos
-from .request import Request, opened
+from .request import Request
 
 
 def check_hybrid(eta: float, block: int) -> None:
@@ -46,15 +46,10 @@ def run_hybrid(req: Request, eta: float, block: int, rule: Unmask) -> Iterator[N
             for b, (ids, steps) in filled.items():
                 out[b] = ids
                 events[b] = Block(req.rows[b].n, {}, blocks[b], steps, *split_eos(ids), entropy=round(nxt[b][3], 4))
-        start = {b: req.rows[b].n for b in rows}
         req.stop_rows(out)
-        going = req.active
-        for L in sorted({len(out[b]) for b in going}, reverse=True):  # a waiting row's pass writes past it
-            group = [b for b in going if len(out[b]) == L]
-            opens = req.push(L, group, with_global=L > 1 or any(nxt[b][1] for b in group))
-            for b in group:
-                events[b].patch_starts = opened(start[b], opens[b][1], L)
-        req.only(going)
+        starts = req.push_each({b: len(out[b]) for b in req.active}, opens={b: nxt[b][1] for b in rows})
+        for b, at in starts.items():
+            events[b].patch_starts = at
         for b in rows:
             events[b].counters = req.rows[b].snapshot()
             req.rows[b].add(events[b])

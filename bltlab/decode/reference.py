@@ -44,8 +44,10 @@ def generate_reference_diffusion(model: BLT, prompt: str | bytes, max_bytes: int
     """Greedy block diffusion (`blt-d{block}`) without caches: every denoising pass is the training
     forward (`BLT.forward` with one noisy block) on the whole sequence, whose patches start at
     every block, and the unmasking rule is kernels.step.unmask_rule's reference. exact_first: slot 0
-    is the greedy next byte of that forward's clean stream, at the byte before the block; in_order:
-    a block ends at a pass that fills nothing."""
+    is the greedy next byte of that forward's clean stream, at the byte before the block, before the
+    first block's first pass and after a later block's (the cached decoder runs that pass with the
+    push of the bytes before it, which computes the byte); in_order: a block ends at a pass that
+    fills nothing."""
     from ..kernels.step import unmask_rule
 
     rule = check_knobs(alpha, gamma, in_order, exact_first)
@@ -63,10 +65,13 @@ def generate_reference_diffusion(model: BLT, prompt: str | bytes, max_bytes: int
         starts = model.patch(x, forced=forced)
         noisy = torch.full((1, 1, size), MASK, device=dev)
         at = torch.tensor([[s]], device=dev)
-        if exact_first:
+        if exact_first and len(blocks) == 1:  # the first block's first pass sees byte s (the prompt's pass made it)
             noisy[0, 0, 0] = allowed(model(x, starts, at, noisy)[0][0, s - 1].float()).argmax()
         while bool((noisy == MASK).any()):
-            logits = allowed(model(x, starts, at, noisy)[1][0].float())  # [1, size, V]
+            clean, logits = model(x, starts, at, noisy)
+            if exact_first and noisy[0, 0, 0] == MASK:  # a later block's first pass computes byte s beside it
+                noisy[0, 0, 0] = allowed(clean[0, s - 1].float()).argmax()
+            logits = allowed(logits[0].float())  # [1, size, V]
             masked = noisy[0] == MASK
             chosen = unmask_rule(logits, masked, knob, rule.by_entropy, rule.in_order)[0]
             noisy[0] = torch.where(chosen, logits.argmax(-1), noisy[0])

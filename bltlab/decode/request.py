@@ -16,7 +16,7 @@ import torch
 from ..cost import Ledger
 from ..entropy import entropy_of_logits
 from ..model import BLT
-from ..tokens import EOS, OFFSET, ids_to_bytes
+from ..tokens import EOS, MASK, OFFSET, ids_to_bytes
 from .common import Generation, Sampler, Stopper, Unmask, check_request
 from .events import Event, Prefill
 from .state import decode_state
@@ -120,22 +120,47 @@ class Request:
         self._count_push(any(closed))
 
     def push(self, L: int, rows: list[int], close: bool = False, with_global: bool = True,
-             lengths: dict[int, int] | None = None) -> dict[int, tuple[list[int], list[int]]]:
+             lengths: dict[int, int] | None = None, block: int = 0,
+             rule: Unmask | None = None) -> dict[int, tuple[list[int], list[int]]]:
         """The next L bytes of `rows` (already in the state's ids) through every part, exactly, in
         one pass (close: its global step also closes the patch after them, which `close(run=False)`
-        counts; with_global=False: no byte opens a patch). `lengths`: the bytes each row really
-        pushes, counted as its own (the rest it drops). Returns per row (the greedy byte after each
-        of the L bytes, the patches started up to byte n - 1, n, ..., n + L - 1 + look)."""
+        counts; with_global=False: no byte opens a patch; `block` slots: its decoder pass also runs
+        the next block's first denoising pass by `rule`, which `denoise(begun=True)` goes on from).
+        `lengths`: the bytes each row really pushes, counted as its own (the rest it drops). Returns
+        per row (the greedy byte after each of the L bytes, the patches started up to byte n - 1, n,
+        ..., n + L - 1 + look)."""
         s = self.s
         self.only(rows)
-        s.run(L, with_global or bool(self.look), close)
+        if block:
+            s.set_knob(rule.knob)
+            s.run(L, True, close, block, rule.exact_first, rule.by_entropy, rule.in_order)
+        else:
+            s.run(L, with_global or bool(self.look), close)
         at = torch.tensor([r.n for r in self.rows], device=s.dev)[:, None] + s.kpos[:L + 1 + self.look] - 1
         both = torch.cat((s.pred.gather(1, at[:, 1:L + 1]), s.olog.long().cumsum(1).gather(1, at)), 1).tolist()
         out = {b: (both[b][:L], both[b][L:]) for b in rows}
         lengths = lengths or dict.fromkeys(rows, L)
         closed = [self.rows[b].pushed(lengths[b], out[b][1][lengths[b] + self.look] - 1) for b in rows if lengths[b]]
         self._count_push(any(closed))
+        if block:
+            self._denoised(block, rows, fused=True)
         return out
+
+    def push_each(self, lengths: dict[int, int], close: bool = False, opens: dict[int, int] | None = None,
+                  blocks: dict[int, int] | None = None, rule: Unmask | None = None) -> dict[int, list[int]]:
+        """`push` for rows of different lengths: one pass per length (and size of the next block, of
+        blocks[b] slots: `push`'s `block`), longest first (a waiting row's pass writes past it). opens:
+        whether a one-byte row's byte opens a patch (from next_bytes; None: assume it may). Returns per
+        row the positions that opened a patch; then every row moves again."""
+        start, starts = {b: self.rows[b].n for b in lengths}, {}
+        kind = {b: (lengths[b], (blocks or {}).get(b, 0)) for b in lengths}
+        for L, block in sorted(set(kind.values()), reverse=True):
+            group = [b for b in lengths if kind[b] == (L, block)]
+            may_open = close or L > 1 or opens is None or any(opens[b] for b in group)
+            pushed = self.push(L, group, close, with_global=may_open, block=block, rule=rule)
+            starts |= {b: opened(start[b], pushed[b][1], L) for b in group}
+        self.only(list(lengths))
+        return starts
 
     def _count_push(self, closed: bool) -> None:
         for k in ("n_ent", "n_dec", "n_loc"):
@@ -152,26 +177,32 @@ class Request:
         for b in rows:
             self.rows[b].closed()
 
-    def denoise(self, sizes: dict[int, int], rule: Unmask,
-                keep_first: bool = False) -> dict[int, tuple[list[int], list[dict]]]:
+    def denoise(self, sizes: dict[int, int], rule: Unmask, keep_first: bool = False, q: torch.Tensor | None = None,
+                begun: bool = False) -> dict[int, tuple[list[int], list[dict]]]:
         """Fill a block of sizes[b] slots at each row's n by `rule` (slot 0 = byte n with keep_first), one
         replay per pass for every row of a size (a block attends to all of itself), until none has
         a masked slot left, or (rule.in_order) a pass fills none of it: the block ends before its
-        first masked slot. Returns per row its ids (the filled ones) and the trace's steps."""
+        first masked slot. begun: the push before ran the first pass (`push`'s `block`). Sampling, q
+        [B, slots, 260] receives the distribution each slot was drawn from (a draft's). Returns per row
+        its ids (the filled ones) and the trace's steps."""
         s = self.s
-        s.run_begin(keep_first, rule.knob)
+        if begun and keep_first and self.sampling:
+            s.take_first()  # byte n was drawn after the pass that began the block
+        elif not begun:
+            s.run_begin(keep_first, rule.knob)
         masked = {b: max(0, size - keep_first) for b, size in sizes.items()}  # each row's, after its last pass
         for size in sorted(set(sizes.values())):
-            todo = [b for b in sizes if sizes[b] == size] if size > keep_first else []
+            todo = [b for b in sizes if sizes[b] == size] if size > keep_first or begun else []
             self.only(todo)
+            ran = begun
             while todo:
-                s.run_denoise(size, rule.by_entropy, rule.in_order)
-                self.passes["n_dec"] += 1
-                if self.sampling:
-                    s.fill(size, self.sampler.pick(s.pass_logits.flatten(0, 1)).view(s.B, size), todo)
-                for b in todo:
-                    self.rows[b].block_pass()
-                left = s.left.tolist()
+                if not ran:
+                    s.run_denoise(size, rule.by_entropy, rule.in_order)
+                    self.passes["n_dec"] += 1
+                    self._denoised(size, todo, q=q)
+                # (after a push's pass `left` is that of the last push, maybe of another size)
+                left = (s.noisy[:, :size] == MASK).sum(1).tolist() if ran else s.left.tolist()
+                ran = False
                 todo, masked = [b for b in todo if 0 < left[b] < masked[b]], masked | {b: left[b] for b in todo}
         ids, log, scores = s.noisy.tolist(), s.filled.tolist(), s.scores.tolist()
         out = {}
@@ -186,6 +217,18 @@ class Request:
                               "entropy": [round(ent[i], 4) for i in chosen]})
             out[b] = ids[b][:size - masked[b]], steps  # (a block that ended early: in order, a prefix)
         return out
+
+    def _denoised(self, size: int, rows: list[int], fused: bool = False, q: torch.Tensor | None = None) -> None:
+        """After a denoising pass over `rows`' blocks of `size`: sampling, the slots it filled take drawn
+        ids (q, if given, the distributions); each row counts the pass (`fused`: in a push's pass)."""
+        s = self.s
+        if self.sampling:
+            if q is not None:
+                now = (s.filled[rows, 0, :size] == s.nstep[rows, None] - 1).cpu()[..., None]
+                q[rows, :size] = torch.where(now, self.sampler.probs(s.pass_logits[rows]).cpu(), q[rows, :size])
+            s.fill(size, self.sampler.pick(s.pass_logits.flatten(0, 1)).view(s.B, size), rows)
+        for b in rows:
+            self.rows[b].block_pass(fused)
 
     def rollback(self, rejected: dict[int, tuple[int, int, int]]) -> None:
         """Rows b of `rejected` go back to their first n bytes, with `byte` as byte n and `ncomp`

@@ -18,8 +18,11 @@ from collections.abc import Iterator
 import torch
 
 from ..tokens import EOS
+from .common import Unmask
 from .events import Verify
 from .request import Request, opened
+
+ONE_PASS = Unmask(alpha=-1.0)  # α < 0: a diffusion draft fills every slot in one pass
 
 
 def run_speculative(req: Request, k: int, self_draft: bool) -> Iterator[None]:
@@ -42,17 +45,7 @@ def run_speculative(req: Request, k: int, self_draft: bool) -> Iterator[None]:
             req.passes["n_dec"] += room - 1
             req.passes["n_loc"] += room - 1
         else:  # the block reads the newest finished patch, as a self-draft does: no patch closes for it
-            s.run_begin(True, -1.0)  # α < 0: every slot in one pass
-            for size in sorted(set(rooms.values()) - {1}):
-                group = [b for b in rows if rooms[b] == size]
-                req.only(group)
-                s.run_denoise(size, False)
-                req.passes["n_dec"] += 1
-                if req.sampling:
-                    q[group, 1:size] = sampler.probs(s.pass_logits[group, 1:]).cpu()
-                    s.fill(size, sampler.pick(s.pass_logits.flatten(0, 1)).view(s.B, size), group)
-                for b in group:
-                    req.rows[b].block_pass()
+            req.denoise(rooms, ONE_PASS, keep_first=True, q=q)
             req.only(rows)
         ids, drafts = s.ids.tolist(), {}
         for b in rows:  # drafts[b][0]: byte n, which the last round settled

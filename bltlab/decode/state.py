@@ -33,7 +33,6 @@ import threading
 import weakref
 
 import torch
-import torch.nn.functional as F
 
 from .. import kernels
 from ..entropy import entropy_of_logits
@@ -93,8 +92,7 @@ class DecodeState:
         # row r: patch r - 1's decoder slots as every decoder layer's cross-attention keys and values,
         # projected once per patch instead of once per byte: [B, T + 1, layers, 2, H, k, hd]
         dl, H = self.cfg.d_local, self.cfg.local_heads
-        self.crosses = [b.cross for b in model.dec_layers if b.cross is not None]  # the layers `table` serves
-        self.table = p.new_zeros(B, T + 1, len(self.crosses), 2, H, self.cfg.cross_k, dl // H)
+        self.table = p.new_zeros(B, T + 1, len(model.crosses()), 2, H, self.cfg.cross_k, dl // H)
         # The "hf" layout (transformers' BLT) decides a byte's patch one byte ahead: its decoder at u
         # reads the patch before u + 1's, so the global step on a patch that byte u + 1 opens runs in
         # u's pass (`look`). With a max patch length it also gives the newest byte another row than
@@ -109,10 +107,9 @@ class DecodeState:
         S = self.half * (2 if self.shadow else 1)
         self.rows = torch.arange(B, device=dev)
         self.fused = model.fused_projections()
-        self.ent_kv = self._caches(model.entropy.layers, S)
-        self.enc_kv = self._caches(model.enc_layers, S)
-        self.glob_kv = self._caches(model.global_layers, S)
-        self.dec_kv = self._caches(model.dec_layers, S)
+        self.ent_kv, self.enc_kv, self.glob_kv, self.dec_kv = (
+            KVCache.for_layers(layers, B, S, self.half, self.fused, self.rows)
+            for layers in (model.entropy.layers, model.enc_layers, model.global_layers, model.dec_layers))
         self.kpos, self.keys = torch.arange(T, device=dev), torch.arange(S, device=dev)
         self.first = self.kpos == 0  # a patch's first byte, in its gathered layout
         self.hctx = torch.arange(HASH_CONTEXT + T, device=dev)  # ctx_ids columns of bytes t - 8 ..
@@ -128,18 +125,8 @@ class DecodeState:
         self.version = None  # model.weights_version() when `fused` and the table's start row were made
         self.busy = False  # claimed by a running request (decode_state)
 
-    def _caches(self, layers, S: int) -> list[KVCache]:
-        """Per layer a KVCache of S keys (keys and values in one tensor: one write per pass), with RoPE's
-        angles by position (the shadow half repeats the first) and the layer's fused projections."""
-        a, p = layers[0].attn, next(self.m.parameters())
-        hd = a.wq.out_features // a.heads
-        ang = rope_angles(torch.arange(S, device=self.dev) % self.half, hd, a.theta)  # [S, hd/2]
-        rot = torch.stack((ang.cos(), ang.sin()), -1)
-        return [KVCache(p.new_zeros(2, self.B, a.heads, S, hd), rot, *self.fused[id(layer)], self.rows)
-                for layer in layers]
-
     # ---- a new request --------------------------------------------------------------------------
-    @torch.no_grad()
+    @torch.inference_mode()
     def reset(self, prompts: list[list[int]]) -> None:
         """Start B sequences (prompt ids, BOS first) at position 0. Cache entries from an earlier
         request stay but lie past t, so they are masked (and finite: buffers start at zero)."""
@@ -160,11 +147,11 @@ class DecodeState:
             for key, now in self.m.fused_projections().items():
                 for mine, w in zip(self.fused[key], now):
                     mine.copy_(w)
-            self.table[:, 0] = self.slot_kv(self.m.start_slots[None, None].to(self.table.dtype))[0, 0]
+            self.table[:, 0] = self.m.slot_kv(self.m.start_slots[None, None].to(self.table.dtype), self.fused)[0, 0]
             self.version = version
         self._signal()
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def prefill(self, prompts: list[list[int]]) -> None:
         """reset, then the prompts' bytes: one pass up to the shortest prompt's end for every row, then
         one pass per longer length for the rows whose prompt goes on, while the others wait at their
@@ -192,17 +179,6 @@ class DecodeState:
             nat = nat | ((pos > last) & ((pos - last) % pc.max_patch == 0))
         return nat
 
-    def slot_kv(self, slots: torch.Tensor) -> torch.Tensor:
-        """Decoder slots [B, P, k, d_local] -> every cross-attending decoder layer's keys and values
-        [B, P, layers, 2, H, k, hd] (a `table` row per patch)."""
-        B, P, k, D = slots.shape
-        if self.look:  # the "hf" layout norms the slots in each layer first
-            kv = torch.cat([F.linear(c.kv_norm(slots), w) for c, w in zip(self.crosses, self.fused["slots"])], -1)
-        else:
-            kv = F.linear(slots, self.fused["slots"][0])
-        H = self.crosses[0].heads
-        return kv.view(B, P, k, -1, 2, H, D // H).permute(0, 1, 3, 4, 5, 2, 6)
-
     def _layers(self, layers, caches: list[KVCache], x, pos, mask, slots=None):
         """x through `layers` at positions pos [B, L] (their caches written there), each in its decoding
         form (`Block.decode`); slots: the decoder's table rows [B or B L, layers, 2, H, k, hd]. Returns
@@ -215,11 +191,15 @@ class DecodeState:
             x, r = layer(x, pos, mask, slots=sl, cache=cache, r=r)
         return x, r
 
-    def advance(self, L: int = 1, with_global: bool = True, close: bool = False) -> None:
+    def advance(self, L: int = 1, with_global: bool = True, close: bool = False, block: int = 0,
+                exact_first: bool = False, by_entropy: bool = False, in_order: bool = False) -> None:
         """Take bytes t .. t + L - 1 of every row (already in `ids`) in one pass, in place and
         without host synchronisation; then ids[t + L] is the prompt's next byte or the greedy one.
         with_global=False skips the global step (only right when no byte of the pass opens a patch);
-        close=True then does `close` at t + L in the same global step (BLT-D's next block).
+        close=True then does `close` at t + L in the same global step (BLT-D's next block), and with
+        `block` slots the decoder pass also runs that block's first denoising pass (`denoise`'s, after
+        the L bytes, as the training forward runs a clean stream and its noisy blocks together), whose
+        slot 0 then takes the exact byte t + L with `exact_first`.
         Rows outside `move` keep their position and patches: what the pass wrote for them lies past t."""
         m, b, t = self.m, self.rows, self.t
         pos = t[:, None] + self.kpos[:L]  # [B, L]
@@ -269,8 +249,21 @@ class DecodeState:
             alone = torch.maximum(self.masks.causal(pos - 1, self.cfg.local_window - 1)[0], own[:, None])
             pos, h = torch.cat((pos, pos + self.half), 1), torch.cat((h, h), 1)
             rows, local = torch.cat((rows, newest), 1), torch.cat((local, alone), 2)
+        if block:  # its slots read the clean bytes before t + L, the block both ways and the patch just closed
+            self.begin_block(False)
+            pos = torch.cat((pos, pos[:, -1:] + 1 + self.kpos[:block]), 1)
+            h = torch.cat((h, m.noisy_embed(self.noisy[:, :block])), 1)
+            local = torch.cat((local, self.masks.block(t + L, block)), 2)
+            rows = torch.cat((rows, self.ncomp[:, None].expand(-1, block)), 1)
         slots = self.table[b[:, None], rows].flatten(0, 1)  # [B L, layers, 2, H, k, hd]
-        self._signal(self._decode(pos, h, slots, local, L))  # ids[t + L]: the prompt's first
+        logits, *rest = self._decode(pos, h, slots, local, L + block)
+        self._signal((logits[:, :L], *rest))  # ids[t + L]: the prompt's first
+        if block:
+            self.pass_logits = logits[:, L:]
+            self._unmask(block, exact_first, by_entropy, in_order)
+            # step_end wrote ids[t + L] of every row: in a waiting row that is a slot of its own block
+            at = t[:, None] + self.kpos[:MAX_BLOCK]
+            self.ids.scatter_(1, at, torch.where(self.noisy != MASK, self.noisy, self.ids.gather(1, at)))
 
     def _global(self, start: torch.Tensor, end: torch.Tensor) -> None:
         """Global model on the patches [start, end) ([B, P] each) as patches ncomp .. ncomp + P - 1;
@@ -285,7 +278,7 @@ class DecodeState:
         g, r = self._layers(m.global_layers, self.glob_kv, g, gpos,
                             self.masks.causal(gpos, 0)[0])
         slots = norm_proj(m.global_norm, g, r, m.slot_proj.weight)  # m.slot_rows, norm fused
-        self.table[b[:, None], gpos + 1] = self.slot_kv(slots.view(*slots.shape[:2], self.cfg.cross_k, -1))
+        self.table[b[:, None], gpos + 1] = m.slot_kv(slots.view(*slots.shape[:2], self.cfg.cross_k, -1), self.fused)
 
     def close(self) -> None:
         """Force a patch start at t (a diffusion block starts a patch) and run the global model on
@@ -298,27 +291,40 @@ class DecodeState:
         self._signal()
 
     def begin_block(self, keep_first: bool) -> None:
-        """A block of MASKs at t (slot 0 = byte t with keep_first), nothing filled yet."""
-        self.noisy.fill_(MASK)
+        """The rows that move start a block of MASKs at t (slot 0 = byte t with keep_first), nothing
+        filled yet."""
+        move = self.move[:, None]
+        self.noisy.copy_(torch.where(move, MASK, self.noisy))
         if keep_first:
-            self.noisy[:, 0] = self.ids[self.rows, self.t]
-        self.filled.fill_(-1)
-        self.nstep.zero_()
+            self.take_first()
+        self.filled.copy_(torch.where(move[..., None], -1, self.filled))
+        self.nstep.copy_(torch.where(self.move, 0, self.nstep))
+
+    def take_first(self) -> None:
+        """Slot 0 of the block at t is byte t (exact, or drawn), in the rows that move."""
+        self.noisy[:, 0] = torch.where(self.move, self.ids[self.rows, self.t], self.noisy[:, 0])
 
     def denoise(self, size: int, by_entropy: bool, in_order: bool = False) -> None:
         """One denoising pass over the block's first `size` slots (the clean decoder cache before t in
         the window, the block both ways, the newest global output), then the unmasking rule on the
-        device (one kernel: kernels.denoise_end): fills the chosen slots in
-        `noisy` and `ids`, logs them, and sets `left`. by_entropy: the γ rule, else α (α < 0 fills
+        device (`_unmask`). by_entropy: the γ rule, else α (α < 0 fills
         every slot: BLT-DV's one pass); in_order: only a left-to-right run of slots."""
         m, b, t = self.m, self.rows, self.t
         pos = t[:, None] + self.kpos[:size]  # [B, size]
         noisy = self.noisy[:, :size]
         x, r = self._layers(m.dec_layers, self.dec_kv, m.noisy_embed(noisy), pos,
                             self.masks.block(t, size), self.table[b, self.ncomp])
-        logits = self.pass_logits = norm_proj(m.dec_norm, x, r, m.head.weight)  # [B, size, 260]
-        kernels.denoise_end(logits, self.forbid, noisy, self.ids, t, self.move, self.knob, by_entropy, self.nstep,
-                            self.filled, self.scores, self.left, in_order)
+        self.pass_logits = norm_proj(m.dec_norm, x, r, m.head.weight)  # [B, size, 260]
+        self._unmask(size, False, by_entropy, in_order)
+
+    def _unmask(self, size: int, exact_first: bool, by_entropy: bool, in_order: bool) -> None:
+        """The end of a denoising pass (pass_logits: the block's): slot 0 takes byte t with `exact_first`, then
+        the unmasking rule on the device (one kernel: kernels.denoise_end) fills the chosen slots in
+        `noisy` and `ids`, logs them, and sets `left`."""
+        if exact_first:
+            self.take_first()
+        kernels.denoise_end(self.pass_logits, self.forbid, self.noisy[:, :size], self.ids, self.t, self.move,
+                            self.knob, by_entropy, self.nstep, self.filled, self.scores, self.left, in_order)
 
     def _encode(self, pos: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Local encoder over positions pos [B, L] (hash n-grams reach HASH_CONTEXT ids back, PAD
@@ -400,28 +406,33 @@ class DecodeState:
             self.signal.copy_(torch.stack((self.ids[self.rows, self.t], self.olog[self.rows, self.t].long()), 1))
 
     # ---- the steps as the device runs them (graphs.Steps: CUDA-graph replays on a GPU) ---------
-    @torch.no_grad()
-    def run(self, L: int = 1, with_global: bool = True, close: bool = False) -> None:
-        """advance(L, with_global, close)."""
-        self.steps(self.advance, L, with_global, close)
+    @torch.inference_mode()
+    def run(self, L: int = 1, with_global: bool = True, close: bool = False, block: int = 0,
+            exact_first: bool = False, by_entropy: bool = False, in_order: bool = False) -> None:
+        """advance(L, with_global, close, block, exact_first, by_entropy, in_order)."""
+        self.steps(self.advance, L, with_global, close, block, exact_first, by_entropy, in_order)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def run_draft(self) -> None:
         self.steps(self.draft)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def run_close(self) -> None:
         self.steps(self.close)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def run_begin(self, keep_first: bool, knob: float) -> None:
-        """begin_block(keep_first), unmasked by α or γ = knob (written when it changes)."""
+        """begin_block(keep_first), unmasked by α or γ = knob."""
+        self.set_knob(knob)
+        self.steps(self.begin_block, keep_first)
+
+    def set_knob(self, knob: float) -> None:
+        """The unmasking rule's α or γ (written when it changes: one graph serves every value)."""
         if knob != self.knob_now:
             self.knob.fill_(knob)
             self.knob_now = knob
-        self.steps(self.begin_block, keep_first)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def run_denoise(self, size: int, by_entropy: bool, in_order: bool = False) -> None:
         self.steps(self.denoise, size, by_entropy, in_order)
 
