@@ -190,7 +190,8 @@ def main(argv: list[str] | None = None) -> dict:
         for seed in args.seed:
             for name in names:
                 rows.append(run_recipe(name, RECIPES[name], seed, args, entropy_dir, work))
-                print(format_table(rows).splitlines()[-1], flush=True)
+                print(next(x for x in format_table(rows).splitlines() if x.startswith(f"| {name} | {seed} |")),
+                      flush=True)  # the new row, beside the same seed's baseline when it ran first
         total = time.time() - t0
     run = {"recipes": names, "seeds": args.seed, "seconds": round(total, 1), **_git()}
     new = {(r["recipe"], r["seed"]) for r in rows}
