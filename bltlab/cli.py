@@ -343,16 +343,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default: 1.0)")
     s.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
     s.add_argument("--alpha", type=float, default=None,
-                   help="blt-d*/blt-h: unmask every slot whose confidence exceeds α (default 0.9; >1: one per pass)")
+                   help="blt-d*/blt-h: unmask every slot whose confidence exceeds α (default 0.99; the paper's 0.9; "
+                        ">1: one per pass)")
     s.add_argument("--gamma", type=float, default=None,
                    help="blt-d*/blt-h: entropy-bounded unmasking with budget γ nats instead of α (0: one per pass)")
     s.add_argument("--eta", type=float, default=1.0, help="blt-h: diffuse when the next-byte entropy <= η nats")
     s.add_argument("--block", type=int, default=8, choices=[4, 8, 16], help="blt-h: diffusion block size")
-    s.add_argument("--in-order", action="store_true",
+    s.add_argument("--in-order", action=argparse.BooleanOptionalAction, default=True,
                    help="blt-d*/blt-h: a pass fills only the left-to-right run of slots that pass α or γ; a block "
-                        "ends where none does (the next byte is then exact)")
-    s.add_argument("--exact-first", action="store_true",
-                   help="blt-d*: a block's first byte is the exact next byte (blt-h's always is)")
+                        "ends where none does (the next byte is then exact). Default on; --no-in-order with "
+                        "--no-exact-first --alpha 0.9 is the paper's rule")
+    s.add_argument("--exact-first", action=argparse.BooleanOptionalAction, default=True,
+                   help="blt-d*: a block's first byte is the exact next byte (blt-h's always is). Default on")
     s.add_argument("--compiled", action="store_true",
                    help="pass the decoding steps through torch.compile first (minutes of compiling on first use)")
     s.add_argument("--json", action="store_true", help="print the whole Generation (counters, trace) as JSON")

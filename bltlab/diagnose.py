@@ -287,9 +287,10 @@ def diagnose_heads(model: BLT, sources: tuple = SOURCES, blocks: tuple = BLOCKS,
 
 
 def mode_grid(modes: tuple = DEFAULT_MODES, alphas: tuple = ALPHAS, etas: tuple = ETAS) -> list[tuple[str, dict]]:
-    """(mode, knobs) pairs: `blt` first, each blt-d* at every α, by the paper's rule and in order with an
-    exact first byte (in_order, exact_first: the rule that falls back where the head is unsure), blt-h at
-    every η by both rules (α and block at their defaults), the other modes with their defaults."""
+    """(mode, knobs) pairs: `blt` first, each blt-d* at every α, by the paper's rule (any order, no exact
+    first byte) and in order with an exact first byte (the rule that falls back where the head is
+    unsure: the library's default), blt-h at every η by both rules (α and block at their defaults),
+    the other modes with their defaults."""
     unknown = [m for m in modes if m not in MODES]
     if unknown:
         raise ValueError(f"unknown modes {unknown}; choose from {', '.join(MODES)}")
@@ -298,10 +299,10 @@ def mode_grid(modes: tuple = DEFAULT_MODES, alphas: tuple = ALPHAS, etas: tuple 
         if m == "blt":
             continue
         if m in DIFFUSION:
-            grid += [(m, {"alpha": a}) for a in alphas]
+            grid += [(m, {"alpha": a, "in_order": False, "exact_first": False}) for a in alphas]
             grid += [(m, {"alpha": a, "in_order": True, "exact_first": True}) for a in alphas]
         elif m == "blt-h":
-            grid += [(m, {"eta": e}) for e in etas]
+            grid += [(m, {"eta": e, "in_order": False}) for e in etas]
             grid += [(m, {"eta": e, "in_order": True}) for e in etas]
         else:
             grid.append((m, {}))
@@ -309,11 +310,13 @@ def mode_grid(modes: tuple = DEFAULT_MODES, alphas: tuple = ALPHAS, etas: tuple 
 
 
 def label(mode: str, knobs: dict) -> str:
-    """'blt-d4 α=0.9', 'blt-d4 α=0.9 in-order exact-first', 'blt-h η=0.3', 'blt'."""
+    """'blt-d4 α=0.9 any-order' (the paper's rule), 'blt-d4 α=0.99 in-order exact-first', 'blt-h η=0.3',
+    'blt'."""
     names = {"alpha": "α", "eta": "η", "gamma": "γ", "block": "B", "in_order": "in-order",
              "exact_first": "exact-first"}
-    return " ".join([mode] + [names[k] if v is True else f"{names.get(k, k)}={v:g}" for k, v in knobs.items()
-                              if v is not False])
+    words = [mode] + [names[k] if v is True else f"{names.get(k, k)}={v:g}" for k, v in knobs.items()
+                      if not isinstance(v, bool) or v]
+    return " ".join(words + (["any-order"] if knobs.get("in_order") is False else []))
 
 
 def diagnose_modes(model: BLT, tasks: tuple = TASKS, prompts: int = 8, seed: int = 0, max_bytes: int = 48,

@@ -41,12 +41,16 @@ def test_generate_json(tiny_dir):
 
 
 def test_generate_in_order(tiny_dir):
-    """--in-order --exact-first reach the library: every denoising pass fills a run from the left."""
-    out = json.loads(run("generate", "--prompt", "def ", "--mode", "blt-d4", "--alpha", "0.3", "--in-order",
-                         "--exact-first", "--max-bytes", "12", "--json", "--model", str(tiny_dir)).stdout)
-    blocks = [e for e in out["trace"] if e["type"] == "block"]
-    assert blocks and all(step["unmasked"][0] == 1 + sum(len(s["unmasked"]) for s in e["steps"][:i])
-                          for e in blocks for i, step in enumerate(e["steps"]))
+    """In order with an exact first byte by default: every denoising pass fills a run from slot 1;
+    --no-in-order --no-exact-first (the paper's rule) lets the rule fill slot 0 itself."""
+    def blocks(*flags):
+        out = json.loads(run("generate", "--prompt", "def ", "--mode", "blt-d4", "--alpha", "0.3", *flags,
+                             "--max-bytes", "12", "--json", "--model", str(tiny_dir)).stdout)
+        return [e for e in out["trace"] if e["type"] == "block"]
+    ordered = blocks()
+    assert ordered and all(step["unmasked"][0] == 1 + sum(len(s["unmasked"]) for s in e["steps"][:i])
+                           for e in ordered for i, step in enumerate(e["steps"]))
+    assert any(0 in step["unmasked"] for e in blocks("--no-in-order", "--no-exact-first") for step in e["steps"])
 
 
 @pytest.mark.parametrize("args,msg", [

@@ -74,8 +74,8 @@ def test_cached_blt_equals_reference_under_every_rule(model, rule):
 
 @pytest.mark.parametrize("mode", ["blt-d4", "blt-d16", "blt-h"])
 def test_entropy_bound_zero_and_alpha_above_one_unmask_one_per_pass(model, mode):
-    for kw in ({"gamma": 0.0}, {"alpha": 1.5}):
-        g = generate(model, "abc", mode, max_bytes=20, eta=10.0, **kw)  # η = 10 nats: always diffuse
+    for kw in ({"gamma": 0.0}, {"alpha": 1.5}):  # by the paper's rule (in order, α > 1 would fill none)
+        g = generate(model, "abc", mode, max_bytes=20, eta=10.0, **kw, **PAPER)  # η = 10 nats: always diffuse
         steps = [s for e in g.trace if e["type"] == "block" for s in e["steps"]]
         assert steps and all(len(s["unmasked"]) == 1 for s in steps)
 
@@ -84,6 +84,9 @@ def test_looser_knobs_unmask_more(model):
     tight = generate(model, "abc", "blt-d16", max_bytes=32, gamma=0.0).counters["n_dec"]
     loose = generate(model, "abc", "blt-d16", max_bytes=32, alpha=0.0).counters["n_dec"]
     assert loose < tight
+
+
+PAPER = {"in_order": False, "exact_first": False}  # the paper's unmasking rule (the default is in order)
 
 
 def fixed_model(model):
@@ -107,7 +110,7 @@ def test_counters_by_hand_diffusion(model):
     4 passes (dec 5) and is pushed (dec 6, ent 2; starts 4 forced and 5 by stride: patch [4] closes,
     enc 3), and that push's global step closes 5..7 for block 2 (enc 4) and its decoder pass is block
     2's first; 3 more passes (dec 9); the budget ends it unpushed."""
-    g = generate(fixed_model(model), "abc", "blt-d4", max_bytes=8, alpha=1.5)
+    g = generate(fixed_model(model), "abc", "blt-d4", max_bytes=8, alpha=1.5, **PAPER)
     assert g.stop_reason == "max_bytes"
     assert (g.counters["n_dec"], g.counters["n_ent"], g.counters["n_enc"]) == (9, 2, 4)
 

@@ -118,7 +118,9 @@ def test_calibration_by_hand():
 def test_the_json(tiny):
     grid = mode_grid(("blt", "blt-d4", "blt-dv4", "blt-h"), (0.9,), (0.3,))
     assert [m for m, _ in grid] == ["blt", "blt-d4", "blt-d4", "blt-dv4", "blt-h", "blt-h"]
-    assert grid[1][1] == {"alpha": 0.9} and grid[2][1] == {"alpha": 0.9, "in_order": True, "exact_first": True}
+    assert grid[1][1] == {"alpha": 0.9, "in_order": False, "exact_first": False}
+    assert grid[2][1] == {"alpha": 0.9, "in_order": True, "exact_first": True}
+    assert label(*grid[1]) == "blt-d4 α=0.9 any-order" and label(*grid[4]) == "blt-h η=0.3 any-order"
     assert label(*grid[2]) == "blt-d4 α=0.9 in-order exact-first" and label(*grid[5]) == "blt-h η=0.3 in-order"
     res = json.loads(json.dumps(run_diagnose(tiny, ("code",), (4, 8), 2, ("translation",), 2, 4, grid,
                                              progress=False)))

@@ -293,12 +293,13 @@ def test_diffusion_modes_equal_the_reference_and_batch(sharp, mode):
                                    {"gamma": 3.0, "in_order": True}, {"alpha": 0.2, "exact_first": True}])
 def test_unmasking_rules(sharp, knobs):
     passes, parted = [], []
+    full = {"in_order": False, "exact_first": False} | knobs  # the paper's rule unless the knobs say
     for p in PROMPTS[:6]:
         for mode in ("blt-d16", "blt-h"):
-            g = generate(sharp, p, mode, max_bytes=40, eta=2.5, **knobs)
+            g = generate(sharp, p, mode, max_bytes=40, eta=2.5, **full)
             if mode == "blt-d16":
-                same_as_reference(sharp, g, mode, parted, **knobs)
-            first = mode == "blt-h" or knobs.get("exact_first", False)  # slot 0 exact, never masked
+                same_as_reference(sharp, g, mode, parted, **full)
+            first = mode == "blt-h" or full["exact_first"]  # slot 0 exact, never masked
             passes += [(len(e["steps"]), e["size"] - first) for e in g.trace if e["type"] == "block"]
     if knobs in ({"gamma": 0.0}, {"alpha": 1.5}):  # one slot per pass
         assert all(n == masked for n, masked in passes)
@@ -312,17 +313,17 @@ def test_unmasking_rules(sharp, knobs):
 @pytest.mark.parametrize("exact_first", [False, True])
 def test_a_block_begins_in_the_push_before_it(sharp, exact_first):
     """blt-d*: the pass that pushes a block also runs the next block's first denoising pass, so with
-    one slot per pass (α > 1) the first block costs its masked slots + its push and every later one
+    one slot per pass (α > 1, any order) the first block costs its masked slots + its push and every later one
     a pass less; the trace still shows every pass, and batched rows, whose pushes run in groups by
     length and block size, get what each row gets alone (the bytes too: test_diffusion_modes_...)."""
     prompts = PROMPTS[:4]
-    for g in generate_batch(sharp, prompts, "blt-d4", max_bytes=30, alpha=1.5, exact_first=exact_first):
+    for g in generate_batch(sharp, prompts, "blt-d4", max_bytes=30, alpha=1.5, in_order=False, exact_first=exact_first):
         blocks = [e for e in g.trace if e["type"] == "block"]
         masked = [e["size"] - exact_first for e in blocks]
         assert [len(e["steps"]) for e in blocks] == masked  # one slot per pass, the ridden one included
         pushes = len(blocks) - 1  # the block that ends the generation is never pushed
         assert g.counters["n_dec"] == 1 + masked[0] + sum(max(m - 1, 0) for m in masked[1:]) + pushes
-    for a, b in zip(*alone_and_batched(sharp, prompts, "blt-d4", max_bytes=30, alpha=1.5,
+    for a, b in zip(*alone_and_batched(sharp, prompts, "blt-d4", max_bytes=30, alpha=1.5, in_order=False,
                                         exact_first=exact_first)[:2]):
         same_generation(a, b)
 

@@ -10,6 +10,7 @@ from ..tokens import EOS, N_IDS, OFFSET, encode, to_bytes
 
 MODES = ("blt", "blt-s8", "blt-s16", "blt-d4", "blt-d8", "blt-d16", "blt-dv4", "blt-dv8", "blt-dv16", "blt-h")
 HASH_CONTEXT = 8  # ids before a new byte that its n-gram hashes may reach
+ALPHA = 0.99  # the default confidence of the unmasking rule (the paper's: 0.9, without in_order)
 
 
 def mode_size(mode: str) -> int:
@@ -21,12 +22,14 @@ def mode_size(mode: str) -> int:
 class Unmask:
     """How a block is denoised: the unmasking rule's knob (confidence α, or entropy bound γ), whether
     a pass may fill only a left-to-right run of slots (`in_order`), and whether slot 0 takes the
-    exact next byte, which the pass before the block computed (`exact_first`; blt-h always does)."""
+    exact next byte, which a pass computes beside the block (`exact_first`; blt-h always does). The
+    defaults keep `blt`'s quality on the shipped model (docs/results.md, "What the diagnostic
+    found"); the paper's rule is in_order=False, exact_first=False, α = 0.9."""
 
-    alpha: float | None = 0.9
+    alpha: float | None = ALPHA
     gamma: float | None = None
-    in_order: bool = False
-    exact_first: bool = False
+    in_order: bool = True
+    exact_first: bool = True
 
     @property
     def knob(self) -> float:
@@ -37,14 +40,14 @@ class Unmask:
         return self.gamma is not None
 
 
-def check_knobs(alpha: float | None, gamma: float | None, in_order: bool = False, exact_first: bool = False) -> Unmask:
-    """The unmasking rule: α (default 0.9) or γ, not both."""
+def check_knobs(alpha: float | None, gamma: float | None, in_order: bool = True, exact_first: bool = True) -> Unmask:
+    """The unmasking rule: α (default ALPHA) or γ, not both."""
     if alpha is not None and gamma is not None:
         raise ValueError("give either alpha (confidence) or gamma (entropy bound), not both")
     if gamma is not None and not 0.0 <= gamma <= 100.0:
         raise ValueError(f"gamma must be in [0, 100], got {gamma}")
     if alpha is None and gamma is None:
-        alpha = 0.9
+        alpha = ALPHA
     if alpha is not None and not 0.0 <= alpha <= 2.0:
         raise ValueError(f"alpha must be in [0, 2] (above 1: one byte per pass), got {alpha}")
     return Unmask(alpha, gamma, bool(in_order), bool(exact_first))

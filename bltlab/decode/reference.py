@@ -39,8 +39,8 @@ def generate_reference(model: BLT, prompt: str | bytes, max_bytes: int = 64, sto
 
 @torch.no_grad()
 def generate_reference_diffusion(model: BLT, prompt: str | bytes, max_bytes: int = 64, block: int = 8,
-                                 alpha: float | None = None, gamma: float | None = None, in_order: bool = False,
-                                 exact_first: bool = False) -> Generation:
+                                 alpha: float | None = None, gamma: float | None = None, in_order: bool = True,
+                                 exact_first: bool = True) -> Generation:
     """Greedy block diffusion (`blt-d{block}`) without caches: every denoising pass is the training
     forward (`BLT.forward` with one noisy block) on the whole sequence, whose patches start at
     every block, and the unmasking rule is kernels.step.unmask_rule's reference. exact_first: slot 0
