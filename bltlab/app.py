@@ -406,9 +406,9 @@ def header_markdown(wb: Workbench) -> str:
 # ---- generation: knobs, streaming, counters ----------------------------------------------
 UNMASK_RULES = ("confidence α", "entropy bound γ")
 FALLBACK_INFO = ("slot 0 is the exact next byte; each pass keeps only the run of slots that pass the rule, "
-                 "from the left, and a block ends where none passes (the next byte is then exact again). "
-                 "On the shipped model it keeps blt's quality at about blt's decoder passes per byte; off, the "
-                 "paper's rule (α 0.9) takes fewer passes and writes worse text (docs/results.md)")
+                 "from the left; a block ends where none passes, and blt's steps follow until a patch opens. "
+                 "On the shipped model it keeps blt's quality at about blt's cost; off, the paper's rule (α 0.9) "
+                 "takes fewer decoder passes and writes worse text (docs/results.md)")
 STOPPED = "stopped: **cancelled** (the Stop button was pressed; the text above is what was made until then)"
 STOP_REASONS = {"max_bytes": "the byte budget was reached", "eos": "the model emitted EOS",
                 "stop": "the stop string was generated (it is not shown)",

@@ -261,18 +261,22 @@ def test_fallback_checkbox_decodes_left_to_right(wb):
 def test_blt_cost_is_blts_own_patching_for_block_modes(monkeypatch):
     """Diffusion blocks force patch starts, so a block mode's trace does not hold blt's patches:
     blt_cost runs blt's patching rule at the end. On the shipped model (whose patches are not every
-    byte, as the random tiny model's are) greedy blt-dv4 makes blt's bytes; derived = blt's run."""
+    byte, as the random tiny model's are) greedy blt-d4, by the default rule, makes blt's bytes here;
+    derived = blt's run. (blt-dv4 closes no patch for its drafts: its trace holds blt's patches.)"""
     from bltlab.checkpoint import SHIPPED
 
+    assert "blt-d4" in wbm.BLOCK_MODES and "blt-dv4" not in wbm.BLOCK_MODES
     shipped = wbm.load_workbench(SHIPPED, "cpu")
     ref = wbm.run_generation(shipped, wbm.gen_knobs("def add(a, b):", "blt", 24, 0.0, 1.0, 0, ""))
-    g = wbm.run_generation(shipped, wbm.gen_knobs("def add(a, b):", "blt-dv4", 24, 0.0, 1.0, 0, ""))
+    g = wbm.run_generation(shipped, wbm.gen_knobs("def add(a, b):", "blt-d4", 24, 0.0, 1.0, 0, ""))
     assert g.output == ref.output and derived(shipped, g) == measured(ref)
     # while streaming, blt's rule reruns every RULE_INTERVAL; bytes newer than its last run take the
     # run's own starts, and the picture says so
+    knobs = {**GEN, "alpha": 0.99, "fallback": True}  # the default rule
+
     def stream(every: float) -> list[tuple]:
         monkeypatch.setattr(wbm, "RULE_INTERVAL", every)
-        return list(wbm.generate_stream(shipped, "def add(a, b):", "blt-dv4", 24, 0.0, 1.0, 0, "", *GEN.values(),
+        return list(wbm.generate_stream(shipped, "def add(a, b):", "blt-d4", 24, 0.0, 1.0, 0, "", *knobs.values(),
                                         interval=0.0))
 
     def provisional(u) -> bool:
@@ -284,7 +288,7 @@ def test_blt_cost_is_blts_own_patching_for_block_modes(monkeypatch):
     assert bars(once[-1][1])["blt", "encoder+global"][1] == measured(ref)["n_enc"]
     for u in stream(0.0):  # the rule at every update: blt's live bars are exact for the bytes so far
         assert not provisional(u) and u[0].isascii()  # ASCII here: the text is the bytes
-        want = wbm.blt_cost(shipped, "blt-dv4", g.trace, g.prompt, u[0].encode())
+        want = wbm.blt_cost(shipped, "blt-d4", g.trace, g.prompt, u[0].encode())
         assert bars(u[1])["blt", "encoder+global"][1] == want["n_enc"]
 
 

@@ -408,6 +408,7 @@ def test_step_end(dev, rule, max_patch, L):
         assert int(pred[1, t[1]]) == 5 and int(pred[2, t[2]]) != 1
         assert torch.equal(keep[move], logits[move, -1].to(keep.dtype))
         assert torch.equal(keep[~move], state["keep"][~move].to(keep.dtype))
+        assert torch.equal(ids[~move], pids[~move]) and not torch.equal(ids[move], pids[move])  # waiting rows keep theirs
     if draft:
         assert not signal.any() and torch.equal(olog, state["olog"])
     else:

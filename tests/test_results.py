@@ -32,4 +32,5 @@ def test_the_committed_page_is_what_the_committed_json_give(tmp_path):
     write_page(benches, out, "make results", diag)
     assert out.read_text() == (ROOT / "docs" / "results.md").read_text()
     row = next(r for r in diag["modes"]["rows"] if r["label"] == "blt-d4 α=0.99 in-order exact-first")
-    assert f"| {row['task']} | `{row['label']}` | {row['passes_per_byte']:.2f} | {row['chrf']:.1f} |" in out.read_text()
+    assert (f"| {row['task']} | `{row['label']}` | {row['passes_per_byte']:.2f} | {row['enc_per_byte']:.2f} | "
+            f"{row['chrf']:.1f} |") in out.read_text()

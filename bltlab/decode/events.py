@@ -111,7 +111,9 @@ class Switch(Event):
 
 @dataclass
 class Step(Event):
-    """`blt-h`: one autoregressive byte (or EOS) chosen where the entropy was above η."""
+    """One autoregressive byte (or EOS) in a diffusion mode: `blt-h`'s where the entropy (of the
+    decoder's prediction) was above η, `blt-d*`'s after a block cut short, until a patch opens (the
+    entropy model's H_pos)."""
 
     type: ClassVar[str] = "ar"
     byte: int | None

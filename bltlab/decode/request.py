@@ -149,15 +149,15 @@ class Request:
     def push_each(self, lengths: dict[int, int], close: bool = False, opens: dict[int, int] | None = None,
                   blocks: dict[int, int] | None = None, rule: Unmask | None = None) -> dict[int, list[int]]:
         """`push` for rows of different lengths: one pass per length (and size of the next block, of
-        blocks[b] slots: `push`'s `block`), longest first (a waiting row's pass writes past it). opens:
+        blocks[b] slots: `push`'s `block`, whose patch the pass closes), longest first (a waiting row's pass writes past it). opens:
         whether a one-byte row's byte opens a patch (from next_bytes; None: assume it may). Returns per
         row the positions that opened a patch; then every row moves again."""
         start, starts = {b: self.rows[b].n for b in lengths}, {}
         kind = {b: (lengths[b], (blocks or {}).get(b, 0)) for b in lengths}
         for L, block in sorted(set(kind.values()), reverse=True):
             group = [b for b in lengths if kind[b] == (L, block)]
-            may_open = close or L > 1 or opens is None or any(opens[b] for b in group)
-            pushed = self.push(L, group, close, with_global=may_open, block=block, rule=rule)
+            may_open = close or block > 0 or L > 1 or opens is None or any(opens[b] for b in group)
+            pushed = self.push(L, group, close or block > 0, with_global=may_open, block=block, rule=rule)
             starts |= {b: opened(start[b], pushed[b][1], L) for b in group}
         self.only(list(lengths))
         return starts
@@ -186,6 +186,7 @@ class Request:
         [B, slots, 260] receives the distribution each slot was drawn from (a draft's). Returns per row
         its ids (the filled ones) and the trace's steps."""
         s = self.s
+        self.only(list(sizes))
         if begun and keep_first and self.sampling:
             s.take_first()  # byte n was drawn after the pass that began the block
         elif not begun:

@@ -261,9 +261,6 @@ class DecodeState:
         if block:
             self.pass_logits = logits[:, L:]
             self._unmask(block, exact_first, by_entropy, in_order)
-            # step_end wrote ids[t + L] of every row: in a waiting row that is a slot of its own block
-            at = t[:, None] + self.kpos[:MAX_BLOCK]
-            self.ids.scatter_(1, at, torch.where(self.noisy != MASK, self.noisy, self.ids.gather(1, at)))
 
     def _global(self, start: torch.Tensor, end: torch.Tensor) -> None:
         """Global model on the patches [start, end) ([B, P] each) as patches ncomp .. ncomp + P - 1;

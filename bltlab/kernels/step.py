@@ -54,8 +54,8 @@ def step_end_reference(ids: torch.Tensor, t: torch.Tensor, signal: torch.Tensor 
     or after a decoder pass over L bytes from t, (logits [B, L, V], forbid [V] fp32 (0 or -inf),
     keep [B, V], pred [B, T] long, given [B, T] long, plen [B] long, move [B] bool): each position's
     greedy id (argmax of logits + forbid, the first maximum) goes to pred at t + j, the last logits
-    to keep where move; then ids[t + L] = given there if t + L < plen else the last greedy id (every
-    row), and t += L where move."""
+    to keep where move; then where move, ids[t + L] = given there if t + L < plen else the last greedy
+    id, and t += L (a row that waits keeps its ids: a block of its own may lie there)."""
     b = torch.arange(ids.shape[0], device=ids.device)
     check_rule(rule)
     if advance is not None:
@@ -66,7 +66,7 @@ def step_end_reference(ids: torch.Tensor, t: torch.Tensor, signal: torch.Tensor 
         # waiting rows keep theirs (detached: an out= op takes no input that needs a gradient)
         torch.where(move[:, None], logits[:, -1].detach(), keep, out=keep)
         t1 = t + L
-        ids[b, t1] = torch.where(t1 < plen, given[b, t1], greedy[:, -1])
+        ids[b, t1] = torch.where(move, torch.where(t1 < plen, given[b, t1], greedy[:, -1]), ids[b, t1])
         t.add_(move, alpha=L)
     if signal is None:
         return
@@ -102,7 +102,7 @@ def _step_end(ids_ptr, t_ptr, sig_ptr, olog_ptr, ent_ptr, forced_ptr, cur_ptr, w
         tl.store(keep_ptr + b * s_keep + v, last, mask=v < V * moves)
         t1 = t + L
         new = tl.where(t1 < tl.load(plen_ptr + b), tl.load(given_ptr + b * s_given + t1), nxt)
-        tl.store(row + t1, new)
+        tl.store(row + t1, new, mask=moves != 0)
         t += moves * L
         tl.store(t_ptr + b, t)
         # byte t: the id just stored where the row moved (not read back: other threads of the
