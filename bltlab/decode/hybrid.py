@@ -1,10 +1,11 @@
 """`blt-h`: one hybrid checkpoint, switching between autoregressive and diffusion steps.
 
 The rule: before each step look at H, the entropy (nats) of the exact next-byte distribution
-(free: the last pass computed it). If H <= η the text is predictable right now, so fill a whole
-diffusion block (its first byte taken from that exact distribution); otherwise emit one
-autoregressive byte. η (`--eta`) is the knob: 0 gives nearly pure autoregression, a large η
-pure diffusion. Every switch is recorded in the trace.
+(free: the last pass computed it). If H <= η the text is predictable right now, so where the
+next byte opens a patch (by the entropy rule: a block begins a patch where the text does) fill a
+whole diffusion block (its first byte taken from that exact distribution); otherwise emit one
+autoregressive byte. η (`--eta`) is the knob: 0 gives pure autoregression, a large η a block at
+every patch start. Every switch of regime is recorded in the trace.
 """
 from __future__ import annotations
 
@@ -39,7 +40,8 @@ def run_hybrid(req: Request, eta: float, block: int, rule: Unmask) -> Iterator[N
                 current[b] = mode
             out[b] = [first]
             events[b] = Step(row.n, {}, None if first == EOS else first - OFFSET, first == EOS, round(h, 4))
-        blocks = {b: req.rows[b].room(block) for b in rows if current[b] == "diffusion" and req.rows[b].room(block) > 1}
+        blocks = {b: req.rows[b].room(block) for b in rows  # a block begins a patch where the text opens one
+                  if current[b] == "diffusion" and nxt[b][1] and req.rows[b].room(block) > 1}
         if blocks:
             req.close(list(blocks))
             filled = req.denoise(blocks, rule, keep_first=True)
