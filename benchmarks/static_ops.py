@@ -52,7 +52,9 @@ def step_kinds(s: DecodeState) -> dict:
             "advance(8)": (fresh, lambda: s.run(8, True)), "advance(8), closing": (fresh, lambda: s.run(8, True, True)),
             "draft": (draft_from_t, s.run_draft), "close": (fresh, s.run_close),
             "begin block": (block, lambda: s.run_begin(False, 0.9)),  # the knob is set: the replay alone
-            "denoise(8)": (block, lambda: s.run_denoise(8, False))}
+            "denoise(8)": (block, lambda: s.run_denoise(8, False)),
+            # blt-d*'s push of a block: closing, and the next block's first denoising pass in the same decoder pass
+            "advance(8), closing, first pass of a block of 8": (fresh, lambda: s.run(8, True, True, 8, True, False, True))}
 
 
 def composite(func, args) -> bool:

@@ -49,8 +49,9 @@ def run_diffusion(req: Request, block: int, rule: Unmask) -> Iterator[None]:
         # a block the head filled to its end is followed by the next (begun in its push); one it cut short
         # (in order) by blt's steps until the entropy rule opens a patch
         begun, first = {b for b in req.active if b in filled and len(out[b]) == sizes[b]}, False
-        starts = req.push_each({b: len(out[b]) for b in req.active}, opens=dict.fromkeys(req.active, 0),
-                               blocks={b: req.rows[b].room(block) for b in begun}, rule=rule)
+        # no one-byte push opens a patch: a step that would is a block, whose first byte's patch `close` opened
+        starts = req.push_each({b: len(out[b]) for b in req.active}, dict.fromkeys(req.active, 0),
+                               {b: req.rows[b].room(block) for b in begun}, rule)
         for b in rows:
             row = req.rows[b]
             if b in filled:

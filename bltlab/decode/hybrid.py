@@ -49,7 +49,7 @@ def run_hybrid(req: Request, eta: float, block: int, rule: Unmask) -> Iterator[N
                 out[b] = ids
                 events[b] = Block(req.rows[b].n, {}, blocks[b], steps, *split_eos(ids), entropy=round(nxt[b][3], 4))
         req.stop_rows(out)
-        starts = req.push_each({b: len(out[b]) for b in req.active}, opens={b: nxt[b][1] for b in rows})
+        starts = req.push_each({b: len(out[b]) for b in req.active}, {b: nxt[b][1] for b in rows})
         for b, at in starts.items():
             events[b].patch_starts = at
         for b in rows:

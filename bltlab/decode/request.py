@@ -146,18 +146,18 @@ class Request:
             self._denoised(block, rows, fused=True)
         return out
 
-    def push_each(self, lengths: dict[int, int], close: bool = False, opens: dict[int, int] | None = None,
-                  blocks: dict[int, int] | None = None, rule: Unmask | None = None) -> dict[int, list[int]]:
-        """`push` for rows of different lengths: one pass per length (and size of the next block, of
-        blocks[b] slots: `push`'s `block`, whose patch the pass closes), longest first (a waiting row's pass writes past it). opens:
-        whether a one-byte row's byte opens a patch (from next_bytes; None: assume it may). Returns per
-        row the positions that opened a patch; then every row moves again."""
+    def push_each(self, lengths: dict[int, int], opens: dict[int, int], blocks: dict[int, int] | None = None,
+                  rule: Unmask | None = None) -> dict[int, list[int]]:
+        """`push` for rows of different lengths: one pass per length and size of the next block
+        (blocks[b] slots: `push`'s `block`, whose patch the pass closes), longest first (a waiting
+        row's pass writes past it). opens: whether a one-byte row's byte opens a patch (next_bytes').
+        Returns per row the positions that opened a patch; then every row moves again."""
         start, starts = {b: self.rows[b].n for b in lengths}, {}
         kind = {b: (lengths[b], (blocks or {}).get(b, 0)) for b in lengths}
         for L, block in sorted(set(kind.values()), reverse=True):
             group = [b for b in lengths if kind[b] == (L, block)]
-            may_open = close or block > 0 or L > 1 or opens is None or any(opens[b] for b in group)
-            pushed = self.push(L, group, close or block > 0, with_global=may_open, block=block, rule=rule)
+            may_open = block > 0 or L > 1 or any(opens[b] for b in group)
+            pushed = self.push(L, group, block > 0, with_global=may_open, block=block, rule=rule)
             starts |= {b: opened(start[b], pushed[b][1], L) for b in group}
         self.only(list(lengths))
         return starts

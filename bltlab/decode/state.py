@@ -20,10 +20,12 @@ skipping, so two graphs exist (with and without it) and the host reads one flag 
 slots), which is how a prompt is read: one pass (a ragged batch: one per prompt length), its
 next byte taken from the prompt instead of the prediction. The other steps, each a graph of
 its own: `draft` (encoder and decoder only, for self-speculation), `close` (a diffusion block
-starts a patch: the global model on the one it ends) and `denoise` (one pass over a masked block and the unmasking rule,
-on the device). Rows outside `move` wait: a pass computes them at their own t but leaves t,
-their patches and their chosen slots alone, which is how a batch's rows part (ragged prompts,
-stopped rows, per-row accepted drafts, blocks of other sizes). Tests (tests/test_state.py)
+starts a patch: the global model on the one it ends) and `denoise` (one pass over a masked block
+and the unmasking rule, on the device); `advance(L, close=True, block=B)` also runs the first
+denoising pass of the block after the L bytes in their decoder pass. Rows outside `move` wait: a
+pass computes them at their own t but leaves t, their ids, their patches and their chosen slots
+alone, which is how a batch's rows part (ragged prompts, stopped rows, per-row accepted drafts,
+blocks of other sizes). Tests (tests/test_state.py)
 check the bytes, the logits and the trace against the no-cache references (the model's training
 forward), and one pass against the same bytes in pieces.
 """
@@ -290,12 +292,11 @@ class DecodeState:
     def begin_block(self, keep_first: bool) -> None:
         """The rows that move start a block of MASKs at t (slot 0 = byte t with keep_first), nothing
         filled yet."""
-        move = self.move[:, None]
-        self.noisy.copy_(torch.where(move, MASK, self.noisy))
+        self.noisy.masked_fill_(self.move[:, None], MASK)
         if keep_first:
             self.take_first()
-        self.filled.copy_(torch.where(move[..., None], -1, self.filled))
-        self.nstep.copy_(torch.where(self.move, 0, self.nstep))
+        self.filled.masked_fill_(self.move[:, None, None], -1)
+        self.nstep.masked_fill_(self.move, 0)
 
     def take_first(self) -> None:
         """Slot 0 of the block at t is byte t (exact, or drawn), in the rows that move."""
@@ -304,8 +305,8 @@ class DecodeState:
     def denoise(self, size: int, by_entropy: bool, in_order: bool = False) -> None:
         """One denoising pass over the block's first `size` slots (the clean decoder cache before t in
         the window, the block both ways, the newest global output), then the unmasking rule on the
-        device (`_unmask`). by_entropy: the γ rule, else α (α < 0 fills
-        every slot: BLT-DV's one pass); in_order: only a left-to-right run of slots."""
+        device (`_unmask`). by_entropy: the γ rule, else α (α < 0 fills every slot: BLT-DV's one
+        pass); in_order: only a left-to-right run of slots."""
         m, b, t = self.m, self.rows, self.t
         pos = t[:, None] + self.kpos[:size]  # [B, size]
         noisy = self.noisy[:, :size]
