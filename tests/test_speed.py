@@ -101,7 +101,7 @@ def test_profile_static_script_on_cpu(tmp_path):
     res = json.loads(out.read_text())
     assert [row["step"] for row in res["rows"]] == ["advance(1), global step", "advance(1)", "advance(8)",
                                                     "advance(8), closing", "draft", "close", "begin block",
-                                                    "denoise(8)"]
+                                                    "denoise(8)", "advance(8), closing, first pass of a block of 8"]
     for row in res["rows"]:
         assert row["wall_us"] > 0 and 0 < row["device_us"] and row["top"][0]["name"].startswith("aten::")
     assert "| denoise(8) |" in r.stdout
