@@ -188,11 +188,13 @@ class BLT(nn.Module):
         return self.decode(h, pos, self.local_mask(pos), slots)
 
     def forward_hybrid(self, ids: torch.Tensor, starts: torch.Tensor, block_starts: torch.Tensor,
-                       noisy: torch.Tensor):
+                       noisy: torch.Tensor, *, peek: int = 0):
         """Clean next-byte logits and block-diffusion logits in one decoder pass.
 
         block_starts: [B, nb] positions s (patch starts, -1 = unused block);
-        noisy: [B, nb, Bs] input ids (bytes or MASK). Returns ([B, T, 260], [B, nb, Bs, 260])."""
+        noisy: [B, nb, Bs] input ids (bytes or MASK). Returns ([B, T, 260], [B, nb, Bs, 260]).
+        peek: teaching toggle: each noisy block also sees its first `peek` answers (clean bytes
+        s .. s + peek - 1); breaks the objective (notebook 10). 0, the default, is the training mask."""
         if self.cfg.arch == "hf":
             raise ValueError("arch 'hf' models have no block-diffusion decoder (training-free modes only)")
         B, T = ids.shape
@@ -210,7 +212,7 @@ class BLT(nn.Module):
         nstart = s.gather(1, blk.expand(B, -1))  # [B, N] block start of each noisy slot
         # clean bytes: causal + window; a noisy block: the clean bytes before its start (window), itself
         blks = torch.cat((torch.full_like(cpos, -1), blk.expand(B, -1)), 1)
-        mask = AttnMask(pos, torch.cat((cpos, nstart - 1), 1), blks, pos, blks, self.cfg.local_window)
+        mask = AttnMask(pos, torch.cat((cpos, nstart - 1 + peek), 1), blks, pos, blks, self.cfg.local_window)
         slots = torch.cat((table[rows, pids], table[rows, pids.gather(1, nstart)]), 1)
         logits = self.decode(x, pos, mask, slots)
         return logits[:, :T], logits[:, T:].reshape(B, nb, bs, -1)

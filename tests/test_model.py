@@ -139,6 +139,26 @@ def test_block_diffusion_mask(model):
     assert not torch.allclose(b3[0, 1, 0], blocks[0, 1, 0])  # slot 0 sees slot 3
 
 
+def test_peek_is_off_by_default_and_leaks_the_answers_when_on(model):
+    """forward_hybrid's teaching toggle (notebook 10): peek=0 is the training mask exactly; with peek=k a block
+    at s reads clean bytes s .. s + k - 1, its answers, which the training mask hides."""
+    ids = rand_ids(1, 48, seed=7)
+    starts = model.patch(ids)
+    s = [int(i) for i in starts[0].nonzero()[:, 0] if 4 <= i <= 36][0]
+    bs, noisy = torch.tensor([[s]]), torch.full((1, 1, 4), MASK)
+    clean, blocks = model(ids, starts, bs, noisy)
+    clean0, blocks0 = model.forward_hybrid(ids, starts, bs, noisy, peek=0)
+    assert torch.equal(clean0, clean) and torch.equal(blocks0, blocks)
+    clean2, _ = model.forward_hybrid(ids, starts, bs, noisy, peek=2)
+    torch.testing.assert_close(clean2, clean, atol=1e-5, rtol=1e-5)  # the clean stream never sees the toggle
+    for j, peek, leaks in ((0, 0, False), (0, 1, True), (1, 1, False), (1, 2, True), (3, 4, True)):
+        changed = ids.clone()
+        changed[0, s + j] = (changed[0, s + j] - OFFSET + 77) % 256 + OFFSET
+        _, before = model.forward_hybrid(ids, starts, bs, noisy, peek=peek)
+        _, after = model.forward_hybrid(changed, model.patch(changed), bs, noisy, peek=peek)
+        assert (not torch.allclose(after, before, atol=1e-5, rtol=1e-5)) == leaks, (j, peek)
+
+
 def test_unused_blocks_do_not_break_batch(model):
     ids = rand_ids(2, 30, seed=5)
     starts = model.patch(ids)
