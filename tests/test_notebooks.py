@@ -33,7 +33,8 @@ ROOT = Path(__file__).resolve().parent.parent
 NB_DIR = ROOT / "notebooks"
 SANITIZE = NB_DIR / "nbval_sanitize.cfg"
 SERIES = ["00_bytes", "01_entropy_patching", "02_blt_model", "03_training", "04_block_diffusion",
-          "05_self_speculation", "06_dv_and_hybrid", "07_bandwidth", "08_triton_kernels", "09_decoding_state"]
+          "05_self_speculation", "06_dv_and_hybrid", "07_bandwidth", "08_triton_kernels", "09_decoding_state",
+          "10_one_generation"]
 NOTEBOOKS = sorted(NB_DIR.glob("[0-9][0-9]_*.ipynb"))
 IDS = [p.stem for p in NOTEBOOKS]
 WEIGHTS = ("blt.safetensors", "entropy.safetensors")
@@ -109,6 +110,9 @@ def test_notebook_follows_the_series_rules(path):
     last = "".join(nb["cells"][-1]["source"])
     exercises = re.findall(r"^\d\. ", last, re.M)
     assert last.startswith("## Try this") and 2 <= len(exercises) <= 3, f"{path.name}: end with 2-3 exercises"
+    for i, exercise in enumerate(re.split(r"^\d\. ", last, flags=re.M)[1:], 1):  # each with its help, collapsed
+        for part in ("Hint", "Solution"):
+            assert f"<details><summary>{part}</summary>" in exercise, f"{path.name}: exercise {i} has no {part.lower()}"
     plotly = [o for c in _code_cells(nb) for o in c["outputs"] if "application/vnd.plotly.v1+json" in o.get("data", {})]
     html_plotly = [o for c in _code_cells(nb) for o in c["outputs"] if "plotly" in str(o.get("data", {}).get("text/html", ""))]
     assert not html_plotly, f"{path.name} embeds plotly HTML (renderer UUIDs, plotly.js); use the mimetype renderer"
