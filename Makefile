@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --dist loadfile
 
 # The workbench on http://127.0.0.1:7860 (GRADIO_SERVER_NAME / GRADIO_SERVER_PORT move it; see --help).
 app: install

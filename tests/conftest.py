@@ -12,6 +12,13 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+# Under pytest-xdist (`make test`: one worker per core) each worker gets its share of the cores, so that
+# the workers' PyTorch threads do not outnumber the cores and wait for each other; subprocesses inherit it.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    threads = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    torch.set_num_threads(threads)
+
 from bltlab.checkpoint import save_model
 from bltlab.config import get_config
 from bltlab.model import BLT
