@@ -153,7 +153,9 @@ def patch_lengths(starts: torch.Tensor, lengths: torch.Tensor | None = None) -> 
 
 
 def mean_patch_length(starts: torch.Tensor, lengths: torch.Tensor | None = None, skip_bos: bool = True) -> float:
-    """Mean bytes per patch over the batch; skip_bos drops the BOS patch and byte (0.0 if no patches)."""
+    """Mean bytes per patch over the batch; skip_bos drops the BOS patch and byte (0.0 if no patches).
+    Without `lengths` every position counts as a byte: give a padded batch its row lengths, or its PAD
+    (a patch of its own, or the tail of the last) inflates the mean."""
     lens = torch.full((starts.shape[0],), starts.shape[-1], device=starts.device) if lengths is None \
         else torch.as_tensor(lengths, device=starts.device)
     n = num_patches(starts, lens)
