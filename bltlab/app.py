@@ -34,7 +34,6 @@ import hashlib
 import html
 import json
 import time
-import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +42,7 @@ import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
+from . import tokens
 from .checkpoint import SHIPPED, load_model, resolve_device
 from .config import PatchConfig
 from .cost import bandwidth, count_local, part_params
@@ -653,16 +653,9 @@ def generate_once(wb: Workbench, *values) -> tuple[str, go.Figure, str, str]:
 
 # ---- what happens at each step (built from the trace only) ------------------------------
 def byte_glyph(b: int | None) -> str:
-    """A short, HTML-escaped glyph for one byte: the ASCII character, ␣ for space, ↵ for
-    newline, else \\xNN; None (EOS, which is no byte) is ∎."""
-    if b is None:
-        return "∎"
-    special = {0x20: "␣", 0x0A: "↵", 0x09: "⇥", 0x0D: "␍"}
-    if b in special:
-        return special[b]
-    if 0x21 <= b < 0x7F:
-        return html.escape(chr(b))
-    return f"\\x{b:02x}"
+    """One byte as its HTML-escaped label (`tokens.labels`: the ASCII character, ␣ ⏎ ⇥ for space,
+    newline and tab, else \\xNN); None (EOS, which is no byte) is ⟨EOS⟩."""
+    return html.escape(tokens.labels([tokens.EOS] if b is None else bytes([b]))[0])
 
 
 def _cell(b: int | None, style: str, title: str = "") -> str:
@@ -848,17 +841,13 @@ def compare_figure(rows: list[dict]) -> go.Figure:
 
 
 def readable_html(data: bytes) -> str:
-    """Bytes as HTML-escaped text: valid UTF-8 as itself (newlines and tabs kept); a byte that is
-    not valid UTF-8 there, and control characters, as a marked \\xNN escape."""
+    """Bytes as HTML-escaped text (`tokens.pieces`, newlines and tabs kept), each \\xNN escape
+    (a byte that is not valid UTF-8 there, a control character) marked."""
     out = []
-    for ch in data.decode("utf-8", errors="surrogateescape"):  # an invalid byte b -> U+DC00 + b
-        o = ord(ch)
-        if 0xDC80 <= o <= 0xDCFF:
-            out.append(f'<span class="bl-esc" title="not valid UTF-8 here">\\x{o - 0xDC00:02x}</span>')
-        elif ch not in "\n\t" and unicodedata.category(ch) == "Cc":
-            out.append(f'<span class="bl-esc" title="control character">\\x{o:02x}</span>')
-        else:
-            out.append(html.escape(ch))
+    for _, width, text in tokens.pieces(data, lines=True):
+        escape = width == 1 and text.startswith("\\x") and len(text) == 4
+        out.append(f'<span class="bl-esc" title="not a printable character">{text}</span>' if escape
+                   else html.escape(text))
     return "".join(out)
 
 

@@ -327,7 +327,8 @@ def test_step_pictures_from_real_traces(wb):
     ar = [p for e in g.trace if e["type"] == "ar" for p in e["patch_starts"] or []]
     assert ar and set(ar) <= wbm.trace_layout(g.trace, g.prompt)[1]
     # byte glyphs escape HTML and show control bytes as escapes
-    assert wbm.byte_glyph(ord("<")) == "&lt;" and wbm.byte_glyph(0) == "\\x00" and wbm.byte_glyph(10) == "↵"
+    assert wbm.byte_glyph(ord("<")) == "&lt;" and wbm.byte_glyph(0) == "\\x00" and wbm.byte_glyph(10) == "⏎"
+    assert wbm.byte_glyph(None) == "⟨EOS⟩"
 
 
 def test_compare_blt_s8_is_identical_on_greedy(wb):
@@ -675,9 +676,9 @@ def test_streamed_pictures_of_an_accepted_eos():
     verify = {"type": "verify", "pos": 3, "draft": [104, 105], "eos": True, "accepted": 3, "rejected": None,
               "rejected_eos": False, "correction": None, "correction_eos": False, "patch_starts": []}
     assert wbm.emitted_bytes([verify]) == b"hi"
-    assert "∎" in wbm.verify_html(verify)
+    assert "⟨EOS⟩" in wbm.verify_html(verify)
     block = {"type": "block", "pos": 4, "size": 2, "bytes": [104], "eos": True,
              "steps": [{"unmasked": [0, 1], "bytes": [104, None], "confidence": [0.9, 0.8], "entropy": [0.1, 0.2]}]}
-    assert wbm.emitted_bytes([block]) == b"h" and "∎" in wbm.block_grid_html(block)
+    assert wbm.emitted_bytes([block]) == b"h" and "⟨EOS⟩" in wbm.block_grid_html(block)
     steps = [{"type": "ar", "byte": 104, "eos": False}, {"type": "ar", "byte": None, "eos": True}]
     assert wbm.emitted_bytes(steps) == b"h"
