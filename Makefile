@@ -26,11 +26,13 @@ app: install
 lab: install
 	$(BIN)/jupyter lab notebooks/
 
-# Re-execute the notebook series in place (stored outputs are what tests/test_notebooks.py checks), then
-# stamp each one's metadata with the sha256 of the shipped weights the outputs were made with.
+# Re-execute the notebook series in place (stored outputs are what tests/test_notebooks.py checks), each
+# figure also stored as a PNG (bltlab/lab.py; needs Chromium), then stamp each one's metadata with the
+# sha256 of the shipped weights the outputs were made with.
+NOTEBOOKS := $(wildcard notebooks/[0-9][0-9]_*.ipynb)
 notebooks: install
-	$(BIN)/jupyter nbconvert --to notebook --execute --inplace notebooks/0*.ipynb
-	$(BIN)/python notebooks/stamp.py notebooks/0*.ipynb
+	BLTLAB_FIGURE_PNG=1 $(BIN)/jupyter nbconvert --to notebook --execute --inplace $(NOTEBOOKS)
+	$(BIN)/python notebooks/stamp.py $(NOTEBOOKS)
 
 # The results page (docs/results.md): held-out prompts, every mode, the paper's table on our model.
 BENCH_ARGS ?= --max-bytes 48

@@ -110,3 +110,8 @@ def labels(x: bytes | bytearray | Iterable[int]) -> list[str]:
         out.append("␣" if text == " " else text)
         out += [f"\\x{j - OFFSET:02x}" for j in ids[i + 1:i + k]]
     return out
+
+
+def glyph(b: int | None) -> str:
+    """One byte value (0-255) as its label (`labels`); None, the end of a text, as ⟨EOS⟩."""
+    return labels([EOS] if b is None else bytes([b]))[0]

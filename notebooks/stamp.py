@@ -1,6 +1,6 @@
 """Record in each notebook's metadata which shipped weights its stored outputs were made with.
 
-    .venv/bin/python notebooks/stamp.py notebooks/0*.ipynb
+    .venv/bin/python notebooks/stamp.py notebooks/[0-9][0-9]_*.ipynb
 
 writes metadata["bltlab"]["weights_sha256"] = {"blt.safetensors": ..., "entropy.safetensors": ...}, the
 sha256 of the files in bltlab.checkpoint.SHIPPED as they are now. Run it right after

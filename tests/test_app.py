@@ -370,6 +370,19 @@ def test_compare_shows_every_whole_output(wb):
         [{"mode": "blt", "identical_to_blt": True, "stop_reason": "eos", "output_bytes": b""}])
 
 
+def test_linked_view_runs_every_mode_and_follows_the_slider(wb):
+    fig, column, slider, state = wbm.linked_run(wb, "ab")
+    runs, view = state
+    assert set(runs) == set(wbm.linked.MODES) and slider["maximum"] == view["N"] and 1 <= slider["value"] <= view["N"]
+    assert isinstance(fig, go.Figure) and column.startswith(f"position {slider['value']}: byte ")
+    fig2, column2 = wbm.linked_position(wb, state, 1)
+    assert column2.startswith("position 1: byte a") and fig2.layout.shapes[-1].x0 == 0.5
+    assert wbm.linked_position(wb, state, 10_000)[1].startswith(f"position {view['N']}:")  # clamped
+    assert wbm.linked_position(wb, None, 3) == (None, "Run a prompt first.")
+    with pytest.raises(gr.Error, match="context"):
+        wbm.linked_run(wb, "x" * 300)
+
+
 def test_model_card(wb):
     card = wbm.model_card(wb)
     total = sum(wb.model.param_counts().values())
@@ -496,7 +509,7 @@ GEN_ARGS = ("confidence α", 0.9, 1.0, 1.0, 8, False)
 def test_app_endpoints_and_stop_button(app):
     demo, client = app
     names = set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
-    assert {"/patching", "/generate", "/stop", "/compare", "/model_card"} <= names
+    assert {"/patching", "/generate", "/stop", "/compare", "/linked", "/linked_position", "/model_card"} <= names
     # Stop really stops the work: the browser cancels the running generation (Gradio's `cancels`,
     # which a Python client does with job.cancel()); the decoding ends and frees its state
     from bltlab.decode import state
@@ -541,6 +554,8 @@ def test_app_generate_compare_and_model_card(app):
     assert [r[0] for r in table["data"]] == ["blt", "blt-s8"] and table["data"][1][same] is True
     assert plot["type"] == "plotly" and "`blt-s8`" in summary
     assert "<b>blt-s8</b>" in outputs and "✓ identical to blt" in outputs
+    plot, column, position = client.predict("ab", api_name="/linked")
+    assert plot["type"] == "plotly" and column.startswith("position ") and position["value"] >= 1  # an update
     card = client.predict(api_name="/model_card")
     assert "Reproducing the shipped model" in card
 

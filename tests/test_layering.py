@@ -17,7 +17,7 @@ LAYERS = [
     ["model"],
     ["checkpoint", "cost", "interop", "graphs"],
     ["decode"],
-    ["bench", "bench_kernels", "diagnose", "speed", "evaluate", "train", "results"],
+    ["bench", "bench_kernels", "diagnose", "speed", "evaluate", "train", "results", "linked", "lab"],
     ["app"],  # the Gradio workbench (no command line of its own)
     ["cli", "__main__"],  # the command line, whose `app` command starts the workbench
 ]

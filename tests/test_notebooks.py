@@ -7,7 +7,8 @@ Two kinds of test per notebook:
   (metadata["bltlab"]["weights_sha256"], written by notebooks/stamp.py right after `make notebooks`
   re-executes the series) is the sha256 of the shipped weight files as they are now, so a retrained
   checkpoint makes every notebook stale until it is re-executed; plus the series' own rules (imports bltlab,
-  an ipywidgets control, "Try this" exercises, no pip);
+  calls bltlab.lab.setup() first, an ipywidgets control, every figure stored with a PNG beside its plotly JSON,
+  "Try this" exercises, no pip);
 * nbval (slow, one subprocess per notebook): strict `pytest --nbval` re-executes the notebook in the current
   environment and compares every output with the stored one, after notebooks/nbval_sanitize.cfg.
 
@@ -103,7 +104,9 @@ def test_notebook_follows_the_series_rules(path):
     source = "\n".join("".join(c["source"]) for c in _code_cells(nb))
     assert re.search(r"^\s*(from|import) bltlab", source, re.M), f"{path.name} does not import bltlab"
     assert "widgets." in source, f"{path.name} has no ipywidgets control"
-    assert 'pio.renderers.default = "plotly_mimetype"' in source
+    first = "".join(_code_cells(nb)[0]["source"])
+    assert "from bltlab.lab import setup" in first and re.search(r"^setup\(\)", first, re.M), \
+        f"{path.name}: the first cell calls bltlab.lab.setup() (seeds, threads, renderer)"
     assert not re.search(r"^\s*[!%]+\s*pip", source, re.M), f"{path.name} installs packages"
     assert not re.search(r"^class \w+\((nn|torch\.nn)\.Module\)", source, re.M), f"{path.name} defines model code"
     assert "assert " in source, f"{path.name} asserts none of its numbers"
@@ -117,6 +120,9 @@ def test_notebook_follows_the_series_rules(path):
     html_plotly = [o for c in _code_cells(nb) for o in c["outputs"] if "plotly" in str(o.get("data", {}).get("text/html", ""))]
     assert not html_plotly, f"{path.name} embeds plotly HTML (renderer UUIDs, plotly.js); use the mimetype renderer"
     assert plotly, f"{path.name} draws no plotly picture"
+    no_png = [i for i, o in enumerate(plotly) if "image/png" not in o["data"]]
+    assert not no_png, (f"{path.name}: figures {no_png} have no stored PNG (GitHub and nbviewer draw none without it); "
+                        "re-execute with `make notebooks`")
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)

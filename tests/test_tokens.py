@@ -51,3 +51,4 @@ def test_labels_one_per_byte(data):
     assert len(labels) == len(data)
     assert all(lab == "␣" for lab, b in zip(labels, data) if b == 0x20)
     assert tokens.labels("é".encode()) == ["é", "\\xa9"]
+    assert [tokens.glyph(b) for b in (0x41, 0x20, 0x0A, 0xC3, None)] == ["A", "␣", "⏎", "\\xc3", "⟨EOS⟩"]
