@@ -55,3 +55,20 @@ def test_the_recipe_paragraph_quotes_the_committed_recipe_runs():
                    f"(code: {mean([acc('baseline', s, 'code') for s in seeds]):.2f} against "
                    f"{mean([acc('baseline', s, 'code', 'acc_ar') for s in seeds]):.2f})"):
         assert figure in page, f"docs/model.md should say {figure!r} (benchmarks/recipe_tiny.json)"
+
+
+def test_the_readme_quotes_the_committed_cpu_speed_runs():
+    """README's CPU paragraph: the ranges over benchmarks/cpu/speed_run*.json (eager ops)."""
+    runs = [json.loads(p.read_text()) for p in sorted((ROOT / "benchmarks" / "cpu").glob("speed_run*.json"))]
+    rows = lambda mode, batch: [r for d in runs for r in d["rows"]  # noqa: E731
+                                if (r["mode"], r["batch"], r["steps"]) == (mode, batch, "eager ops")]
+    b1, b16, s16 = rows("blt", 1), rows("blt", 16), rows("blt-s16", 1)
+    assert len(runs) == 3 and len(b1) == len(b16) == 3 and all(d["threads"] == 2 for d in runs)
+    readme = " ".join((ROOT / "README.md").read_text(encoding="utf-8").split())
+    for figure in (f"`blt` writes {_span([r['bytes_per_s'] for r in b1], ',.0f')} bytes/s at batch 1, "
+                   f"{_span([r['x_hf_blt'] for r in b1], '.1f')}× transformers' `BltForCausalLM` timed in the same "
+                   f"run ({_span([d['hf']['hf_blt']['bytes_per_s'] for d in runs], '.0f')} bytes/s), and "
+                   f"{_span([r['bytes_per_s'] for r in b16], ',.0f')} bytes/s at batch 16 "
+                   f"({_span([a['bytes_per_s'] / b['bytes_per_s'] for a, b in zip(b16, b1)], '.1f')}× batch 1); "
+                   f"`blt-s16` writes {_span([r['bytes_per_s'] for r in s16], ',.0f')} bytes/s at batch 1"):
+        assert figure in readme, f"README should say {figure!r} (benchmarks/cpu/speed_run*.json)"
