@@ -24,8 +24,8 @@ PNG_WIDTH = 960  # pixels, about a notebook's width in JupyterLab (a figure's ow
 def setup(seed: int = 0, threads: int = 1) -> None:
     """Seed Python, NumPy and torch; use `threads` torch threads; choose the plotly renderer.
 
-    One thread is as fast as two for the small shipped model and gives the same float sums on every
-    run, which the stored outputs rely on.
+    One thread gives the same float sums on every run, which the stored outputs rely on (nbval compares
+    them exactly); more threads may split a sum differently from one run to the next.
     """
     random.seed(seed)
     np.random.seed(seed)

@@ -5,7 +5,7 @@ Everything here is read from the generations' traces (`Generation.trace`, the ev
 the decoders' insides, so the views show what the decoders reported and notebook 10 checks that against the model:
 
 1. the entropy model's H_t per byte, the threshold θ and the patch boundaries it draws (`blt`'s trace);
-2. which global output the decoder at t read: patch p(t) − 1, the last finished one (docs/model.md, "Lag");
+2. which global output the decoder at t read: patch p(t) − 1, the last finished one (docs/model.md, "BLT");
 3. BLT-S's rounds: byte n, the drafted bytes kept, the one rejected and the exact byte that replaced it;
 4. BLT-D's denoising grid: which pass of which block committed each byte, with its confidence;
 5. a ledger of parameters read, event by event, priced by `cost.bandwidth` (both formulas).
@@ -191,7 +191,8 @@ def figure(model: BLT, runs: dict[str, Generation], view: dict, sel: int) -> go.
     position `sel` highlighted."""
     N, H, p, theta = view["N"], view["H"], view["p"], model.cfg.patch.threshold
     titles = ("1 · entropy H_t (nats) and patches", "2 · global output the decoder at t reads: patch p(t) − 1",
-              f"3 · BLT-S rounds ({S_MODE})", f"4 · BLT-D denoising grid ({D_MODE})", "5 · parameters read so far (M)")
+              f"3 · BLT-S rounds ({S_MODE})", f"4 · BLT-D denoising grid ({D_MODE})",
+              "5 · parameters read so far (M)")
     fig = make_subplots(rows=5, cols=1, shared_xaxes=True, vertical_spacing=0.035, subplot_titles=titles,
                         row_heights=[0.2, 0.17, 0.23, 0.2, 0.2])
     xs = list(range(1, N + 1))

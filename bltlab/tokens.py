@@ -50,7 +50,7 @@ def is_byte(ids: torch.Tensor) -> torch.Tensor:
     return (ids >= OFFSET) & (ids < N_IDS)
 
 
-# ---- how bytes are printed (notebooks, app, CLI): one rule, here -------------------------
+# ---- how bytes are printed (the notebooks, the app): one rule, here ------------------------
 DRAWN = {"\n": "⏎", "\t": "⇥", "\r": "␍"}  # drawn so that a line of output stays one line
 NAMES = {PAD: "⟨PAD⟩", BOS: "⟨BOS⟩", EOS: "⟨EOS⟩", RESERVED: "⟨id 3⟩", MASK: "▒"}
 
