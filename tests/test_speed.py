@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from bltlab import speed
 from bltlab.checkpoint import load_model
 from bltlab.cli import main
+from bltlab.cost import cost_stats, new_counters
 from bltlab.speed import format_table, hf_blt_config, run_speed, static_steps
 
 PROMPTS = [b"EN: Save\nFR:", b"def f(x):", b"import os"]
@@ -40,6 +42,22 @@ def test_rows_roofline_and_hf_baselines(tiny):
     assert res["hf"]["hf_blt"]["use_cache"] is False and res["hf"]["hf_blt"]["params"] > 0
     assert res["threads"] == torch.get_num_threads()  # no --threads: PyTorch's default, recorded
     assert "× HF BLT" in format_table(res)
+
+
+def test_compiled_jobs_warm_up_on_the_whole_job(tiny, monkeypatch):
+    """Eager ops warm up on the first prompt; compiled steps on every prompt, whose new pass lengths each
+    compile a variant that would otherwise be timed."""
+    calls = []
+
+    def fake_time_mode(model, group, mode, max_bytes, batch, device, compiled=False):
+        calls.append((len(group), compiled))
+        return {"mode": mode, "steps": speed.steps_kind(device, compiled), "batch": batch, "prompts": len(group),
+                "bytes": 1, "seconds": 1.0, "bytes_per_s": 1.0, "counters": new_counters() | cost_stats()}
+
+    monkeypatch.setattr(speed, "time_mode", fake_time_mode)
+    monkeypatch.setattr(speed, "static_steps", lambda *a, **k: [])
+    run_speed(tiny, PROMPTS, ["blt"], max_bytes=3, batch=1, compiled=True, progress=False)
+    assert calls == [(1, False), (3, False), (3, True), (3, True)]  # (warm-up, timed) per variant
 
 
 def test_every_mode_at_both_batch_sizes(tiny):
