@@ -146,11 +146,12 @@ def d_cells(g: Generation) -> list[tuple]:
     return out
 
 
-def params_read(model: BLT, c: dict) -> dict[str, int]:
+def params_read(model: BLT, c: dict, P: dict[str, int] | None = None) -> dict[str, int]:
     """Parameters read by the passes counted in c, per part, through cost.bandwidth: the paper's formula for the
     decoder and the encoder+global passes, the full formula's n_ent · P_ent for the entropy model (which the
-    paper leaves out), at one byte per element so that bytes read = parameters read."""
-    P, dl = part_params(model), model.cfg.d_local
+    paper leaves out), at one byte per element so that bytes read = parameters read. P: part_params(model),
+    when the caller has it already."""
+    P, dl = P or part_params(model), model.cfg.d_local
     dec = bandwidth({**ZERO, "n_dec": c["n_dec"]}, P, dl)["paper"]
     enc = bandwidth({**ZERO, "n_enc": c["n_enc"]}, P, dl)["paper"]
     ent = bandwidth({**ZERO, "n_ent": c["n_ent"]}, P, dl, dtype_bytes=1)["full"]
@@ -171,10 +172,10 @@ def span(e: dict, n_prompt: int) -> tuple[int, int]:
 def ledger(model: BLT, g: Generation) -> list[dict]:
     """One row per event: the positions it settled, its Δ counters (every event carries the running counters
     after it, so the difference is the passes it ran), what those passes read, and the running total."""
-    rows, before, total = [], ZERO, 0
+    rows, before, total, P = [], ZERO, 0, part_params(model)
     for e in g.trace:
         delta = {k: e["counters"][k] - before[k] for k in ZERO}
-        read = params_read(model, delta)
+        read = params_read(model, delta, P)
         total += sum(read.values())
         rows.append({"type": e["type"], "span": span(e, g.trace[0]["bytes"]), **delta, **read, "total": total})
         before = e["counters"]
